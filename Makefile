@@ -1,0 +1,35 @@
+# `make train` and `make test` do all set-up on a fresh machine (Python >= 3.10 with pip).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train test test-fast tensorboard bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)  ## make train ARGS="experiment=sst2_lstm"
+	$(BIN)/bigmodel train $(ARGS)
+
+test: $(STAMP)  ## the whole suite, slow end-to-end tests included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+tensorboard: $(STAMP)
+	$(BIN)/bigmodel tensorboard
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

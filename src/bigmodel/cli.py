@@ -1,0 +1,89 @@
+"""`bigmodel <command> [overrides]`: each command is a Hydra app over the shipped configs."""
+
+import importlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+COMMANDS = {  # name -> (config name, "module:function", one-line help)
+    "train": ("train", "bigmodel.train:train", "train a model (default: the CIFAR-10 CNN)"),
+    "eval": ("eval", "bigmodel.train:evaluate", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
+    "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
+    "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
+}
+
+USAGE = """usage: bigmodel <command> [key=value ...] [-m] [--help]
+
+commands:
+{commands}
+  tensorboard  open TensorBoard on the runs folder (--logdir DIR, default $BIGMODEL_LOG_DIR or ./logs)
+
+`bigmodel <command> --help` lists the config groups (model, data, optimizer, scheduler, trainer,
+logger, callbacks, experiment, debug, ...) with their choices and the composed config.
+examples:
+  bigmodel train model=cnn optimizer=sgd optimizer.lr=0.05 trainer.max_epochs=3 seed=1
+  bigmodel train experiment=sst2_lstm
+  bigmodel train -m optimizer.lr=1e-3,3e-3 trainer.max_steps=10
+  bigmodel eval ckpt_path=logs/<run>/checkpoints/best.pt
+"""
+
+
+def config_dir() -> str:
+    """The shipped configs: bigmodel/configs in an installed wheel, <repo>/configs in a checkout."""
+    packaged = Path(__file__).parent / "configs"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bigmodel.checkpoint import CheckpointError
+    from bigmodel.data.errors import DataError
+
+    return (DataError, CheckpointError, FileNotFoundError)
+
+
+def run_app(command: str, argv: list[str]) -> None:
+    import hydra
+
+    from bigmodel.config import register_schemas
+
+    config_name, target, _ = COMMANDS[command]
+    module, fn_name = target.split(":")
+    task = getattr(importlib.import_module(module), fn_name)
+    user_errors = _user_errors()
+
+    def job(cfg) -> object:
+        try:
+            return task(cfg)
+        except user_errors as e:  # the user's data or files: one clear line, no traceback
+            logging.getLogger("bigmodel").error(f"error: {e}")
+            sys.exit(1)
+
+    register_schemas()
+    sys.argv = [f"bigmodel {command}", *argv]
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(job)()
+
+
+def tensorboard(argv: list[str]) -> None:
+    if "--logdir" not in " ".join(argv):
+        argv = ["--logdir", os.environ.get("BIGMODEL_LOG_DIR", "logs"), *argv]
+    sys.exit(subprocess.call([sys.executable, "-m", "tensorboard.main", *argv]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        commands = "\n".join(f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items())
+        print(USAGE.format(commands=commands))
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "tensorboard":
+        return tensorboard(rest)
+    if command not in COMMANDS:
+        sys.exit(f"bigmodel: unknown command {command!r}; valid: {', '.join([*COMMANDS, 'tensorboard'])}")
+    if command == "train":
+        from bigmodel.launch import maybe_launch
+
+        maybe_launch(rest)  # trainer.devices=N > 1: re-runs this command under torchrun
+    run_app(command, rest)

@@ -1,0 +1,102 @@
+"""Any ImageFolder layout (`train/<class>/*`, `test/<class>/*`, optional `val/`), from a folder or a
+.tar.gz of one. Images are decoded once into a uint8 tensor cache, then served like CIFAR-10."""
+
+import functools
+import hashlib
+import logging
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from bigmodel.data.errors import DataError
+from bigmodel.data.images import Augment, ImageData, Splits, seeded_split
+
+log = logging.getLogger("bigmodel")
+ARCHIVES = (".tar.gz", ".tgz", ".tar")
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
+
+
+def _archive_in(root: Path) -> Path | None:
+    if root.is_file() and root.name.endswith(ARCHIVES):
+        return root
+    found = [p for p in root.iterdir() if p.name.endswith(ARCHIVES)] if root.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def locate(root: str, cache_dir: str) -> Path:
+    """The folder holding train/ and test/: `root` itself, or its archive unpacked once into cache_dir."""
+    path = Path(root).expanduser()
+    if (path / "train").is_dir():
+        return path
+    archive = _archive_in(path) if path.exists() else None
+    if archive is None:
+        raise DataError(f"data.root={root!r}: expected a folder with train/<class>/ and test/<class>/, "
+                        "or a .tar.gz of one")
+    key = hashlib.sha1(f"{archive.resolve()}:{archive.stat().st_size}".encode()).hexdigest()[:10]
+    target = Path(cache_dir).expanduser() / f"{archive.name.split('.')[0]}-{key}"
+    if not (target / ".complete").exists():
+        log.info(f"unpacking {archive} into {target} (once)")
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        (target / ".complete").touch()
+    inner = [p.parent for p in target.glob("*/train")] + ([target] if (target / "train").is_dir() else [])
+    if not inner:
+        raise DataError(f"archive {str(archive)!r} has no train/<class>/ folder")
+    return inner[0]
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.functional import resize
+
+    img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+    if img.shape[1:] != (size, size):
+        img = resize(img, [size, size], antialias=True)
+    return img.permute(1, 2, 0)
+
+
+def read_split(folder: Path, classes: list[str], size: int, workers: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    files = [(p, i) for i, c in enumerate(classes) for p in sorted((folder / c).iterdir())
+             if p.suffix.lower() in EXTENSIONS] if folder.is_dir() else []
+    if not files:
+        raise DataError(f"no images in {str(folder)!r} (expected {folder}/<class>/*.jpg)")
+    with ThreadPoolExecutor(workers) as pool:
+        images = list(pool.map(lambda f: _decode(f[0], size), files, chunksize=256))
+    return torch.stack(images), torch.tensor([i for _, i in files], dtype=torch.long)
+
+
+def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: float,
+                      seed: int) -> tuple[Splits, list[str]]:
+    base = locate(root, cache_dir)
+    classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    cache = Path(cache_dir).expanduser() / f"{base.name}-{hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:10]}-{image_size}px.pt"
+    if cache.exists():
+        splits = torch.load(cache)
+    else:
+        log.info(f"decoding {base} at {image_size}px into {cache} (once)")
+        splits = {s: read_split(base / s, classes, image_size) for s in ("train", "val", "test")
+                  if (base / s).is_dir()}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(splits, cache)
+    if "test" not in splits:
+        raise DataError(f"{str(base)!r} has no test/<class>/ folder")
+    if "val" not in splits and val_fraction <= 0:
+        splits["val"] = splits["test"]  # no held-out data asked for: validate on the test split
+    elif "val" not in splits:
+        x, y = splits["train"]
+        tr, va = seeded_split(len(y), val_fraction, seed)
+        splits |= {"train": (x[tr], y[tr]), "val": (x[va], y[va])}
+    return splits, classes
+
+
+def image_folder(root: str, cache_dir: str, image_size: int = 32, val_fraction: float = 0.1,
+                 batch_size: int = 128, eval_batch_size: int = 1000, augment: Augment | None = None,
+                 on_device: bool = False, mean: list[float] = (0.5, 0.5, 0.5),
+                 std: list[float] = (0.25, 0.25, 0.25), seed: int = 0) -> ImageData:
+    """The ImageFolder data module (see ImageData for loaders and augmentation)."""
+    load = functools.partial(load_image_folder, root, cache_dir, image_size, val_fraction, seed)
+    return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
+                     mean=list(mean), std=list(std), on_device=on_device, seed=seed)

@@ -1,0 +1,56 @@
+"""Shared loader plumbing: a resumable, rank-aware sampler and the DataLoader factory."""
+
+import math
+import os
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class ResumableSampler(Sampler[int]):
+    """Yields this rank's indices for one epoch, starting after `skip` samples.
+
+    The order depends only on (seed, epoch), so a resumed run sees exactly the batches an
+    uninterrupted run would have. With world_size > 1 each rank takes every world_size-th index
+    of the same permutation (padded to equal length, like DistributedSampler).
+    """
+
+    def __init__(self, num_samples: int, *, shuffle: bool, seed: int, epoch: int = 0,
+                 rank: int = 0, world_size: int = 1, skip: int = 0) -> None:
+        self.num_samples, self.shuffle, self.seed, self.epoch = num_samples, shuffle, seed, epoch
+        self.rank, self.world_size, self.skip = rank, world_size, skip
+        self.per_rank = math.ceil(num_samples / world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g)
+        else:
+            order = torch.arange(self.num_samples)
+        pad = self.per_rank * self.world_size - self.num_samples
+        if pad:
+            order = torch.cat([order, order[:pad]])
+        mine = order[self.rank :: self.world_size]
+        return iter(mine[self.skip :].tolist())
+
+    def __len__(self) -> int:
+        return max(self.per_rank - self.skip, 0)
+
+
+def default_workers() -> int:
+    """Leave one core for the training loop itself."""
+    return max(min((os.cpu_count() or 1) - 1, 8), 0)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int = 0,
+                skip_batches: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                pin_memory: bool = False, drop_last: bool = False,
+                collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
+    """A DataLoader over `dataset` whose order is reproducible and resumable (see ResumableSampler)."""
+    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                               world_size=world_size, skip=skip_batches * batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory and torch.cuda.is_available(), drop_last=drop_last,
+                      collate_fn=collate_fn, persistent_workers=False,
+                      prefetch_factor=4 if num_workers > 0 else None)

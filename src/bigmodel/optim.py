@@ -1,0 +1,45 @@
+"""Optimizer parameter groups and learning-rate schedules (stepped once per optimizer step)."""
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and conv kernels only; none on biases, norms and other vectors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+           min_lr_ratio: float = 0.0) -> LambdaLR:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` x lr at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.2,
+             final_ratio: float = 0.0) -> LambdaLR:
+    """Linear ramp up over `warmup_frac` of training, then linear decay to `final_ratio` x lr."""
+    warmup = max(int(warmup_frac * total_steps), 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return final_ratio + (1 - final_ratio) * max(total_steps - step, 0) / max(total_steps - warmup, 1)
+
+    return LambdaLR(optimizer, factor)
+
+
+def step(optimizer: torch.optim.Optimizer, total_steps: int, step_size: int = 1000,
+         gamma: float = 0.1) -> LambdaLR:
+    """Multiply the learning rate by `gamma` every `step_size` optimizer steps."""
+    return LambdaLR(optimizer, lambda s: gamma ** (s // step_size))

@@ -1,0 +1,124 @@
+"""The wiring: config -> data, model, loss, optimizer, callbacks, logger -> Trainer -> fit -> test."""
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bigmodel import checkpoint, distributed
+from bigmodel.config import TrainerConfig
+from bigmodel.loggers import LoggerGroup
+from bigmodel.optim import param_groups
+from bigmodel.trainer import Trainer
+
+log = logging.getLogger("bigmodel")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def trainer_config(cfg: DictConfig) -> TrainerConfig:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer))
+
+
+def output_dir(cfg: DictConfig) -> str:
+    return cfg.paths.output_dir if HydraConfig.initialized() else os.getcwd()
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """model.*, data.*, optimizer.*, scheduler.*, trainer.*, loss.*, seed as one flat dict."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    keep = {k: resolved[k] for k in ("model", "data", "optimizer", "scheduler", "loss", "trainer", "seed") if k in resolved}
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not str(k).startswith("_"):
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", keep)
+    return out
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    if cfg.ckpt_path != "auto":
+        return cfg.ckpt_path
+    runs = Path(cfg.paths.log_dir) / cfg.name
+    found = checkpoint.newest(runs, exclude=output_dir(cfg))
+    log.info(f"ckpt_path=auto: resuming {found}")
+    return str(found)
+
+
+def build_logger(cfg: DictConfig, is_global_zero: bool) -> LoggerGroup:
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c] if is_global_zero else []
+    return LoggerGroup(loggers)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
+    seed_everything(cfg.seed)
+    if HydraConfig.initialized() and distributed.info()[0] == 0:
+        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    model_args = datamodule.model_args()
+    model = instantiate(cfg.model, **model_args)
+    log.info(f"model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+    optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
+    extras = {"config": OmegaConf.to_container(cfg, resolve=True), "model_args": model_args,
+              "data": datamodule.state_dict()}
+    logger = build_logger(cfg, distributed.info()[0] == 0)
+    trainer = Trainer(trainer_config(cfg), model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
+                      scheduler=scheduler, datamodule=datamodule, logger=logger, seed=cfg.seed,
+                      callbacks=callbacks, checkpoint_extras=extras, output_dir=output_dir(cfg))
+    metrics = dict(trainer.fit(resolve_ckpt_path(cfg)))
+
+    if cfg.test and not trainer.should_stop:
+        best = getattr(callbacks.get("model_checkpoint"), "best_path", None)
+        if best and Path(best).is_file():
+            checkpoint.load_model_state(trainer.model, checkpoint.load(best)["model"], best)
+            log.info(f"testing the best checkpoint {best}")
+        metrics |= trainer.evaluate("test")
+        log.info("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/")))
+        if hasattr(trainer.metrics, "table"):
+            log.info("confusion matrix (test):\n" + trainer.metrics.table())
+    if trainer.is_global_zero:
+        logger.log_hparams(flat_hparams(cfg), metrics)
+    logger.close()
+    key = cfg.get("optimized_metric")
+    return metrics.get(key) if key else None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """`bigmodel eval ckpt_path=...`: rebuild data and model from the checkpoint and evaluate `split`."""
+    ckpt = checkpoint.load(cfg.ckpt_path)
+    saved = OmegaConf.create(ckpt["config"])
+    data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
+    datamodule = instantiate(data_cfg)
+    datamodule.setup()
+    model = instantiate(saved.model, **ckpt["model_args"])
+    checkpoint.load_model_state(model, ckpt["model"], cfg.ckpt_path)
+    logger = build_logger(cfg, True)
+    trainer = Trainer(trainer_config(cfg), model=model, loss_fn=instantiate(saved.loss), optimizer=None,
+                      datamodule=datamodule, logger=logger, seed=saved.seed, output_dir=output_dir(cfg))
+    trainer.global_step = ckpt["progress"]["global_step"]
+    metrics = trainer.evaluate(cfg.split)
+    print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    if hasattr(trainer.metrics, "table"):
+        print(trainer.metrics.table())
+    logger.close()
+    return metrics

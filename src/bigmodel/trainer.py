@@ -1,0 +1,358 @@
+"""The training loop shared by every model.
+
+Batches are `(inputs, targets)`, models return logits, the loss is a component. The Trainer owns
+device placement, mixed precision, gradient accumulation and clipping, evaluation, logging,
+checkpoint state and clean stops; everything else (callbacks, loggers, data) is handed to it.
+"""
+
+import logging
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+from bigmodel import checkpoint, distributed
+from bigmodel.config import Device, NonFinite, Precision, TrainerConfig
+from bigmodel.profiling import make_profiler
+
+log = logging.getLogger("bigmodel")
+
+
+def resolve_device(device: Device, local_rank: int = 0) -> torch.device:
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
+    if device == Device.cpu or (device == Device.auto and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def as_args(inputs: Any) -> tuple:
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+class Trainer:
+    """Fits `model` on `datamodule` with `optimizer` (and an optional scheduler factory
+    `scheduler(optimizer, total_steps)`), calling `callbacks` (name -> object) along the way."""
+
+    def __init__(self, config: TrainerConfig, *, model: torch.nn.Module, loss_fn: Callable,
+                 optimizer: torch.optim.Optimizer | None, datamodule, logger, seed: int = 0,
+                 scheduler: Callable | None = None, callbacks: dict[str, Any] | None = None,
+                 checkpoint_extras: dict[str, Any] | None = None, output_dir: str = ".") -> None:
+        self.config, self.loss_fn, self.datamodule, self.logger = config, loss_fn, datamodule, logger
+        self.seed, self.callbacks, self.output_dir = seed, dict(callbacks or {}), output_dir
+        self.checkpoint_extras = dict(checkpoint_extras or {})
+        self.rank, self.world_size, local_rank = distributed.info()
+        self.device = resolve_device(config.device, local_rank)
+        self.is_global_zero = self.rank == 0
+        self._configure_determinism()
+
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer
+        self.forward_model = distributed.wrap(self.model, config.strategy, self.device)
+        if config.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.autocast_dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(config.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == Precision.fp16)
+        self.metrics = datamodule.metrics()
+
+        self.global_step = self.epoch = self.batch_in_epoch = 0
+        self.window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "micro": 0}  # since the last log line
+        self.should_stop, self.last_val_step, self.last_metrics = False, -1, {}
+        self.scheduler_factory, self.scheduler, self.total_steps = scheduler, None, 0
+
+    # ---------------------------------------------------------------- set-up helpers
+    def _configure_determinism(self) -> None:
+        torch.backends.cudnn.benchmark = not self.config.deterministic
+        if self.config.deterministic:
+            import os
+
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _train_loader(self, skip_batches: int = 0) -> Iterable:
+        return self.datamodule.loader("train", epoch=self.epoch, skip_batches=skip_batches, rank=self.rank,
+                                      world_size=self.world_size, device=self.device)
+
+    def _batches_per_epoch(self) -> int:
+        n = len(self._train_loader())
+        return n if self.config.limit_train_batches < 0 else min(n, self.config.limit_train_batches)
+
+    def _total_steps(self) -> int:
+        if self.config.max_steps > 0:
+            return self.config.max_steps
+        return self.config.max_epochs * math.ceil(self._batches_per_epoch() / self.config.accumulate_grad_batches)
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def call(self, hook: str, *args) -> None:
+        for cb in self.callbacks.values():
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def print(self, msg: str) -> None:
+        if self.is_global_zero:
+            log.info(msg)
+
+    def _prepare(self, batch) -> tuple[tuple, torch.Tensor]:
+        inputs, targets = to_device(batch, self.device)
+        args = as_args(inputs)
+        if self.config.channels_last and args[0].dim() == 4:
+            args = (args[0].contiguous(memory_format=torch.channels_last),) + args[1:]
+        return args, targets
+
+    # ---------------------------------------------------------------- training
+    def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
+        self.total_steps = self._total_steps()
+        if self.scheduler_factory is not None:
+            self.scheduler = self.scheduler_factory(self.optimizer, self.total_steps)
+        if ckpt_path:
+            self.load_checkpoint(ckpt_path)
+        self.model.train()
+        self.call("on_fit_start")
+        self.profiler = make_profiler(self.config.profiler, self.output_dir)
+        previous = self._install_signal_handlers()
+        self._t_last, self._samples = time.perf_counter(), 0
+        try:
+            with self.profiler:
+                while not self._done():
+                    finished_epoch = self._train_epoch()
+                    if not finished_epoch:
+                        break
+                    if self.config.val_check_interval == 0 and self.last_val_step != self.global_step:
+                        self.validate()
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if not self.should_stop and self.last_val_step != self.global_step:
+                self.validate()
+        finally:
+            self._restore_signal_handlers(previous)
+        self.profiler.summary(self.print)
+        self.call("on_fit_end")
+        return self.last_metrics
+
+    def _done(self) -> bool:
+        if self.should_stop:
+            return True
+        if self.config.max_steps > 0:
+            return self.global_step >= self.config.max_steps
+        return self.epoch >= self.config.max_epochs
+
+    def _train_epoch(self) -> bool:
+        """One pass over the train loader, from `batch_in_epoch`. False when stopped early."""
+        accum, limit = self.config.accumulate_grad_batches, self._batches_per_epoch()
+        loader = self._train_loader(self.batch_in_epoch)
+        bar = tqdm(total=limit, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}", leave=False,
+                   dynamic_ncols=True, disable=not (self.config.progress_bar and self.is_global_zero
+                                                    and sys.stderr.isatty()))
+        step_loss, micro = torch.zeros((), device=self.device), 0
+        batches = iter(loader)
+        while self.batch_in_epoch < limit:
+            with self.profiler.phase("data"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            if self.global_step == 0 and self.batch_in_epoch == 0:
+                self._log_inputs(batch[0])
+            self.batch_in_epoch += 1
+            micro += 1
+            last_micro = micro == accum or self.batch_in_epoch == limit
+            step_loss += self._micro_step(batch, accum, sync=last_micro)
+            bar.update(1)
+            if not last_micro:
+                continue
+            self._optimizer_step(step_loss / micro)
+            step_loss, micro = torch.zeros((), device=self.device), 0
+            if self.global_step % self.config.log_every_n_steps == 0:
+                self._log_train(bar)
+            if self.config.val_check_interval > 0 and self.global_step % self.config.val_check_interval == 0:
+                self.validate()
+            if self.should_stop or self._done():
+                bar.close()
+                return self.batch_in_epoch >= limit and not self.should_stop
+        bar.close()
+        return True
+
+    def _micro_step(self, batch, accum: int, sync: bool) -> torch.Tensor:
+        args, targets = self._prepare(batch)
+        no_sync = getattr(self.forward_model, "no_sync", None)
+        with nullcontext() if (sync or no_sync is None) else no_sync():
+            with self.profiler.phase("forward"), self.autocast():
+                logits = self.forward_model(*args)
+                loss = self.loss_fn(logits, targets)
+            with self.profiler.phase("backward"):
+                self.scaler.scale(loss / accum).backward()
+        with torch.no_grad():
+            keep = targets != -100
+            self.window["correct"] += (logits.argmax(-1) == targets)[keep].sum()
+            self.window["count"] += keep.sum()
+            self._samples += targets.shape[0]
+        return loss.detach().float()
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        with self.profiler.phase("optimizer"):
+            grad_norm = None
+            if self.config.gradient_clip_val > 0:
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip_val)
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.config.on_nonfinite == NonFinite.stop:
+                    raise FloatingPointError(
+                        f"non-finite loss {loss.item()} at step {self.global_step + 1} (epoch {self.epoch}); "
+                        "set trainer.on_nonfinite=skip to drop such steps, or lower optimizer.lr")
+                self.print(f"skipping step {self.global_step + 1}: non-finite loss {loss.item()}")
+                if self.scaler.is_enabled():  # forget this step's inf checks; back off the scale
+                    self.scaler.update(self.scaler.get_scale() * 0.5)
+                return
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.global_step += 1
+        self.profiler.step()
+        self.window["loss"] += loss
+        self.window["micro"] += 1
+        if grad_norm is not None:
+            self.window["grad_norm"] = grad_norm
+        self.call("on_train_batch_end", float(loss))
+
+    def _log_train(self, bar) -> None:
+        w = self.window
+        now = time.perf_counter()
+        metrics = {"train/loss": float(w["loss"]) / max(w["micro"], 1),
+                   "train/acc": float(w["correct"]) / max(float(w["count"]), 1.0),
+                   "perf/samples_per_sec": self._samples * self.world_size / max(now - self._t_last, 1e-9)}
+        if "grad_norm" in w:
+            metrics["train/grad_norm"] = float(w["grad_norm"])
+        if self.is_global_zero:
+            self.logger.log_metrics(metrics, self.global_step)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", sps=f"{metrics['perf/samples_per_sec']:.0f}")
+        self.window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "micro": 0}
+        self._t_last, self._samples = now, 0
+
+    def _log_inputs(self, inputs) -> None:
+        x = as_args(inputs)[0]
+        if self.is_global_zero and isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] in (1, 3):
+            from torchvision.utils import make_grid
+
+            grid = make_grid(x[:16].detach().float().cpu(), nrow=8, normalize=True, scale_each=True)
+            self.logger.log_image("train/inputs", grid, 0)
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Loss and metrics over `split`, reduced across processes; logged with the split's prefix."""
+        limit = self.config.limit_val_batches if split == "val" else self.config.limit_test_batches
+        was_training = self.model.training
+        self.model.eval()
+        self.metrics.reset()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        loader = self.datamodule.loader(split, rank=self.rank, world_size=self.world_size, device=self.device)
+        for i, batch in enumerate(loader):
+            if 0 <= limit <= i:
+                break
+            args, targets = self._prepare(batch)
+            with self.autocast():
+                logits = self.forward_model(*args)
+                loss = self.loss_fn(logits, targets)
+            n = (targets != -100).sum()
+            loss_sum += loss.double() * n
+            count += n
+            self.metrics.update(logits.float(), targets)
+        distributed.all_reduce_sum([loss_sum, count, *self.metrics.state()], self.device)
+        self.model.train(was_training)
+        metrics = {f"{split}/loss": (loss_sum / count.clamp(min=1)).item()}
+        metrics |= {f"{split}/{k}": v for k, v in self.metrics.compute().items()}
+        if self.is_global_zero:
+            self.logger.log_metrics(metrics, self.global_step)
+            self.metrics.report(self.logger, split, self.global_step)
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        metrics = self.evaluate("val")
+        self.last_val_step, self.last_metrics = self.global_step, metrics
+        self.print(f"epoch {self.epoch} step {self.global_step}: "
+                   + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        self.call("on_validation_end", metrics)
+        return metrics
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": checkpoint.FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "progress": {"global_step": self.global_step, "epoch": self.epoch,
+                         "batch_in_epoch": self.batch_in_epoch, "last_val_step": self.last_val_step,
+                         "window": {k: float(v) for k, v in self.window.items()}},
+            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items() if hasattr(cb, "state_dict")},
+            "rng": checkpoint.rng_state(),
+            **self.checkpoint_extras,
+        }
+
+    def save_checkpoint(self, path: str) -> None:
+        state = self.state_dict()  # every rank takes part (FSDP gathers shards here)
+        if self.is_global_zero:
+            checkpoint.save_atomic(state, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        ckpt = checkpoint.load(path)
+        checkpoint.load_model_state(self.model, ckpt["model"], path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise checkpoint.CheckpointError(f"checkpoint {path!r}: optimizer state does not fit "
+                                             f"optimizer={type(self.optimizer).__name__} ({e})") from None
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        p = ckpt["progress"]
+        self.global_step, self.epoch, self.batch_in_epoch = p["global_step"], p["epoch"], p["batch_in_epoch"]
+        self.last_val_step, self.window = p["last_val_step"], dict(p["window"])
+        for name, state in ckpt["callbacks"].items():
+            if name in self.callbacks and hasattr(self.callbacks[name], "load_state_dict"):
+                self.callbacks[name].load_state_dict(state)
+        checkpoint.set_rng_state(ckpt["rng"])
+        self.print(f"resumed from {path} at epoch {self.epoch}, step {self.global_step}")
+
+    # ---------------------------------------------------------------- clean stops
+    def _install_signal_handlers(self) -> dict:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self.should_stop:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self.print(f"received {signal.Signals(signum).name}: finishing this step, then saving last.pt")
+            self.should_stop = True
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
