@@ -49,3 +49,45 @@ def compose_train(tmp_path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def write_fake_cifar10(root: Path, n_train: int = 100, n_test: int = 40, seed: int = 0) -> Path:
+    """A small CIFAR-10 in torchvision's on-disk format: root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names, "num_cases_per_batch": n_train // 5}, f)
+    for name, n in [*[(f"data_batch_{i}", n_train // 5) for i in range(1, 6)], ("test_batch", n_test)]:
+        labels = rng.integers(0, 10, n).tolist()
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        for i, y in enumerate(labels):  # make the classes learnable: a class-dependent brightness
+            data[i] = (data[i] // 4 + y * 20).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels, "batch_label": name}, f)
+    return folder
+
+
+def tiny_image_data(n: int = 64, num_classes: int = 4, size: int = 8, batch_size: int = 8,
+                    augment: bool = True, seed: int = 0):
+    """An in-memory ImageData with random (but learnable) images; no files."""
+    import torch
+
+    from bigmodel.data.images import Augment, ImageData
+
+    def load():
+        g = torch.Generator().manual_seed(seed)
+        splits = {}
+        for split, m in (("train", n), ("val", n // 2), ("test", n // 2)):
+            y = torch.randint(0, num_classes, (m,), generator=g)
+            x = torch.randint(0, 40, (m, size, size, 3), generator=g, dtype=torch.uint8) + (y * 60).view(-1, 1, 1, 1).to(torch.uint8)
+            splits[split] = (x, y)
+        return splits, [f"c{i}" for i in range(num_classes)]
+
+    return ImageData(load, batch_size=batch_size, eval_batch_size=16, augment=Augment(crop_padding=1) if augment else None,
+                     mean=[0.5] * 3, std=[0.25] * 3, on_device=False, seed=seed)

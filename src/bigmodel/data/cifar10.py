@@ -1,9 +1,11 @@
-"""CIFAR-10 through torchvision (download when online, else a local `cifar-10-batches-py/`)."""
+"""CIFAR-10: torchvision downloads it when online; the local `cifar-10-batches-py/` is read directly."""
 
 import functools
 import logging
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bigmodel.data.errors import DataError
@@ -16,40 +18,52 @@ log = logging.getLogger("bigmodel")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
+def read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 32, 32, 3) uint8 and labels from python-pickle CIFAR batch files."""
+    data, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        data.append(np.asarray(batch["data"], dtype=np.uint8))
+        labels += batch["labels"]
+    images = np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(labels, dtype=torch.long)
+
+
 def load_cifar10(root: str, download: bool, val_size: int, seed: int, fallback: str | None,
                  cache_dir: str) -> tuple[Splits, list[str]]:
     """Train/val/test uint8 tensors. `val_size` images of train are held out (seeded); with
-    val_size=0 the test split doubles as the validation split. When the original data can be
-    neither found nor downloaded, an ImageFolder copy at `fallback` (e.g. the JPEG re-encoding
-    of CIFAR-10) is used instead, with a warning."""
-    from torchvision.datasets import CIFAR10
+    val_size=0 the test split doubles as the validation split. torchvision downloads (and checks)
+    the archive when it is missing; when it can be neither found nor downloaded, an ImageFolder
+    copy at `fallback` (e.g. the JPEG re-encoding of CIFAR-10) is used instead, with a warning."""
+    local = Path(root).expanduser() / "cifar-10-batches-py"
+    if not (local / "batches.meta").is_file():
+        try:
+            if not download:
+                raise FileNotFoundError("data.download=false")
+            from torchvision.datasets import CIFAR10
 
-    local = Path(root) / "cifar-10-batches-py"
-    try:
-        train = CIFAR10(root, train=True, download=download and not local.is_dir())
-        test = CIFAR10(root, train=False, download=False)
-    except Exception as e:  # offline download (URLError), missing or corrupt files (RuntimeError)
-        why = f"download failed ({type(e).__name__}: {e})" if download else "data.download=false"
-        if fallback and Path(fallback).exists():
-            log.warning(f"CIFAR-10 not found in {str(local)!r} and {why}; using the ImageFolder copy "
-                        f"at {fallback!r} (data.fallback) instead")
-            return load_image_folder(fallback, cache_dir, 32, val_size / 50000, seed)
-        raise DataError(
-            f"CIFAR-10 not found in {str(local)!r} and {why}. Get it: download {URL} and unpack it into "
-            f"{root!r} (or set BIGMODEL_DATA_DIR / data.root to where it is), or train on an image "
-            "folder with data=image_folder.") from None
-
-    def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(ds.data), torch.tensor(ds.targets, dtype=torch.long)
-
-    (x, y), test_split = tensors(train), tensors(test)
-    splits: Splits = {"test": test_split}
+            CIFAR10(root, train=True, download=True)
+        except Exception as e:  # offline (URLError), refused, corrupt archive ...
+            why = "data.download=false" if not download else f"download failed ({type(e).__name__}: {e})"
+            if fallback and Path(fallback).exists():
+                log.warning(f"CIFAR-10 not found in {str(local)!r} and {why}; using the ImageFolder copy "
+                            f"at {fallback!r} (data.fallback) instead")
+                return load_image_folder(fallback, cache_dir, 32, val_size / 50000, seed)
+            raise DataError(
+                f"CIFAR-10 not found in {str(local)!r} and {why}. Get it: download {URL} and unpack it "
+                f"into {root!r} (or set BIGMODEL_DATA_DIR / data.root to where it is), or train on an "
+                "image folder with data=image_folder.") from None
+    with open(local / "batches.meta", "rb") as f:
+        classes = pickle.load(f, encoding="latin1")["label_names"]
+    x, y = read_batches(local, [f"data_batch_{i}" for i in range(1, 6)])
+    splits: Splits = {"test": read_batches(local, ["test_batch"])}
     if val_size > 0:
         tr, va = seeded_split(len(y), val_size / len(y), seed)
         splits |= {"train": (x[tr], y[tr]), "val": (x[va], y[va])}
     else:
-        splits |= {"train": (x, y), "val": test_split}
-    return splits, list(train.classes)
+        splits |= {"train": (x, y), "val": splits["test"]}
+    return splits, list(classes)
 
 
 def cifar10(root: str, download: bool = True, val_size: int = 5000, fallback: str | None = None,

@@ -53,4 +53,6 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory and torch.cuda.is_available(), drop_last=drop_last,
                       collate_fn=collate_fn, persistent_workers=False,
+                      # its own generator: creating the iterator draws nothing from the global RNG
+                      generator=torch.Generator().manual_seed(seed + epoch),
                       prefetch_factor=4 if num_workers > 0 else None)

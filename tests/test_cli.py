@@ -1,0 +1,125 @@
+"""`bigmodel` as a user runs it: subprocesses on a small fake CIFAR-10 in torchvision's format."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_cli, write_fake_cifar10
+
+SMALL = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "trainer.progress_bar=false",
+         "data.val_size=20", "data.batch_size=16"]
+
+
+def scalar_tags(run_dir) -> set[str]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
+
+
+@pytest.mark.slow
+def test_train_on_fake_cifar_writes_a_complete_run(tmp_path):
+    write_fake_cifar10(tmp_path / "data" / "cifar10")
+    run_dir = tmp_path / "run"
+    out = run_cli("train", *SMALL, "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+                  f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / "config.yaml").is_file() and "max_epochs: 2" in (run_dir / "config.yaml").read_text()
+    assert "test/acc" in (run_dir / "train.log").read_text()
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    scalars, images = scalar_tags(run_dir)
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "perf/samples_per_sec"} <= scalars
+    assert {"train/inputs", "val/confusion_matrix"} <= images
+    assert "train/loss" in (run_dir / "csv" / "metrics.csv").read_text()
+
+    ev = run_cli("eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "trainer.progress_bar=false",
+                 f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "test/acc=" in ev.stdout and "true\\pred" in ev.stdout
+
+
+@pytest.mark.slow
+def test_missing_cifar_offline_is_one_clear_line(tmp_path):
+    out = run_cli("train", "data.download=false", "data.fallback=null", f"hydra.run.dir={tmp_path}/r", cwd=tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "CIFAR-10 not found in" in text and "cifar-10-python.tar.gz" in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,expected", [
+    ("trainer.max_stepz=3", "max_stepz"),
+    ("trainer.max_steps=abc", "max_steps"),
+    ("trainer.precision=fp64", "precision"),
+    ("model=resnet9000", "model"),
+])
+def test_bad_override_fails_at_start_naming_the_key(tmp_path, override, expected):
+    out = run_cli("train", override, cwd=tmp_path)
+    assert out.returncode != 0
+    assert expected in out.stderr
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("*.pt"))
+
+
+@pytest.mark.slow
+def test_help_lists_commands_and_groups(tmp_path):
+    top = run_cli("--help", cwd=tmp_path)
+    assert top.returncode == 0 and all(c in top.stdout for c in ("train", "eval", "generate", "tensorboard"))
+    train = run_cli("train", "--help", cwd=tmp_path)
+    assert train.returncode == 0
+    for group in ("model:", "data:", "optimizer:", "scheduler:", "trainer:", "logger:", "callbacks:",
+                  "experiment:", "debug:"):
+        assert group in train.stdout, group
+    assert "cifar10" in train.stdout and "adamw" in train.stdout
+
+
+@pytest.mark.slow
+def test_sigint_finishes_the_step_saves_and_resumes(tmp_path):
+    write_fake_cifar10(tmp_path / "data" / "cifar10", n_train=400)
+    run_dir = tmp_path / "run"
+    env = {"BIGMODEL_LOG_DIR": str(tmp_path / "logs"), "BIGMODEL_DATA_DIR": str(tmp_path / "data"),
+           "BIGMODEL_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *SMALL, "trainer.max_steps=100000",
+                             "trainer.val_check_interval=2", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 120
+    for line in proc.stdout:  # wait until training is under way
+        lines.append(line)
+        if "step 4:" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text[-3000:]
+    assert "received SIGINT" in text
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    stopped_at = ckpt["progress"]["global_step"]
+    assert 4 <= stopped_at < 100000
+
+    resumed = run_cli("train", *SMALL, f"trainer.max_steps={stopped_at + 2}", "test=false",
+                      f"ckpt_path={run_dir}/checkpoints/last.pt", f"hydra.run.dir={tmp_path}/run2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at epoch 0, step {stopped_at}" in (tmp_path / "run2" / "train.log").read_text()
+    final = torch.load(tmp_path / "run2" / "checkpoints" / "last.pt", weights_only=False)
+    assert final["progress"]["global_step"] == stopped_at + 2
+
+
+@pytest.mark.slow
+def test_ckpt_path_auto_resumes_the_newest_run(tmp_path):
+    write_fake_cifar10(tmp_path / "data" / "cifar10")
+    first = run_cli("train", *SMALL, "name=exp", "trainer.max_steps=3", "test=false",
+                    f"hydra.run.dir={tmp_path}/logs/exp/runs/1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli("train", *SMALL, "name=exp", "trainer.max_steps=5", "test=false", "ckpt_path=auto",
+                     f"hydra.run.dir={tmp_path}/logs/exp/runs/2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = (tmp_path / "logs" / "exp" / "runs" / "2" / "train.log").read_text()
+    assert "resumed from" in log and "runs/1/checkpoints/last.pt" in log and "step 3" in log

@@ -1,0 +1,93 @@
+"""Image data: sampler sharding/resume, deterministic augmentation, CIFAR files, ImageFolder archives."""
+
+import tarfile
+
+import pytest
+import torch
+from torchvision.io import encode_jpeg, write_file
+
+from bigmodel.data.cifar10 import cifar10
+from bigmodel.data.errors import DataError
+from bigmodel.data.image_folder import image_folder
+from bigmodel.data.images import Augment, augment_batch
+from bigmodel.data.loading import ResumableSampler
+from conftest import tiny_image_data, write_fake_cifar10
+
+
+def test_sampler_shards_and_resumes():
+    whole = list(ResumableSampler(10, shuffle=True, seed=3, epoch=1))
+    assert sorted(whole) == list(range(10))
+    assert whole != list(ResumableSampler(10, shuffle=True, seed=3, epoch=2))
+    ranks = [list(ResumableSampler(10, shuffle=True, seed=3, epoch=1, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(whole) and len(ranks[0]) == 5
+    assert list(ResumableSampler(10, shuffle=True, seed=3, epoch=1, skip=4)) == whole[4:]
+    padded = [list(ResumableSampler(5, shuffle=False, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert padded == [[0, 2, 4], [1, 3, 0]]
+
+
+def test_augmentation_is_a_crop_and_flip_and_reproducible():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float).view(2, 3, 6, 6)
+    a = augment_batch(x, Augment(crop_padding=2), torch.Generator().manual_seed(0))
+    b = augment_batch(x, Augment(crop_padding=2), torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    no_pad = augment_batch(x, Augment(crop_padding=0, hflip=True), torch.Generator().manual_seed(1))
+    for i in range(2):
+        assert torch.equal(no_pad[i], x[i]) or torch.equal(no_pad[i], x[i].flip(2))
+
+
+def test_image_batches_resume_mid_epoch():
+    dm = tiny_image_data(n=40, batch_size=8)
+    dm.setup()
+    full = list(dm.loader("train", epoch=2))
+    rest = list(dm.loader("train", epoch=2, skip_batches=3))
+    assert len(full) == 5 and len(rest) == 2
+    for (x1, y1), (x2, y2) in zip(full[3:], rest):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_cifar10_reads_torchvision_files(tmp_path):
+    write_fake_cifar10(tmp_path, n_train=50, n_test=20)
+    dm = cifar10(str(tmp_path), download=False, val_size=10, batch_size=16)
+    dm.setup()
+    x, y = dm.splits["train"]
+    assert x.shape == (40, 32, 32, 3) and x.dtype == torch.uint8 and len(dm.splits["val"][1]) == 10
+    assert dm.model_args() == {"num_classes": 10, "in_channels": 3}
+    xb, yb = next(iter(dm.loader("train")))
+    assert xb.shape == (16, 3, 32, 32) and xb.dtype == torch.float32
+
+
+def test_cifar10_missing_offline_raises_data_error(tmp_path):
+    with pytest.raises(DataError, match="CIFAR-10 not found .*cifar-10-python.tar.gz"):
+        cifar10(str(tmp_path / "nothing"), download=False).setup()
+
+
+def write_image_folder(root, splits=("train", "test"), classes=("cat", "dog"), n=4, size=12):
+    for split in splits:
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = torch.full((3, size, size), 40 + 150 * c, dtype=torch.uint8)
+                write_file(str(root / split / name / f"{i}.jpg"), encode_jpeg(img))
+
+
+def test_image_folder_from_targz_with_seeded_val(tmp_path):
+    write_image_folder(tmp_path / "src" / "pets", n=10)
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "pets", arcname="pets")
+    dm = image_folder(str(archive), cache_dir=str(tmp_path / "cache"), image_size=8, val_fraction=0.2)
+    dm.setup()
+    assert dm.class_names == ["cat", "dog"]
+    assert dm.splits["train"][0].shape == (16, 8, 8, 3) and len(dm.splits["val"][1]) == 4
+    assert dm.splits["train"][0][dm.splits["train"][1] == 1].float().mean() > 150  # dogs are bright
+    again = image_folder(str(archive), cache_dir=str(tmp_path / "cache"), image_size=8, val_fraction=0.2)
+    again.setup()  # from the decoded cache
+    assert torch.equal(again.splits["val"][1], dm.splits["val"][1])
+
+
+def test_image_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="expected a folder with train"):
+        image_folder(str(tmp_path), cache_dir=str(tmp_path / "c")).setup()
+    write_image_folder(tmp_path / "noval", splits=("train",))
+    with pytest.raises(DataError, match="no test/"):
+        image_folder(str(tmp_path / "noval"), cache_dir=str(tmp_path / "c")).setup()

@@ -1,0 +1,99 @@
+"""Checkpoints: exact resume (weights and logged curve), atomic writes, clear errors, ckpt_path=auto."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigmodel import checkpoint
+from bigmodel.callbacks import ModelCheckpoint
+from helpers import StopAt, make_trainer
+
+
+def _ckpt(tmp_path):
+    return {"model_checkpoint": ModelCheckpoint(str(tmp_path), monitor="val/acc", mode="max")}
+
+
+@pytest.mark.parametrize("stop_at,config", [
+    (5, {}),  # mid-epoch (8 batches per epoch)
+    (8, {}),  # exactly at an epoch boundary, before its validation
+    (3, {"accumulate_grad_batches": 3}),  # accumulation: 3 batches per step, epochs end on a partial step
+    (4, {"val_check_interval": 3}),
+])
+def test_stop_and_resume_equals_uninterrupted(tmp_path, stop_at, config):
+    straight = make_trainer(max_steps=12, **config)
+    straight.fit()
+
+    first = make_trainer(max_steps=12, callbacks={**_ckpt(tmp_path), "stop": StopAt(stop_at)}, **config)
+    first.fit()
+    assert first.global_step == stop_at
+
+    resumed = make_trainer(max_steps=12, model_seed=123, callbacks=_ckpt(tmp_path / "b"), **config)
+    resumed.fit(ckpt_path=str(tmp_path / "last.pt"))
+
+    assert resumed.global_step == straight.global_step == 12
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for name in ("train/loss", "train/acc", "val/loss", "lr"):  # the two halves log the same curve
+        assert first.logger.curve(name) + resumed.logger.curve(name) == straight.logger.curve(name), name
+
+
+def test_checkpoint_contents(tmp_path):
+    trainer = make_trainer(max_steps=3, callbacks=_ckpt(tmp_path))
+    trainer.checkpoint_extras = {"config": {"seed": 0}}
+    trainer.fit()
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "progress", "rng", "callbacks", "config"} <= set(ckpt)
+    assert ckpt["progress"]["global_step"] == 3
+    assert (tmp_path / "best.pt").is_file()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "v": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_atomic({"v": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load(path)["v"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_corrupt_checkpoint_error_names_the_file(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="last.pt.*not a readable checkpoint"):
+        checkpoint.load(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="no such file"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_mismatched_checkpoint_names_what_differs(tmp_path):
+    trainer = make_trainer(max_steps=1, callbacks=_ckpt(tmp_path))
+    trainer.fit()
+    other = make_trainer(bn=False)
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this model: missing .* unexpected"):
+        other.load_checkpoint(str(tmp_path / "last.pt"))
+    wider = torch.nn.Linear(3, 3)
+    with pytest.raises(checkpoint.CheckpointError, match="shape mismatch weight"):
+        checkpoint.load_model_state(wider, {"weight": torch.zeros(2, 3), "bias": torch.zeros(3)})
+
+
+def test_newest_finds_the_latest_run(tmp_path):
+    old = tmp_path / "runs" / "a" / "checkpoints" / "last.pt"
+    new = tmp_path / "runs" / "b" / "checkpoints" / "last.pt"
+    for p in (old, new):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    assert checkpoint.newest(tmp_path) == new
+    assert checkpoint.newest(tmp_path, exclude=str(tmp_path / "runs" / "b")) == old
+    with pytest.raises(checkpoint.CheckpointError, match="ckpt_path=auto"):
+        checkpoint.newest(tmp_path / "nothing")
