@@ -123,3 +123,33 @@ def test_ckpt_path_auto_resumes_the_newest_run(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     log = (tmp_path / "logs" / "exp" / "runs" / "2" / "train.log").read_text()
     assert "resumed from" in log and "runs/1/checkpoints/last.pt" in log and "step 3" in log
+
+
+@pytest.mark.slow
+def test_user_config_dir_adds_options_without_forking(tmp_path):
+    (tmp_path / "my" / "model").mkdir(parents=True)
+    (tmp_path / "my" / "model" / "tiny_cnn.yaml").write_text(
+        "_target_: bigmodel.models.cnn.CNN\nstem_width: 4\nwidths: [6]\n")
+    out = run_cli("train", "--config-dir", str(tmp_path / "my"), "model=tiny_cnn", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "widths:\n  - 6" in out.stdout
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_configs(tmp_path):
+    from conftest import REPO
+
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = (tmp_path / "dist").glob("bigmodel-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    assert (tmp_path / "site" / "bigmodel" / "configs" / "train.yaml").is_file()
+    out = run_cli("train", "--cfg", "job", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "bigmodel.models.cnn.CNN" in out.stdout
+    probe = subprocess.run([sys.executable, "-c", "import bigmodel.cli as c; print(c.config_dir())"],
+                           cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True)
+    assert str(tmp_path / "site") in probe.stdout

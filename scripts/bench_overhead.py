@@ -1,0 +1,120 @@
+"""Trainer step time vs a plain hand-written PyTorch loop, same model and data, in one process.
+
+    python scripts/bench_overhead.py [--device cpu|cuda] [--steps 40] [--rounds 5] [--batch-size 128]
+
+Both loops draw the same batches from the same in-memory CIFAR-shaped data (augmentation on),
+run forward / cross-entropy / backward / SGD step, and are timed per step (median after warm-up);
+rounds alternate between the two so that machine noise hits both alike. Prints a Markdown row.
+"""
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+from functools import partial
+
+import torch
+
+from bigmodel.config import Device, TrainerConfig
+from bigmodel.data.images import Augment, ImageData
+from bigmodel.losses import CrossEntropy
+from bigmodel.models.cnn import CNN
+from bigmodel.optim import param_groups
+from bigmodel.trainer import Trainer
+
+
+class NullLogger:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+class StepTimes:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, trainer, loss) -> None:
+        self.times.append(time.perf_counter())
+
+
+def make_data(n: int, batch_size: int) -> ImageData:
+    def load():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g)
+        y = torch.randint(0, 10, (n,), generator=g)
+        return {"train": (x, y), "val": (x[:256], y[:256]), "test": (x[:256], y[:256])}, [str(i) for i in range(10)]
+
+    dm = ImageData(load, batch_size=batch_size, eval_batch_size=256, augment=Augment(), mean=[0.5] * 3,
+                   std=[0.25] * 3, on_device=False, seed=0)
+    dm.setup()
+    return dm
+
+
+def build(args):
+    torch.manual_seed(0)
+    model = CNN(num_classes=10, stem_width=16, widths=(32, 64, 128))
+    opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.05, momentum=0.9, nesterov=True)
+    return model, opt
+
+
+def plain_loop(args, dm, device) -> list[float]:
+    model, opt = build(args)
+    model.to(device).train()
+    times = [time.perf_counter()]
+    for i, (x, y) in enumerate(dm.loader("train", device=device)):
+        if i == args.steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+    return times
+
+
+def trainer_loop(args, dm, device) -> list[float]:
+    model, opt = build(args)
+    timer = StepTimes()
+    cfg = TrainerConfig(device=Device(device.type), max_steps=args.steps, limit_val_batches=0,
+                        progress_bar=False, log_every_n_steps=10**9)
+    trainer = Trainer(cfg, model=model, loss_fn=CrossEntropy(), optimizer=opt, datamodule=dm,
+                      logger=NullLogger(), callbacks={"timer": timer})
+    if device.type == "cuda":
+        trainer.call = partial(lambda call, hook, *a: (torch.cuda.synchronize(), call(hook, *a)), trainer.call)
+    timer.times.append(time.perf_counter())
+    trainer.fit()
+    return timer.times
+
+
+def median_step(times: list[float], warmup: int) -> float:
+    return statistics.median([b - a for a, b in zip(times[warmup:], times[warmup + 1:])])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dm = make_data(args.batch_size * (args.steps + 2), args.batch_size)
+    plain, ours = [], []
+    for _ in range(args.rounds):
+        plain.append(median_step(plain_loop(args, dm, device), warmup=3))
+        ours.append(median_step(trainer_loop(args, dm, device), warmup=3))
+    p_ms, o_ms = 1e3 * statistics.median(plain), 1e3 * statistics.median(ours)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"plain loop per-round medians (ms): {[round(1e3 * t, 2) for t in plain]}")
+    print(f"Trainer    per-round medians (ms): {[round(1e3 * t, 2) for t in ours]}")
+    print(f"| {device.type} ({name}, {torch.get_num_threads()} threads) | torch {torch.__version__} | "
+          f"batch {args.batch_size} | plain {p_ms:.2f} ms | Trainer {o_ms:.2f} ms | "
+          f"overhead {100 * (o_ms / p_ms - 1):+.1f}% | commit {commit} |")
+
+
+if __name__ == "__main__":
+    main()
