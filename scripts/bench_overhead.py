@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -107,7 +108,8 @@ def main() -> None:
         plain.append(median_step(plain_loop(args, dm, device), warmup=3))
         ours.append(median_step(trainer_loop(args, dm, device), warmup=3))
     p_ms, o_ms = 1e3 * statistics.median(plain), 1e3 * statistics.median(ours)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"plain loop per-round medians (ms): {[round(1e3 * t, 2) for t in plain]}")
     print(f"Trainer    per-round medians (ms): {[round(1e3 * t, 2) for t in ours]}")
