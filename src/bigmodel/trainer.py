@@ -7,7 +7,7 @@ checkpoint state and clean stops; everything else (callbacks, loggers, data) is 
 
 import logging
 import math
-import signal
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -17,30 +17,11 @@ import torch
 from tqdm import tqdm
 
 from bigmodel import checkpoint, distributed
-from bigmodel.config import Device, NonFinite, Precision, TrainerConfig
+from bigmodel.config import NonFinite, Precision, TrainerConfig
 from bigmodel.profiling import make_profiler
+from bigmodel.runtime import GracefulStop, as_args, resolve_device, to_device
 
 log = logging.getLogger("bigmodel")
-
-
-def resolve_device(device: Device, local_rank: int = 0) -> torch.device:
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
-    if device == Device.cpu or (device == Device.auto and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
-def to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(v, device) for v in x)
-    return x
-
-
-def as_args(inputs: Any) -> tuple:
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
 class Trainer:
@@ -79,8 +60,6 @@ class Trainer:
     def _configure_determinism(self) -> None:
         torch.backends.cudnn.benchmark = not self.config.deterministic
         if self.config.deterministic:
-            import os
-
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -129,21 +108,16 @@ class Trainer:
         self.model.train()
         self.call("on_fit_start")
         self.profiler = make_profiler(self.config.profiler, self.output_dir)
-        previous = self._install_signal_handlers()
         self._t_last, self._samples = time.perf_counter(), 0
-        try:
-            with self.profiler:
-                while not self._done():
-                    finished_epoch = self._train_epoch()
-                    if not finished_epoch:
-                        break
-                    if self.config.val_check_interval == 0 and self.last_val_step != self.global_step:
-                        self.validate()
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        with GracefulStop(self._request_stop), self.profiler:
+            while not self._done():
+                if not self._train_epoch():  # stopped early
+                    break
+                if self.config.val_check_interval == 0 and self.last_val_step != self.global_step:
+                    self.validate()
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             if not self.should_stop and self.last_val_step != self.global_step:
                 self.validate()
-        finally:
-            self._restore_signal_handlers(previous)
         self.profiler.summary(self.print)
         self.call("on_fit_end")
         return self.last_metrics
@@ -337,22 +311,6 @@ class Trainer:
         checkpoint.set_rng_state(ckpt["rng"])
         self.print(f"resumed from {path} at epoch {self.epoch}, step {self.global_step}")
 
-    # ---------------------------------------------------------------- clean stops
-    def _install_signal_handlers(self) -> dict:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            if self.should_stop:  # a second signal: stop now
-                raise KeyboardInterrupt
-            self.print(f"received {signal.Signals(signum).name}: finishing this step, then saving last.pt")
-            self.should_stop = True
-
-        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    def _request_stop(self, signal_name: str) -> None:
+        self.print(f"received {signal_name}: finishing this step, then saving last.pt")
+        self.should_stop = True

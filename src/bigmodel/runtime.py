@@ -1,0 +1,54 @@
+"""Where and how the Trainer runs: device choice, moving batches, and clean stops on signals."""
+
+import signal
+import threading
+from typing import Any, Callable
+
+import torch
+
+from bigmodel.config import Device
+
+
+def resolve_device(device: Device, local_rank: int = 0) -> torch.device:
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
+    if device == Device.cpu or (device == Device.auto and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """Tensors, and tuples/lists of them, moved to `device` (asynchronously from pinned memory)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def as_args(inputs: Any) -> tuple:
+    """A batch's inputs as the positional arguments of the model."""
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+class GracefulStop:
+    """While active, the first SIGINT/SIGTERM calls `request_stop(signal_name)` so the loop can finish
+    its step and save; a second one raises KeyboardInterrupt. Only the main thread can own signals."""
+
+    def __init__(self, request_stop: Callable[[str], None]) -> None:
+        self.request_stop, self.previous, self.received = request_stop, {}, False
+
+    def _handle(self, signum, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        self.request_stop(signal.Signals(signum).name)
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
