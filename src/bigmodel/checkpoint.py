@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from bigmodel import distributed
+
 FORMAT_VERSION = 1
 
 
@@ -61,7 +63,7 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         if shapes:
             parts.append("shape mismatch " + "; ".join(shapes[:5]))
         raise CheckpointError(f"checkpoint {path!r} does not fit this model: " + ", ".join(parts))
-    model.load_state_dict(state)
+    distributed.load_model_state_dict(model, state)  # also into a model sharded by FSDP
 
 
 def rng_state() -> dict[str, Any]:

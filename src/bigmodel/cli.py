@@ -83,7 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         sys.exit(f"bigmodel: unknown command {command!r}; valid: {', '.join([*COMMANDS, 'tensorboard'])}")
     if command == "train":
-        from bigmodel.launch import maybe_launch
+        from bigmodel.launch import prepare
 
-        maybe_launch(rest)  # trainer.devices=N > 1: re-runs this command under torchrun
+        rest = prepare(rest)  # trainer.devices=N > 1: re-runs this command under torchrun
+    if command == "predict":
+        from bigmodel.predict import quote_text_args
+
+        rest = quote_text_args(rest)  # text="a , b": free text, not override syntax
+    if command == "generate":
+        from bigmodel.generate import quote_prompt_args
+
+        rest = quote_prompt_args(rest)  # prompt="Hello, world": free text too
     run_app(command, rest)

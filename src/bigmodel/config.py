@@ -60,6 +60,7 @@ class TrainerConfig:
     progress_bar: bool = True  # shown only when stderr is a terminal
     strategy: Strategy = Strategy.auto
     devices: int = 1  # > 1 launches that many processes with torchrun
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default. 1 avoids spin-waiting on a shared CPU
 
 
 @dataclass

@@ -1,41 +1,182 @@
-"""torch.distributed glue: who am I, wrap the model, sum tensors across processes.
+"""torch.distributed glue: who am I, wrap the model, sum tensors, full state dicts under FSDP.
 
 Processes are started by torchrun (or by `trainer.devices=N`, which runs torchrun for you);
-this module only reads the environment torchrun sets.
+this module only reads the environment torchrun sets. Data parallel (DDP) keeps a full model on
+every process; `trainer.strategy=fsdp` shards parameters, gradients and optimizer state with
+FSDP2 (`fully_shard`, which also runs on CPU with Gloo). Checkpoints always hold the full,
+unsharded state dict, so a checkpoint from any strategy loads into a plain model.
 """
 
+import atexit
+import logging
 import os
+from datetime import datetime
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from bigmodel.config import Strategy
 
 
+def _from_submitit() -> None:
+    """In a submitit job (hydra/launcher=submitit_slurm) with several tasks, one process per task:
+    set the variables torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) from Slurm's."""
+    if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment()
+    if env.world_size > 1:
+        env.export(set_cuda_visible_devices=False)  # each process picks cuda:LOCAL_RANK itself
+
+
+def _close() -> None:
+    """Tear the process group down before the interpreter exits (a live one can abort the exit)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank), initializing the process group on first use under torchrun."""
+    """(rank, world_size, local_rank), initializing the process group on first use under torchrun
+    (or in a multi-task submitit job)."""
+    _from_submitit()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_close)
+        if dist.get_rank() > 0:  # each log line once: rank 0's (torchrun runs also set this via Hydra)
+            logging.getLogger().setLevel(logging.WARNING)
     if not dist.is_initialized():
         return 0, 1, 0
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def wrap(model: torch.nn.Module, strategy: Strategy, device: torch.device) -> torch.nn.Module:
-    """The module to call for training: DDP or FSDP when several processes run, else the model itself."""
+def shared_stamp(fmt: str) -> str:
+    """The current time formatted as `fmt`, as rank 0 sees it (the same string on every process)."""
+    stamp = [datetime.now().strftime(fmt)]
+    if info()[1] > 1:
+        dist.broadcast_object_list(stamp, src=0)
+    return stamp[0]
+
+
+def wrap(model: nn.Module, strategy: Strategy, device: torch.device,
+         optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """The module to call for training: DDP or FSDP when several processes run, else the model itself.
+
+    FSDP shards `model` in place and replaces its parameters, so `optimizer` (built on the old ones,
+    still without state) is pointed at the sharded parameters.
+    """
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return model
     if strategy == Strategy.fsdp:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        return FSDP(model, device_id=device if device.type == "cuda" else None, use_orig_params=True)
+        return shard(model, optimizer)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """FSDP2: each block of every nn.ModuleList (a Transformer's layers) is one unit, the rest another."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    blocks = [block for m in model.modules() if isinstance(m, nn.ModuleList) for block in m]
+    for block in reversed(blocks):  # bottom-up: inner units first, the root last
+        fully_shard(block)
+    fully_shard(model)
+    if optimizer is not None:
+        if optimizer.state:
+            raise RuntimeError("trainer.strategy=fsdp: the optimizer already has state; shard before stepping")
+        sharded = dict(model.named_parameters())
+        for group in optimizer.param_groups:
+            group["params"] = [sharded[names[id(p)]] for p in group["params"]]
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True for a model sharded by FSDP2 (its parameters are DTensors)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full state dict. Sharded: every process must call this; rank 0 gets it (on CPU), others {}."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict(); sharded, the full one keyed by parameter name (rank 0 only, as above)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options())
+
+
+def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict into a plain or a sharded model (each process keeps its shard)."""
+    if not is_sharded(model):
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _keyed_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """An optimizer state dict keyed by parameter index (optimizer.state_dict()) re-keyed by name."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {"state": {order[i]: s for i, s in state["state"].items()},
+            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a state dict saved by optimizer_state_dict() under any strategy into this optimizer."""
+    by_name = any(isinstance(p, str) for g in state["param_groups"] for p in g["params"])
+    if not by_name and not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if not by_name:
+        state = _keyed_by_name(model, optimizer, state)
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over all processes (itself in a single process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def any_true(flag: bool, device: torch.device) -> bool:
+    """True on every process when it is True on any: processes stop at the same step together."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def all_reduce_sum(tensors: list[torch.Tensor], device: torch.device) -> None:

@@ -1,13 +1,66 @@
-"""`trainer.devices=N` (N > 1): start N processes of this same command with torchrun."""
+"""How runs start: several processes for one run, and sweeps of many runs.
 
+`trainer.devices=N` starts N copies of this command with torchrun, and every process that
+torchrun starts (that way or by hand) agrees on one run folder.
+
+Each process runs Hydra. The run folder's name holds the start time (`${now:...}`), which could
+differ between processes by a second, so rank 0's time is broadcast to all of them and read by
+configs/hydra/default.yaml as ${oc.env:BIGMODEL_RUN_STAMP}. Ranks > 0 write no .hydra/ folder and
+no train.log, and log warnings only, so the console shows each line once.
+
+Sweeps (`-m`, `hparams_search=...`) put their runs under one folder named after `${name}`;
+SweepCallback (registered in configs/hydra/default.yaml) makes `${name}` resolvable there.
+"""
+
+import copy
+import logging
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("bigmodel")
+
+STAMP_ENV = "BIGMODEL_RUN_STAMP"
+STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"  # as in configs/hydra/default.yaml
+QUIET = [  # Hydra overrides for ranks > 0
+    "hydra.output_subdir=null",
+    "~hydra.job_logging.handlers.file",
+    "hydra.job_logging.root.handlers=[console]",
+    "hydra.job_logging.root.level=WARNING",
+    "hydra.hydra_logging.root.level=WARNING",
+]
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def prepare(argv: list[str]) -> list[str]:
+    """The overrides this process runs `bigmodel train` with; starts torchrun (and exits) for trainer.devices > 1."""
+    if under_torchrun():
+        return join_group(argv)
+    maybe_launch(argv)
+    return argv
+
+
+def join_group(argv: list[str]) -> list[str]:
+    from bigmodel import distributed
+
+    os.environ[STAMP_ENV] = distributed.shared_stamp(STAMP_FORMAT)  # joins the process group
+    rank = int(os.environ.get("RANK", "0"))
+    return argv if rank == 0 else [*argv, *QUIET]
 
 
 def maybe_launch(argv: list[str]) -> None:
     devices = next((a.split("=", 1)[1] for a in argv if a.startswith("trainer.devices=")), "1")
-    if "LOCAL_RANK" in os.environ or "-m" in argv or "--multirun" in argv:
+    if "LOCAL_RANK" in os.environ:
         return
     try:
         n = int(devices)
@@ -15,6 +68,32 @@ def maybe_launch(argv: list[str]) -> None:
         sys.exit(f"bigmodel: trainer.devices={devices!r} is not an integer")
     if n <= 1:
         return
+    if "-m" in argv or "--multirun" in argv or any(a.startswith("hparams_search=") for a in argv):
+        print(f"bigmodel: trainer.devices={n} is ignored in a sweep (-m): each job runs in one process; "
+              "for multi-GPU jobs use hydra/launcher=submitit_slurm (docs/scaling.md)", file=sys.stderr)
+        return
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "bigmodel", "train", *argv]
-    sys.exit(subprocess.call(cmd))
+    proc = subprocess.Popen(cmd)
+    # Ctrl-C reaches torchrun and its workers directly (one process group): wait for their clean stop.
+    # A SIGTERM sent to this process alone (kill, a scheduler) is passed on to torchrun.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    sys.exit(proc.wait())
+
+
+class SweepCallback(Callback):
+    """Makes `${hydra:...}` (used by `${name}`) resolvable before the first job of a sweep, so the
+    sweep folder can be named after the run name; at the end, says where the runs are."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(copy.deepcopy(config))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = sorted(p.parent.name for p in sweep_dir.glob("*/config.yaml"))
+        log.info(f"sweep: {len(runs)} runs under {sweep_dir}; compare them (HParams tab): "
+                 f"bigmodel tensorboard --logdir {sweep_dir}")
+        best = sweep_dir / "optimization_results.yaml"
+        if best.is_file():
+            log.info(f"best trial ({best}):\n{best.read_text().strip()}")

@@ -37,6 +37,8 @@ class Trainer:
         self.checkpoint_extras = dict(checkpoint_extras or {})
         self.rank, self.world_size, local_rank = distributed.info()
         self.device = resolve_device(config.device, local_rank)
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
         self.is_global_zero = self.rank == 0
         self._configure_determinism()
 
@@ -44,7 +46,7 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = optimizer
-        self.forward_model = distributed.wrap(self.model, config.strategy, self.device)
+        self.forward_model = distributed.wrap(self.model, config.strategy, self.device, self.optimizer)
         if config.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.autocast_dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(config.precision)
@@ -152,12 +154,13 @@ class Trainer:
             bar.update(1)
             if not last_micro:
                 continue
-            self._optimizer_step(step_loss / micro)
+            self._optimizer_step(distributed.mean(step_loss / micro))  # every process: the same loss
             step_loss, micro = torch.zeros((), device=self.device), 0
             if self.global_step % self.config.log_every_n_steps == 0:
                 self._log_train(bar)
             if self.config.val_check_interval > 0 and self.global_step % self.config.val_check_interval == 0:
                 self.validate()
+            self.should_stop = distributed.any_true(self.should_stop, self.device)  # stop together
             if self.should_stop or self._done():
                 bar.close()
                 return self.batch_in_epoch >= limit and not self.should_stop
@@ -175,7 +178,7 @@ class Trainer:
                 self.scaler.scale(loss / accum).backward()
         with torch.no_grad():
             keep = targets != -100
-            self.window["correct"] += (logits.argmax(-1) == targets)[keep].sum()
+            self.window["correct"] += ((logits.argmax(-1) == targets) & keep).sum()  # no mask indexing: no sync
             self.window["count"] += keep.sum()
             self._samples += targets.shape[0]
         return loss.detach().float()
@@ -274,8 +277,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": checkpoint.FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "model": distributed.model_state_dict(self.model),  # full, also under FSDP
+            "optimizer": distributed.optimizer_state_dict(self.model, self.optimizer) if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
             "progress": {"global_step": self.global_step, "epoch": self.epoch,
@@ -295,7 +298,7 @@ class Trainer:
         ckpt = checkpoint.load(path)
         checkpoint.load_model_state(self.model, ckpt["model"], path)
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            distributed.load_optimizer_state_dict(self.model, self.optimizer, ckpt["optimizer"])
         except (ValueError, KeyError) as e:
             raise checkpoint.CheckpointError(f"checkpoint {path!r}: optimizer state does not fit "
                                              f"optimizer={type(self.optimizer).__name__} ({e})") from None

@@ -1,0 +1,74 @@
+"""Word-level tokenization and the vocabulary built from a training split.
+
+The vocabulary is fitted on training text only (so validation and test words the model never saw
+map to `<unk>`, as they would for a real user) and saved with the checkpoint as plain Python
+types, so `bigmodel predict` encodes text exactly as training did.
+"""
+
+import re
+from collections import Counter
+from enum import Enum
+from typing import Any, Iterable
+
+PAD, UNK = "<pad>", "<unk>"
+_WORDS = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an inner apostrophe) and single punctuation marks
+
+
+class Tokenizer(Enum):
+    whitespace = "whitespace"  # the text is already tokenized (SST, TREC): split on white space
+    words = "words"  # raw text: split words from punctuation, "it's good." -> it's good .
+
+
+def tokenize(text: str, tokenizer: Tokenizer = Tokenizer.whitespace, lowercase: bool = True) -> list[str]:
+    if lowercase:
+        text = text.lower()
+    return text.split() if tokenizer == Tokenizer.whitespace else _WORDS.findall(text)
+
+
+class Vocab:
+    """Token <-> id. Id 0 is `<pad>`, id 1 is `<unk>`; the rest by descending training frequency."""
+
+    def __init__(self, tokens: list[str], *, tokenizer: Tokenizer | str = Tokenizer.whitespace,
+                 lowercase: bool = True, max_length: int | None = None) -> None:
+        if tokens[:2] != [PAD, UNK]:
+            raise ValueError(f"a vocabulary starts with {PAD!r}, {UNK!r}; got {tokens[:2]}")
+        self.itos = list(tokens)
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        self.tokenizer, self.lowercase, self.max_length = Tokenizer(tokenizer), lowercase, max_length
+        self.pad_idx, self.unk_idx = 0, 1
+
+    @classmethod
+    def build(cls, texts: Iterable[str], *, min_freq: int = 1, max_size: int | None = None,
+              tokenizer: Tokenizer | str = Tokenizer.whitespace, lowercase: bool = True,
+              max_length: int | None = None) -> "Vocab":
+        """Tokens seen at least `min_freq` times, the `max_size` most frequent (ties broken
+        alphabetically, so the same text always gives the same ids)."""
+        tokenizer = Tokenizer(tokenizer)
+        counts = Counter(tok for text in texts for tok in tokenize(text, tokenizer, lowercase))
+        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)),
+                      key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            kept = kept[:max_size]
+        return cls([PAD, UNK, *kept], tokenizer=tokenizer, lowercase=lowercase, max_length=max_length)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, cut to `max_length`; never empty (an empty text is one `<unk>`)."""
+        ids = [self.stoi.get(t, self.unk_idx) for t in tokenize(text, self.tokenizer, self.lowercase)]
+        if self.max_length is not None:
+            ids = ids[: self.max_length]
+        return ids or [self.unk_idx]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.itos[i] for i in ids]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tokens": list(self.itos), "tokenizer": self.tokenizer.value, "lowercase": self.lowercase,
+                "max_length": self.max_length}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Vocab":
+        return cls(state["tokens"], tokenizer=state["tokenizer"], lowercase=state["lowercase"],
+                   max_length=state["max_length"])

@@ -1,0 +1,80 @@
+"""A bidirectional multi-layer LSTM text classifier over packed (variable-length) sequences.
+
+`forward(tokens (B, T), lengths (B,)) -> logits (B, num_classes)`. Sequences are packed, so the
+LSTM never reads padding and a text's logits do not depend on how much padding its batch has.
+"""
+
+from enum import Enum
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class Pooling(Enum):
+    last = "last"  # the final hidden state of each direction (forward at the last token, backward at the first)
+    max = "max"  # element-wise max over the outputs at every real token
+    mean = "mean"  # average of the outputs over the real tokens
+
+
+class WordDropout(nn.Module):
+    """Drops whole word vectors (B, T, D) with probability p while training: the model cannot lean on
+    any single word, which matters when there are few examples and many rare words."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty(x.shape[:2] + (1,), device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+def small_embedding_init(embed: nn.Embedding, std: float = 0.1) -> None:
+    """N(0, std) word vectors, padding zero. PyTorch's N(0, 1) is so large that Adam's steps (about lr
+    per update) barely move a word seen a few times: it stays noise, and the model overfits to it."""
+    nn.init.normal_(embed.weight, std=std)
+    if embed.padding_idx is not None:
+        with torch.no_grad():
+            embed.weight[embed.padding_idx].zero_()
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, max_len) bool, True at real tokens."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self, vocab_size: int, num_classes: int, pad_idx: int = 0, embed_dim: int = 128,
+                 hidden_size: int = 128, n_layer: int = 1, bidirectional: bool = True, dropout: float = 0.5,
+                 embed_dropout: float = 0.0, word_dropout: float = 0.0, pooling: Pooling | str = Pooling.max) -> None:
+        super().__init__()
+        self.pooling = Pooling(pooling)
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_idx)
+        small_embedding_init(self.embed)
+        self.word_dropout = WordDropout(word_dropout)
+        self.embed_dropout = nn.Dropout(embed_dropout)
+        # dropout between stacked LSTM layers (PyTorch applies it to every layer's output but the last)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, n_layer, batch_first=True, bidirectional=bidirectional,
+                            dropout=dropout if n_layer > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        lengths = lengths.clamp(min=1)  # an empty text reads one padding token instead of crashing
+        x = self.embed_dropout(self.word_dropout(self.embed(tokens)))  # (B, T, E)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)  # h: (n_layer * directions, B, H), in the batch's order
+        if self.pooling == Pooling.last:
+            dirs = 2 if self.lstm.bidirectional else 1
+            feats = torch.cat(list(h[-dirs:]), dim=-1)  # last layer, each direction: (B, dirs * H)
+        else:
+            out, _ = pad_packed_sequence(out, batch_first=True)  # (B, max(lengths), dirs * H), zeros after the end
+            mask = length_mask(lengths.to(out.device), out.shape[1])[..., None]
+            if self.pooling == Pooling.max:
+                feats = out.masked_fill(~mask, float("-inf")).amax(1)
+            else:
+                feats = (out * mask).sum(1) / lengths.to(out.device)[:, None]
+        return self.head(self.dropout(feats))  # (B, num_classes)

@@ -1,0 +1,93 @@
+"""`bigmodel predict ckpt_path=... text="..."` (or `input_file=...`): classify text with a checkpoint.
+
+The model's config and weights, the vocabulary and the label names all come from the checkpoint,
+so text is encoded exactly as in training. Each text prints as one line on stdout,
+`label<TAB>name=prob ...<TAB>text`, or goes to a CSV with `output_file=...`.
+"""
+
+import csv
+import re
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bigmodel import checkpoint
+from bigmodel.data.errors import DataError
+from bigmodel.data.text import pad_batch
+from bigmodel.data.text_files import read_text
+from bigmodel.data.vocab import Vocab
+
+
+def quote_text_args(argv: list[str]) -> list[str]:
+    """`text=a gripping , funny film` as one Hydra string: commas, quotes, `=`, `[`, `${` in free text
+    would otherwise be read as override syntax (a sweep, a list, an interpolation). A value the user
+    already quoted for Hydra ('...' or "...") is left alone."""
+    out = []
+    for arg in argv:
+        if arg.startswith("text="):
+            v = arg[len("text="):]
+            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):
+                v = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", v)  # Hydra escapes: see its grammar
+                v = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, v)
+                v = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", v)  # not an interpolation
+                arg = f"text='{v}'"
+        out.append(arg)
+    return out
+
+
+def load_classifier(ckpt_path: str, device: torch.device) -> tuple[torch.nn.Module, Vocab, list[str]]:
+    """(model in eval mode on device, vocabulary, class names) from a `bigmodel train` checkpoint."""
+    ckpt = checkpoint.load(ckpt_path)
+    data = ckpt.get("data") or {}
+    if "vocab" not in data or "class_names" not in data:
+        raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path!r} has no vocabulary: not a text classification "
+                                         "checkpoint (train one with e.g. model=lstm data=sst2)")
+    model = instantiate(OmegaConf.create(ckpt["config"]).model, **ckpt["model_args"])
+    checkpoint.load_model_state(model, ckpt["model"], ckpt_path)
+    return model.to(device).eval(), Vocab.from_state(data["vocab"]), list(data["class_names"])
+
+
+@torch.no_grad()
+def classify(model: torch.nn.Module, vocab: Vocab, texts: list[str], *, batch_size: int = 256,
+             device: torch.device | None = None) -> torch.Tensor:
+    """Class probabilities (N, C) of `texts`, in their order (padding does not change them)."""
+    device = device or torch.device("cpu")
+    probs = []
+    for start in range(0, len(texts), batch_size):
+        items = [(torch.tensor(vocab.encode(t), dtype=torch.long), 0) for t in texts[start : start + batch_size]]
+        (tokens, lengths), _ = pad_batch(items, vocab.pad_idx)
+        probs.append(model(tokens.to(device), lengths.to(device)).float().softmax(-1).cpu())
+    return torch.cat(probs) if probs else torch.zeros(0, 0)
+
+
+def read_texts(path: str, encoding: str) -> list[str]:
+    """One text a line ("\\n" only), blank lines skipped."""
+    if not Path(path).is_file():
+        raise DataError(f"input_file={path!r}: no such file")
+    lines = (line.rstrip("\r") for line in read_text(Path(path), encoding).split("\n"))
+    return [line for line in lines if line.strip()]
+
+
+def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
+    """Classify `text` or the lines of `input_file`; returns (label, probabilities) per text."""
+    if (cfg.text is None) == (cfg.input_file is None):
+        raise DataError("give exactly one of text=\"...\" or input_file=PATH")
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, vocab, names = load_classifier(cfg.ckpt_path, device)
+    texts = [str(cfg.text)] if cfg.text is not None else read_texts(cfg.input_file, cfg.encoding)
+    probs = classify(model, vocab, texts, batch_size=int(cfg.batch_size), device=device)
+    labels = [names[i] for i in probs.argmax(-1).tolist()] if len(texts) else []
+    if cfg.output_file:
+        Path(cfg.output_file).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        with open(Path(cfg.output_file).expanduser(), "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label", *[f"p_{n}" for n in names]])
+            for text, label, p in zip(texts, labels, probs.tolist()):
+                writer.writerow([text, label, *[f"{v:.4f}" for v in p]])
+        print(f"{len(texts)} predictions written to {cfg.output_file}", flush=True)
+    else:
+        for text, label, p in zip(texts, labels, probs.tolist()):
+            print(f"{label}\t" + " ".join(f"{n}={v:.4f}" for n, v in zip(names, p)) + f"\t{text}", flush=True)
+    return list(zip(labels, probs.tolist()))

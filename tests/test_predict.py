@@ -1,0 +1,111 @@
+"""`bigmodel predict`: a checkpoint trained here classifies text from the command line, a file, into a CSV."""
+
+import csv
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from bigmodel.checkpoint import CheckpointError, save_atomic
+from bigmodel.data.errors import DataError
+from bigmodel.predict import classify, load_classifier, predict, quote_text_args
+from bigmodel.train import train
+from conftest import compose_cfg, run_cli
+from test_text_data import write_sentiment
+
+NAMES = ["negative", "positive"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two spin-wait badly when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """best.pt of a small LSTM trained in-process on a learnable sentiment folder (about a second)."""
+    root = tmp_path_factory.mktemp("predict")
+    write_sentiment(root / "data" / "sst2", n_train=64)
+    (root / "run").mkdir()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = compose_cfg("train", [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs", "model=lstm",
+                                "data=sst2", "trainer=debug", "logger=none", "trainer.max_steps=60",
+                                "trainer.max_epochs=20", "trainer.limit_train_batches=-1", "trainer.val_check_interval=30", "optimizer.lr=0.01",
+                                "scheduler=none", "model.embed_dim=16", "model.hidden_size=16",
+                                "data.batch_size=16", "test=false"], root / "run")
+    train(cfg)
+    torch.set_num_threads(n)
+    GlobalHydra.instance().clear()
+    return root / "run" / "checkpoints" / "best.pt"
+
+
+def predict_cfg(tmp_path, *overrides: str):
+    cfg = compose_cfg("predict", quote_text_args(list(overrides)), tmp_path / "predict")
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.mark.parametrize("text", ["a gripping , funny film", "it 's = [not] {bad} ${x}", "'quoted'x", "back\\slash\\"])
+def test_free_text_survives_override_parsing(tmp_path, text):
+    assert predict_cfg(tmp_path, "ckpt_path=x", f"text={text}").text == text
+
+
+def test_text_prints_label_and_probabilities(tmp_path, ckpt, capsys):
+    results = predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", "text=a great film , really great ."))
+    line = capsys.readouterr().out.strip()
+    label, probs, text = line.split("\t")
+    assert label == "positive" == results[0][0] and text == "a great film , really great ."
+    values = dict(p.split("=") for p in probs.split(" "))
+    assert list(values) == NAMES and abs(sum(float(v) for v in values.values()) - 1) < 1e-3
+    assert float(values["positive"]) > 0.5
+
+
+def test_input_file_to_stdout_and_csv(tmp_path, ckpt, capsys):
+    texts = ["a dull film , really dull .", "a fun film , really fun", "boring", "a moving film , really moving ."]
+    (tmp_path / "in.txt").write_text(f"{texts[0]}\n{texts[1]}\r\n\n{texts[2]}\n{texts[3]}", encoding="utf-8")
+    results = predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={tmp_path}/in.txt"))
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert [ln.split("\t")[2] for ln in lines] == texts
+    assert [label for label, _ in results] == ["negative", "positive", "negative", "positive"]
+
+    model, vocab, names = load_classifier(str(ckpt), torch.device("cpu"))
+    alone = torch.cat([classify(model, vocab, [t]) for t in texts])  # no padding vs. padded together
+    torch.testing.assert_close(torch.tensor([p for _, p in results]), alone, atol=1e-5, rtol=1e-5)
+
+    predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={tmp_path}/in.txt",
+                        f"output_file={tmp_path}/out/preds.csv"))
+    rows = list(csv.DictReader(open(tmp_path / "out" / "preds.csv", encoding="utf-8")))
+    assert list(rows[0]) == ["text", "label", "p_negative", "p_positive"]
+    assert [r["text"] for r in rows] == texts and [r["label"] for r in rows] == [lb for lb, _ in results]
+
+
+def test_bad_requests_are_clear_errors(tmp_path, ckpt):
+    with pytest.raises(DataError, match="exactly one of"):
+        predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}"))
+    with pytest.raises(DataError, match="no such file"):
+        predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={tmp_path}/missing.txt"))
+    other = tmp_path / "other.pt"
+    save_atomic({"format": 1, "data": {"class_names": NAMES}, "config": {}, "model_args": {}, "model": {}}, other)
+    with pytest.raises(CheckpointError, match="not a text classification checkpoint"):
+        predict(predict_cfg(tmp_path, f"ckpt_path={other}", "text=hi"))
+
+
+@pytest.mark.slow
+def test_cli_train_then_predict(tmp_path):
+    write_sentiment(tmp_path / "data" / "sst2")
+    run_dir = tmp_path / "run"
+    out = run_cli("train", "model=transformer", "data=sst2", "trainer=debug", "model.hidden_size=16",
+                  "model.n_head=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "test/acc=" in log and "test/f1=" in log and "true\\pred" in log
+    pred = run_cli("predict", f"ckpt_path={run_dir}/checkpoints/best.pt", "text=a gripping , funny film",
+                   f"hydra.run.dir={tmp_path}/p", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    label, probs, text = pred.stdout.strip().split("\n")[-1].split("\t")
+    assert label in NAMES and probs.startswith("negative=") and text == "a gripping , funny film"

@@ -1,0 +1,103 @@
+"""Text classifiers: forward shapes, padding never changes a prediction, sizes from the config, training."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from bigmodel.models.rnn import LSTMClassifier
+from bigmodel.models.transformer import TransformerClassifier
+
+VOCAB, CLASSES = 40, 3
+MODELS = {
+    "lstm-max": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, n_layer=2, dropout=0.3, word_dropout=0.1),
+    "lstm-mean": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, pooling="mean"),
+    "lstm-last": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, n_layer=2, pooling="last"),
+    "lstm-unidirectional": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, bidirectional=False,
+                                                  pooling="last"),
+    "transformer-learned-mean": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=32),
+    "transformer-sinusoidal-cls": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=32,
+                                                                positions="sinusoidal", pooling="cls", word_dropout=0.1),
+    "transformer-max": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, n_layer=1, pooling="max"),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two spin-wait badly when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, VOCAB, (len(lengths), max(lengths)), generator=g)
+    lengths_t = torch.tensor(lengths)
+    tokens[torch.arange(max(lengths)) >= lengths_t[:, None]] = 0  # pad_idx
+    return tokens, lengths_t
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shapes(name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    tokens, lengths = batch([7, 3, 1, 5])
+    logits = model(tokens, lengths)
+    assert logits.shape == (4, CLASSES) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert model.embed.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_padding_never_changes_a_prediction(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    tokens, lengths = batch([7, 3, 1, 5], seed=1)
+    with torch.no_grad():
+        ref = model(tokens, lengths)
+        more_padding = model(F.pad(tokens, (0, 9)), lengths)
+        garbage_padding = model(torch.where(tokens == 0, torch.randint_like(tokens, 2, VOCAB), tokens), lengths)
+        alone = torch.cat([model(tokens[i : i + 1, :n], lengths[i : i + 1]) for i, n in enumerate(lengths.tolist())])
+    for other in (more_padding, garbage_padding, alone):
+        torch.testing.assert_close(other, ref, atol=1e-5, rtol=1e-5)
+    assert ref.argmax(-1).tolist() == alone.argmax(-1).tolist()
+
+
+def test_transformer_rejects_texts_longer_than_its_positions():
+    model = TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=4)
+    with pytest.raises(ValueError, match="max_length=4"):
+        model(*batch([6]))
+
+
+def test_sizes_are_overridable_from_the_config(compose_train):
+    args = {"vocab_size": VOCAB, "num_classes": CLASSES, "pad_idx": 0}
+    lstm = instantiate(compose_train(["model=lstm", "model.hidden_size=32", "model.n_layer=2"]).model, **args)
+    assert isinstance(lstm, LSTMClassifier) and (lstm.lstm.hidden_size, lstm.lstm.num_layers) == (32, 2)
+    assert lstm.head.in_features == 64  # both directions
+    tf = instantiate(compose_train(["model=transformer", "model.hidden_size=32", "model.n_layer=3",
+                                    "model.positions=sinusoidal", "model.pooling=cls"]).model, **args)
+    assert isinstance(tf, TransformerClassifier) and len(tf.blocks) == 3 and tf.embed.embedding_dim == 32
+    assert "pos" not in tf.state_dict()  # sinusoids are computed, not saved
+
+
+@pytest.mark.parametrize("name", ["lstm-max", "transformer-learned-mean"])
+def test_learns_a_keyword_rule(name):
+    """Label = which of three marker tokens appears somewhere in a random-length text."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    tokens, lengths = batch([int(n) for n in torch.randint(2, 9, (48,)).tolist()], seed=2)
+    tokens[tokens < 5] = 5  # 2, 3, 4 are the markers
+    labels = torch.arange(48) % 3
+    pos = (torch.rand(48) * lengths).long()
+    tokens[torch.arange(48), pos] = labels + 2
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(tokens, lengths), labels).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(tokens, lengths).argmax(-1) == labels).float().mean().item()
+    assert acc > 0.95
