@@ -8,7 +8,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from bigmodel.checkpoint import CheckpointError, save_atomic
 from bigmodel.data.errors import DataError
-from bigmodel.predict import classify, load_classifier, predict, quote_text_args
+from bigmodel.cli import quote_free_text
+from bigmodel.predict import classify, load_classifier, predict
 from bigmodel.train import train
 from conftest import compose_cfg, run_cli
 from test_text_data import write_sentiment
@@ -45,7 +46,7 @@ def ckpt(tmp_path_factory):
 
 
 def predict_cfg(tmp_path, *overrides: str):
-    cfg = compose_cfg("predict", quote_text_args(list(overrides)), tmp_path / "predict")
+    cfg = compose_cfg("predict", quote_free_text(list(overrides), "text"), tmp_path / "predict")
     GlobalHydra.instance().clear()
     return cfg
 

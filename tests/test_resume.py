@@ -1,7 +1,6 @@
 """Checkpoints: exact resume (weights and logged curve), atomic writes, clear errors, ckpt_path=auto."""
 
 import os
-from pathlib import Path
 
 import pytest
 import torch

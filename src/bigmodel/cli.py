@@ -3,6 +3,7 @@
 import importlib
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ COMMANDS = {  # name -> (config name, "module:function", one-line help)
     "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
 }
+
+FREE_TEXT = {"predict": "text", "generate": "prompt"}  # command -> the key whose value is free text
 
 USAGE = """usage: bigmodel <command> [key=value ...] [-m] [--help]
 
@@ -28,6 +31,23 @@ examples:
   bigmodel train -m optimizer.lr=1e-3,3e-3 trainer.max_steps=10
   bigmodel eval ckpt_path=logs/<run>/checkpoints/best.pt
 """
+
+
+def quote_free_text(argv: list[str], key: str) -> list[str]:
+    """`key=a gripping , funny film` as one Hydra string: commas, quotes, `=`, `[`, `${` in free text
+    would otherwise be read as override syntax (a sweep, a list, an interpolation). A value the user
+    already quoted for Hydra ('...' or "...") is left alone."""
+    out = []
+    for arg in argv:
+        if arg.startswith(f"{key}="):
+            v = arg[len(key) + 1:]
+            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):
+                v = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", v)  # Hydra escapes: see its grammar
+                v = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, v)
+                v = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", v)  # not an interpolation
+                arg = f"{key}='{v}'"
+        out.append(arg)
+    return out
 
 
 def config_dir() -> str:
@@ -86,12 +106,6 @@ def main(argv: list[str] | None = None) -> None:
         from bigmodel.launch import prepare
 
         rest = prepare(rest)  # trainer.devices=N > 1: re-runs this command under torchrun
-    if command == "predict":
-        from bigmodel.predict import quote_text_args
-
-        rest = quote_text_args(rest)  # text="a , b": free text, not override syntax
-    if command == "generate":
-        from bigmodel.generate import quote_prompt_args
-
-        rest = quote_prompt_args(rest)  # prompt="Hello, world": free text too
+    if command in FREE_TEXT:
+        rest = quote_free_text(rest, FREE_TEXT[command])  # text="a , b": free text, not override syntax
     run_app(command, rest)

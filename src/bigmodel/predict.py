@@ -6,7 +6,6 @@ so text is encoded exactly as in training. Each text prints as one line on stdou
 """
 
 import csv
-import re
 from pathlib import Path
 
 import torch
@@ -18,23 +17,6 @@ from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
 from bigmodel.data.vocab import Vocab
-
-
-def quote_text_args(argv: list[str]) -> list[str]:
-    """`text=a gripping , funny film` as one Hydra string: commas, quotes, `=`, `[`, `${` in free text
-    would otherwise be read as override syntax (a sweep, a list, an interpolation). A value the user
-    already quoted for Hydra ('...' or "...") is left alone."""
-    out = []
-    for arg in argv:
-        if arg.startswith("text="):
-            v = arg[len("text="):]
-            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):
-                v = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", v)  # Hydra escapes: see its grammar
-                v = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, v)
-                v = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", v)  # not an interpolation
-                arg = f"text='{v}'"
-        out.append(arg)
-    return out
 
 
 def load_classifier(ckpt_path: str, device: torch.device) -> tuple[torch.nn.Module, Vocab, list[str]]:

@@ -1,0 +1,47 @@
+"""Language-model callbacks: a generated text sample at each evaluation, logged to TensorBoard's Text tab."""
+
+import logging
+
+import torch
+
+from bigmodel.data.tokenizers import tokenizer_from_state
+from bigmodel.generate import sample_text
+
+log = logging.getLogger("bigmodel")
+
+
+class TextSample:
+    """After every `every_n_evals`-th validation, samples `max_new_tokens` tokens after `prompt`
+    and logs them as text `val/sample` (and to the console log). Sampling uses its own seeded
+    generator, so it neither draws from nor changes the training RNG."""
+
+    def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: int | None = 200, seed: int = 0, every_n_evals: int = 1, to_console: bool = True) -> None:
+        self.prompt, self.max_new_tokens, self.temperature, self.top_k = prompt, max_new_tokens, temperature, top_k
+        self.seed, self.every_n_evals, self.to_console = seed, every_n_evals, to_console
+        self.evals = 0
+
+    def on_validation_end(self, trainer, metrics: dict[str, float]) -> None:
+        self.evals += 1
+        if not trainer.is_global_zero or (self.evals - 1) % self.every_n_evals:
+            return
+        tokenizer = tokenizer_from_state(trainer.datamodule.state_dict()["tokenizer"])
+        generator = torch.Generator(device=trainer.device).manual_seed(self.seed)
+        threads = torch.get_num_threads()
+        if trainer.device.type == "cpu":
+            torch.set_num_threads(1)  # one sequence, small matmuls: more threads only wait on each other
+        try:
+            text = sample_text(trainer.model, tokenizer, self.prompt, max_new_tokens=self.max_new_tokens,
+                               temperature=self.temperature, top_k=self.top_k, generator=generator,
+                               device=trainer.device, autocast=trainer.autocast)
+        finally:
+            torch.set_num_threads(threads)
+        trainer.logger.log_text("val/sample", text, trainer.global_step)
+        if self.to_console:
+            log.info(f"sample at step {trainer.global_step}:\n{text}")
+
+    def state_dict(self) -> dict:
+        return {"evals": self.evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evals = state["evals"]
