@@ -187,8 +187,9 @@ def main() -> None:
     row = [f"{device.type} ({name}{threads})", f"torch {torch.__version__}", cfg,
            f"{args.dtype}{' + compile' if args.compile else ''}"]
     for label, ms in (("plain", plain), ("Trainer", ours)):
-        mfu = "" if args.peak_tflops is None else f", MFU {100 * fpt * tokens / (ms / 1e3) / (args.peak_tflops * 1e12):.1f}%"
-        row.append(f"{label} {ms:.2f} ms/iter = {tokens / ms * 1e3 / 1e6:.3f} M tok/s{mfu}")
+        flops = fpt * tokens / (ms / 1e3)  # model FLOP/s achieved
+        mfu = "" if args.peak_tflops is None else f", MFU {100 * flops / (args.peak_tflops * 1e12):.1f}%"
+        row.append(f"{label} {ms:.2f} ms/iter = {tokens / ms * 1e3 / 1e6:.3f} M tok/s, {flops / 1e12:.3f} TFLOP/s{mfu}")
     row.append(f"Trainer/plain time {ours / plain:.3f}")
     print("| " + " | ".join(row) + " |", flush=True)
     print(f"5000 iterations at the Trainer's rate: {5000 * ours / 1e3:.0f} s (no evaluation, no compilation)")

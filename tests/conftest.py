@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +17,16 @@ from bigmodel.config import register_schemas
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny models run fastest on one, and two spin-wait badly when
+    other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:

@@ -9,7 +9,7 @@ from torchvision.io import encode_jpeg, write_file
 from bigmodel.data.cifar10 import cifar10
 from bigmodel.data.errors import DataError
 from bigmodel.data.image_folder import image_folder
-from bigmodel.data.images import Augment, augment_batch
+from bigmodel.data.images import Augment, ImageBatches, augment_batch
 from bigmodel.data.loading import ResumableSampler
 from conftest import tiny_image_data, write_fake_cifar10
 
@@ -23,6 +23,20 @@ def test_sampler_shards_and_resumes():
     assert list(ResumableSampler(10, shuffle=True, seed=3, epoch=1, skip=4)) == whole[4:]
     padded = [list(ResumableSampler(5, shuffle=False, seed=0, rank=r, world_size=2)) for r in range(2)]
     assert padded == [[0, 2, 4], [1, 3, 0]]
+
+
+def test_each_rank_draws_its_own_augmentation():
+    images = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(1, 8, 8, 3).repeat(4, 1, 1, 1)  # 4 equal images
+    labels = torch.zeros(4, dtype=torch.long)
+
+    def first_batch(rank: int) -> torch.Tensor:
+        sampler = ResumableSampler(4, shuffle=False, seed=0, rank=rank, world_size=2)
+        batches = ImageBatches(images, labels, batch_size=2, sampler=sampler, mean=torch.zeros(3),
+                               std=torch.ones(3), augment=Augment(crop_padding=3), seed=0, device=None)
+        return next(iter(batches))[0]
+
+    assert torch.equal(first_batch(0), first_batch(0))  # reproducible per rank
+    assert not torch.equal(first_batch(0), first_batch(1))  # same pixels in, different crops/flips out
 
 
 def test_augmentation_is_a_crop_and_flip_and_reproducible():

@@ -12,8 +12,8 @@ from bigmodel.cli import quote_free_text
 from bigmodel.generate import generate, sample_text
 from bigmodel.models.gpt import GPT
 from conftest import run_cli
-from test_gpt import one_thread  # noqa: F401  (autouse: one torch thread)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 VOCAB = "\n :ABEMORabcdehilnorstuw"

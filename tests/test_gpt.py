@@ -9,13 +9,7 @@ from bigmodel.models.gpt import GPT
 from bigmodel.optim import param_groups
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 def tiny_gpt(seed: int = 0, **kw) -> GPT:

@@ -10,20 +10,14 @@ from bigmodel.checkpoint import CheckpointError, save_atomic
 from bigmodel.data.errors import DataError
 from bigmodel.cli import quote_free_text
 from bigmodel.predict import classify, load_classifier, predict
-from bigmodel.train import train
+from bigmodel.train import evaluate, train
 from conftest import compose_cfg, run_cli
 from test_text_data import write_sentiment
 
 NAMES = ["negative", "positive"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two spin-wait badly when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +91,22 @@ def test_bad_requests_are_clear_errors(tmp_path, ckpt):
 
 
 @pytest.mark.slow
+def test_eval_encodes_with_the_checkpoints_vocabulary(tmp_path, ckpt):
+    import shutil
+
+    data = shutil.copytree(ckpt.parents[2] / "data" / "sst2", tmp_path / "sst2")
+
+    def test_acc() -> float:
+        cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", f"+data.root={data}", "trainer.progress_bar=false"],
+                          tmp_path / "eval")
+        GlobalHydra.instance().clear()
+        return evaluate(cfg)["test/acc"]
+
+    before = test_acc()
+    (data / "train.txt").write_text("1 zebra\n0 okapi\n", encoding="utf-8")  # a rebuilt vocabulary would be 4 words
+    assert test_acc() == before > 0.5
+
+
 def test_cli_train_then_predict(tmp_path):
     write_sentiment(tmp_path / "data" / "sst2")
     run_dir = tmp_path / "run"

@@ -17,13 +17,7 @@ GOOD = ["good", "great", "fun", "gripping", "moving"]
 BAD = ["bad", "dull", "boring", "awful", "flat"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two spin-wait badly when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 def write_sentiment(folder: Path, n_train: int = 48, dev: bool = True, seed: int = 0) -> Path:
@@ -147,6 +141,21 @@ def test_vocab_round_trips_through_a_checkpoint(tmp_path):
     assert state["class_names"] == ["negative", "positive"] and vocab.itos == dm.vocab.itos
     text = "A gripping film , really unseen-word . and more"
     assert vocab.encode(text) == dm.vocab.encode(text) and len(vocab.encode(text)) == 4
+
+
+def test_a_checkpoints_vocabulary_is_used_even_if_the_train_file_changed(tmp_path):
+    folder = write_sentiment(tmp_path / "d")
+    trained = small(folder)
+    (folder / "train.txt").write_text("1 zebra zebra\n0 okapi okapi\n", encoding="utf-8")
+    restored = labeled_text(str(folder), class_names=["negative", "positive"], batch_size=8, eval_batch_size=8)
+    restored.load_state_dict(trained.state_dict())
+    restored.setup()
+    assert restored.vocab.itos == trained.vocab.itos and "zebra" not in restored.vocab.itos
+    assert [x.tolist() for x, _ in restored.datasets["test"]] == [x.tolist() for x, _ in trained.datasets["test"]]
+    relabeled = labeled_text(str(folder), class_names=["neg", "pos"], batch_size=8, eval_batch_size=8)
+    relabeled.load_state_dict(trained.state_dict())
+    with pytest.raises(DataError, match="differ from the checkpoint"):
+        relabeled.setup()
 
 
 # ---------------------------------------------------------------- batches

@@ -33,8 +33,8 @@ def test_fit_logs_named_metrics_and_learns():
     assert trainer.global_step == 4 * 8  # 64 images / batch 8, 4 epochs
     assert metrics["val/acc"] > 0.5  # 4 classes: chance is 0.25
     assert "train/inputs" in trainer.logger.images
-    losses = [v for _, v in trainer.logger.curve("train/loss")]
-    assert sum(losses[-4:]) < sum(losses[:4])
+    val_losses = [v for _, v in trainer.logger.curve("val/loss")]  # per-batch train losses are too noisy here
+    assert len(val_losses) == 4 and val_losses[-1] < val_losses[0] / 2
 
 
 def test_max_steps_and_limits():

@@ -70,7 +70,7 @@ def maybe_launch(argv: list[str]) -> None:
         return
     if "-m" in argv or "--multirun" in argv or any(a.startswith("hparams_search=") for a in argv):
         print(f"bigmodel: trainer.devices={n} is ignored in a sweep (-m): each job runs in one process; "
-              "for multi-GPU jobs use hydra/launcher=submitit_slurm (docs/scaling.md)", file=sys.stderr)
+              "for multi-GPU jobs use hydra/launcher=submitit_slurm (README: Scaling out)", file=sys.stderr)
         return
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "bigmodel", "train", *argv]

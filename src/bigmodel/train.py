@@ -109,6 +109,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     saved = OmegaConf.create(ckpt["config"])
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
     datamodule = instantiate(data_cfg)
+    if hasattr(datamodule, "load_state_dict") and ckpt.get("data"):
+        datamodule.load_state_dict(ckpt["data"])  # e.g. the vocabulary training built
     datamodule.setup()
     model = instantiate(saved.model, **ckpt["model_args"])
     checkpoint.load_model_state(model, ckpt["model"], cfg.ckpt_path)

@@ -3,7 +3,7 @@
 Small image sets (CIFAR-10 is 150 MB as uint8) fit in memory, so there is no per-image Python
 work: a batch is one gather, then crop/flip/normalize run as tensor ops on the training device
 (`on_device=true` keeps the whole set on the GPU). Augmentation randomness is drawn per batch from
-(seed, epoch, batch index), so a resumed run sees exactly the same augmented batches.
+(seed, epoch, batch index, rank), so a resumed run sees exactly the same augmented batches.
 """
 
 import math
@@ -70,7 +70,8 @@ class ImageBatches:
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             x = (x - self.mean) / self.std
             if self.augment is not None:
-                g = torch.Generator().manual_seed(hash((self.seed, self.sampler.epoch, first + i)) % 2**62)
+                key = (self.seed, self.sampler.epoch, first + i, self.sampler.rank)  # ranks augment independently
+                g = torch.Generator().manual_seed(hash(key) % 2**62)
                 x = augment_batch(x, self.augment, g)
             yield x.contiguous(), y.to(self.device, non_blocking=True)
 

@@ -86,12 +86,16 @@ class TextClassificationData:
         self.datasets: dict[str, list[tuple[torch.Tensor, int]]] = {}
 
     def setup(self) -> None:
-        if self.vocab is not None:
+        if self.datasets:
             return
-        splits, self.class_names = self.load()
-        self.vocab = Vocab.build((text for _, text in splits["train"]), min_freq=self.min_freq,
-                                 max_size=self.max_size, tokenizer=self.tokenizer, lowercase=self.lowercase,
-                                 max_length=self.max_length)
+        splits, class_names = self.load()
+        if self.vocab is None:
+            self.class_names = class_names
+            self.vocab = Vocab.build((text for _, text in splits["train"]), min_freq=self.min_freq,
+                                     max_size=self.max_size, tokenizer=self.tokenizer, lowercase=self.lowercase,
+                                     max_length=self.max_length)
+        elif class_names != self.class_names:
+            raise DataError(f"the data's labels {class_names} differ from the checkpoint's {self.class_names}")
         for split, examples in splits.items():
             items = [(torch.tensor(self.vocab.encode(text), dtype=torch.long), label) for label, text in examples]
             self.datasets[split] = items if split == "train" else sorted(items, key=lambda it: len(it[0]))
@@ -106,6 +110,11 @@ class TextClassificationData:
 
     def state_dict(self) -> dict:
         return {"vocab": self.vocab.state_dict(), "class_names": list(self.class_names)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Use a checkpoint's vocabulary and labels (call before setup): `bigmodel eval` then encodes
+        text exactly as training did, even if the training file has changed since."""
+        self.vocab, self.class_names = Vocab.from_state(state["vocab"]), list(state["class_names"])
 
     def loader(self, split: str, *, epoch: int = 0, skip_batches: int = 0, rank: int = 0,
                world_size: int = 1, device: torch.device | None = None) -> DataLoader:
