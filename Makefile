@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+EXTRAS ?= dev  # optional extras to install too: make test EXTRAS=dev,bpe,slurm,optuna
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(strip $(EXTRAS)))
 ARGS   ?=
 PYTEST_ARGS ?=
 
@@ -13,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(strip $(EXTRAS))]"
 	touch $(STAMP)
 
 train: $(STAMP)  ## make train ARGS="experiment=sst2_lstm"
