@@ -78,7 +78,8 @@ def test_help_lists_commands_and_groups(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_finishes_the_step_saves_and_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_finishes_the_step_saves_and_resumes(tmp_path, sig):
     write_fake_cifar10(tmp_path / "data" / "cifar10", n_train=400)
     run_dir = tmp_path / "run"
     env = {"BIGMODEL_LOG_DIR": str(tmp_path / "logs"), "BIGMODEL_DATA_DIR": str(tmp_path / "data"),
@@ -95,11 +96,11 @@ def test_sigint_finishes_the_step_saves_and_resumes(tmp_path):
         lines.append(line)
         if "step 4:" in line or time.time() > deadline:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=120)
     text = "".join(lines) + rest
     assert proc.returncode == 0, text[-3000:]
-    assert "received SIGINT" in text
+    assert f"received {sig.name}" in text
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     stopped_at = ckpt["progress"]["global_step"]
     assert 4 <= stopped_at < 100000
