@@ -37,6 +37,7 @@ from bigmodel.optim import cosine, param_groups
 from bigmodel.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16/fp16 (SXM), for MFU when not given
 
 
 class NullLogger:
@@ -174,6 +175,8 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if args.peak_tflops is None and args.dtype in ("bf16", "fp16"):
+            args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
     with tempfile.TemporaryDirectory() as cache:
         dm = make_data(args, cache)
         plain = ms_per_iter(plain_loop(args, dm, device), args.window)
@@ -188,7 +191,8 @@ def main() -> None:
            f"{args.dtype}{' + compile' if args.compile else ''}"]
     for label, ms in (("plain", plain), ("Trainer", ours)):
         flops = fpt * tokens / (ms / 1e3)  # model FLOP/s achieved
-        mfu = "" if args.peak_tflops is None else f", MFU {100 * flops / (args.peak_tflops * 1e12):.1f}%"
+        mfu = (", MFU n/a (--peak-tflops)" if args.peak_tflops is None
+               else f", MFU {100 * flops / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops:g}")
         row.append(f"{label} {ms:.2f} ms/iter = {tokens / ms * 1e3 / 1e6:.3f} M tok/s, {flops / 1e12:.3f} TFLOP/s{mfu}")
     row.append(f"Trainer/plain time {ours / plain:.3f}")
     print("| " + " | ".join(row) + " |", flush=True)

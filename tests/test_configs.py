@@ -85,3 +85,37 @@ def test_experiments_compose_and_build(compose_train, option):
     build_model(cfg.model)
     instantiate(cfg.data)
     instantiate(cfg.loss)
+
+
+SHIPPED = [f"{g}={o}" for g in ("model", "data", "optimizer", "scheduler", "loss", "logger", "callbacks", "experiment")
+           for o in options(g)]
+
+
+@pytest.mark.parametrize("override", SHIPPED)
+def test_shipped_configs_fit_their_targets_signatures(compose_train, override):
+    from omegaconf import OmegaConf
+
+    from bigmodel.config import check_targets
+
+    cfg = OmegaConf.to_container(compose_train([override]), resolve=True)
+    cfg.pop("hydra")  # Hydra's own nodes are Hydra's to check
+    check_targets(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=abc", "data.batch_size='abc' is not a valid int"),
+    ("optimizer.lr=abc", "optimizer.lr='abc' is not a valid float"),
+    ("model.widths=abc", "model.widths='abc' is not a valid"),
+    ("data.augment.hflip=maybe", "data.augment.hflip='maybe' is not a valid bool"),
+    ("scheduler.warmup_steps=1.5", "scheduler.warmup_steps=1.5 is not a valid int"),
+    ("+data.colour=1", "data.colour is not an argument of bigmodel.data.cifar10.cifar10; valid: .*batch_size"),
+])
+def test_bad_values_in_target_groups_name_the_key(compose_train, override, message):
+    from omegaconf import OmegaConf
+
+    from bigmodel.config import ConfigError, check_targets
+
+    cfg = OmegaConf.to_container(compose_train([override]), resolve=True)
+    cfg.pop("hydra")
+    with pytest.raises(ConfigError, match=message):
+        check_targets(cfg)

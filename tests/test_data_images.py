@@ -105,3 +105,21 @@ def test_image_folder_errors_name_the_path(tmp_path):
     write_image_folder(tmp_path / "noval", splits=("train",))
     with pytest.raises(DataError, match="no test/"):
         image_folder(str(tmp_path / "noval"), cache_dir=str(tmp_path / "c")).setup()
+
+
+def test_image_folder_cache_follows_added_classes_and_images(tmp_path):
+    write_image_folder(tmp_path / "pets", n=3)
+    cache = tmp_path / "cache"
+    first = image_folder(str(tmp_path / "pets"), cache_dir=str(cache), image_size=8, val_fraction=0)
+    first.setup()
+    assert first.class_names == ["cat", "dog"] and len(first.splits["train"][1]) == 6
+    write_image_folder(tmp_path / "pets", classes=("newt",), n=2)  # a new class in train/ and test/
+    img = torch.full((3, 12, 12), 90, dtype=torch.uint8)
+    write_file(str(tmp_path / "pets" / "train" / "cat" / "extra.jpg"), encode_jpeg(img))  # and one more cat
+    again = image_folder(str(tmp_path / "pets"), cache_dir=str(cache), image_size=8, val_fraction=0)
+    again.setup()
+    assert again.class_names == ["cat", "dog", "newt"]
+    y = again.splits["train"][1]
+    assert len(y) == 9 and (y == 0).sum() == 4 and (y == 2).sum() == 2
+    assert (again.splits["test"][1] == 2).sum() == 2
+    assert not list(cache.glob(".*.tmp"))  # the cache is written atomically: no temp files left behind

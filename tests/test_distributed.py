@@ -51,6 +51,11 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
 
 
+def curve(run_dir: Path, name: str) -> list[float]:
+    rows = (line.split(",") for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[1:])
+    return [float(value) for _, key, value in rows if key == name]
+
+
 def val_loss(out: str) -> float:
     return float(re.findall(r"val/loss=([0-9.]+)", out)[-1])
 
@@ -74,6 +79,8 @@ def assert_same_training(run_dir: Path, out: str, single) -> None:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-6, msg=k)
     assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["progress"]["global_step"] == 4
     assert val_loss(out) == pytest.approx(val_loss(ref_out.stdout), abs=1e-4)  # reduced across ranks
+    for name in ("train/loss", "train/acc"):  # over every process's samples, as one process sees them
+        assert curve(run_dir, name) == pytest.approx(curve(ref_dir, name), abs=1e-4), name
 
 
 def assert_rank_zero_wrote_everything(run_dir: Path, out: str) -> None:
@@ -130,14 +137,16 @@ def test_ddp_two_processes_match_one_process(tmp_path, single):
 
 @pytest.mark.slow
 def test_fsdp_two_processes_match_and_save_a_full_checkpoint(tmp_path, single):
-    """torchrun ... trainer.strategy=fsdp: same weights; last.pt loads into an unwrapped GPT."""
+    """torchrun ... trainer.strategy=fsdp: same weights; last.pt loads into an unwrapped GPT. The text
+    sample (a forward per token on the sharded model) runs on every rank and is logged once."""
     write_corpus(tmp_path)
     out = run_torchrun("train", *GPT_SMALL, f"data.batch_size={GLOBAL_BATCH // 2}", "trainer.strategy=fsdp",
-                       cwd=tmp_path)
+                       "callbacks.text_sample.max_new_tokens=8", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     assert_same_training(run_dir, out.stdout, single)
     assert_rank_zero_wrote_everything(run_dir, out.stdout)
+    assert out.stdout.count("sample at step 4:") == 1
 
     ckpt = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     plain = GPT(**ckpt["model_args"], block_size=16, n_layer=2, n_head=2, n_embd=16)
@@ -154,3 +163,30 @@ def test_devices_shortcut_checks_its_value_and_skips_sweeps(capsys, monkeypatch)
     launch.maybe_launch(["-m", "trainer.devices=2", "optimizer.lr=1e-3,3e-3"])  # returns: no torchrun
     assert "ignored in a sweep" in capsys.readouterr().err
     assert launch.prepare(["trainer.devices=1", "seed=3"]) == ["trainer.devices=1", "seed=3"]
+
+
+def test_devices_from_a_config_file_warns_in_one_process(compose_train, caplog, monkeypatch):
+    from bigmodel import launch
+    from bigmodel.train import warn_single_process
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with caplog.at_level("WARNING", logger="bigmodel"):
+        warn_single_process(compose_train(["trainer.devices=1"]))
+        assert caplog.text == ""
+        warn_single_process(compose_train(["trainer.devices=2"]))  # as if set in an experiment file
+    assert "trainer.devices=2, but this is one process" in caplog.text
+    started = []
+
+    class FakeTorchrun:
+        def __init__(self, cmd):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeTorchrun)
+    monkeypatch.setattr(launch.signal, "signal", lambda *a: None)
+    with pytest.raises(SystemExit):
+        launch.maybe_launch(["++trainer.devices=2"])  # the ++ form starts torchrun too
+    assert "--nproc_per_node=2" in started[0] and started[0][-1] == "++trainer.devices=2"

@@ -68,6 +68,15 @@ def test_text_sample_callback_logs_text_without_touching_the_training_rng():
     assert cb.state_dict() == {"evals": 3}
 
 
+def test_text_sample_skips_models_that_do_not_generate():
+    classifier = FakeTrainer(torch.nn.Linear(4, 2))
+    TextSample(max_new_tokens=5).on_validation_end(classifier, {"val/loss": 1.0})
+    no_tokenizer = FakeTrainer(tiny_model())
+    no_tokenizer.datamodule = type("DM", (), {"state_dict": lambda self: {"vocab": {}}})()
+    TextSample(max_new_tokens=5).on_validation_end(no_tokenizer, {"val/loss": 1.0})
+    assert classifier.logger.texts == [] and no_tokenizer.logger.texts == []
+
+
 def save_lm_checkpoint(path, model):
     cfg = {"model": {"_target_": "bigmodel.models.gpt.GPT", "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16}}
     checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "model": model.state_dict(), "config": cfg,
@@ -119,7 +128,7 @@ def test_train_then_generate_on_a_tiny_corpus(tmp_path):
     (tmp_path / "data" / "text").mkdir(parents=True)
     (tmp_path / "data" / "text" / "play.txt").write_text(CORPUS)
     run_dir = tmp_path / "run"
-    out = run_cli("train", "model=gpt", "data=text_lm", "trainer=debug", "callbacks=text_sample",
+    out = run_cli("train", "model=gpt", "data=text_lm", "trainer=debug",
                   "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
                   "data.batch_size=8", "callbacks.text_sample.max_new_tokens=20", f"hydra.run.dir={run_dir}",
                   cwd=tmp_path, env=ONE_THREAD)

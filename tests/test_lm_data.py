@@ -108,6 +108,19 @@ def test_train_batches_are_random_contiguous_blocks_in_a_resumable_order(corpus,
     assert len(resumed) == len(batches) - 5 and torch.equal(resumed[0][0], batches[5][0])
 
 
+def test_epoch_blocks_makes_shorter_epochs_over_all_blocks(corpus, tmp_path):
+    full = list(make_data(corpus, tmp_path).loader("train", epoch=0))
+    dm = make_data(corpus, tmp_path, epoch_blocks=40)
+    epochs = [list(dm.loader("train", epoch=e)) for e in range(3)]
+    assert [len(b) for b in epochs] == [10, 10, 10]  # 40 blocks / batch 4
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(epochs[0], full))  # the start of the full epoch's order
+    assert not torch.equal(epochs[1][0][0], epochs[0][0][0])  # each epoch draws other blocks
+    resumed = list(dm.loader("train", epoch=1, skip_batches=3))
+    assert len(resumed) == 7 and torch.equal(resumed[0][0], epochs[1][3][0])
+    halves = [list(dm.loader("train", epoch=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(h) for h in halves] == [5, 5]  # two ranks share the same 40 blocks
+
+
 def test_ranks_take_disjoint_shares(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "random.txt").write_text("".join(rng.choice(list("abcdefghij \n"), 2000)))  # unique 8-grams

@@ -45,7 +45,8 @@ def predict_cfg(tmp_path, *overrides: str):
     return cfg
 
 
-@pytest.mark.parametrize("text", ["a gripping , funny film", "it 's = [not] {bad} ${x}", "'quoted'x", "back\\slash\\"])
+@pytest.mark.parametrize("text", ["a gripping , funny film", "it 's = [not] {bad} ${x}", "'quoted'x", "back\\slash\\",
+                                  "'good' but 'bad'", '"fine" and "dandy"'])
 def test_free_text_survives_override_parsing(tmp_path, text):
     assert predict_cfg(tmp_path, "ckpt_path=x", f"text={text}").text == text
 
@@ -82,6 +83,8 @@ def test_input_file_to_stdout_and_csv(tmp_path, ckpt, capsys):
 def test_bad_requests_are_clear_errors(tmp_path, ckpt):
     with pytest.raises(DataError, match="exactly one of"):
         predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}"))
+    with pytest.raises(DataError, match="text= is empty"):
+        predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", "text=   "))
     with pytest.raises(DataError, match="no such file"):
         predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={tmp_path}/missing.txt"))
     other = tmp_path / "other.pt"

@@ -80,6 +80,13 @@ def test_mismatched_checkpoint_names_what_differs(tmp_path):
     other = make_trainer(bn=False)
     with pytest.raises(checkpoint.CheckpointError, match="does not fit this model: missing .* unexpected"):
         other.load_checkpoint(str(tmp_path / "last.pt"))
+    config = {"model": {"_target_": "CNN", "widths": [8], "dropout": 0.2}, "optimizer": {"_target_": "SGD"}}
+    saved = {"config": config}
+    checkpoint.check_resumable(saved, config | {"model": {**config["model"], "dropout": 0.5}}, "last.pt")  # fine
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.widths: \[8\] in the checkpoint, \[16\] now"):
+        checkpoint.check_resumable(saved, config | {"model": {**config["model"], "widths": [16]}}, "last.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="optimizer: SGD in the checkpoint, AdamW now"):
+        checkpoint.check_resumable(saved, config | {"optimizer": {"_target_": "AdamW"}}, "last.pt")
     wider = torch.nn.Linear(3, 3)
     with pytest.raises(checkpoint.CheckpointError, match="shape mismatch weight"):
         checkpoint.load_model_state(wider, {"weight": torch.zeros(2, 3), "bias": torch.zeros(3)})
@@ -96,3 +103,33 @@ def test_newest_finds_the_latest_run(tmp_path):
     assert checkpoint.newest(tmp_path, exclude=str(tmp_path / "runs" / "b")) == old
     with pytest.raises(checkpoint.CheckpointError, match="ckpt_path=auto"):
         checkpoint.newest(tmp_path / "nothing")
+
+
+def test_ckpt_path_auto_picks_own_folder_then_newest_else_fresh(compose_train, tmp_path):
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from bigmodel.train import resolve_ckpt_path
+
+    def touch(path, mtime):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+
+    cfg = compose_train(["name=exp", "ckpt_path=auto"])
+    assert resolve_ckpt_path(cfg) is None  # nothing to resume: a fresh start, not an error
+    older, newer = (tmp_path / "logs" / "exp" / "runs" / r / "checkpoints" / "last.pt" for r in ("a", "b"))
+    touch(older, 1_000), touch(newer, 2_000)
+    assert resolve_ckpt_path(cfg) == str(newer)
+    own = tmp_path / "run" / "checkpoints" / "last.pt"  # the run folder already has one: a requeued job
+    touch(own, 500)
+    assert resolve_ckpt_path(cfg) == str(own)
+    own.unlink()
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    assert resolve_ckpt_path(cfg) is None  # a sweep job never takes a sibling's or another run's checkpoint

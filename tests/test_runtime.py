@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from bigmodel.config import Device
+from bigmodel.config import ConfigError, Device
 from bigmodel.runtime import GracefulStop, as_args, resolve_device, to_device
 
 
@@ -16,7 +16,7 @@ def test_resolve_device():
         assert resolve_device(Device.auto, 0) == torch.device("cuda", 0)
     else:
         assert resolve_device(Device.auto) == torch.device("cpu")
-        with pytest.raises(RuntimeError, match="trainer.device=cuda"):
+        with pytest.raises(ConfigError, match="trainer.device=cuda"):
             resolve_device(Device.cuda)
 
 

@@ -208,8 +208,24 @@ def test_text_csv_named_columns_tsv_and_inferred_labels(tmp_path):
     assert dm.datasets["test"][0][1] == 0 and dm.vocab.tokenizer.value == "words"
     assert {",", "."} <= set(dm.vocab.itos)  # punctuation split from words
     bad = text_csv(str(tmp_path / "train.tsv"), text_column="text")
-    with pytest.raises(DataError, match=r"train\.tsv: no column 'text' in the header; columns are \['id', 'review', 'stars'\]"):
+    with pytest.raises(DataError, match=r"train\.tsv: no column 'text' in the header \(data\.text_column\); columns are \['id', 'review', 'stars'\]"):
         bad.setup()
+
+
+def test_integer_labels_from_one_are_their_own_classes(tmp_path):
+    from bigmodel.data.text_files import infer_class_names
+
+    assert infer_class_names(["1", "0", "3"]) == ["0", "1", "2", "3"]  # 0..K-1, as in SST/TREC files
+    assert infer_class_names(["5", "1", "3", "10"]) == ["1", "3", "5", "10"]  # stars: no phantom class 0
+    (tmp_path / "train.csv").write_text("text,stars\ngreat,5\nbad,1\nok,3\nfine,5\n", encoding="utf-8")
+    (tmp_path / "test.csv").write_text("text,stars\nmeh,0\n", encoding="utf-8")
+    dm = text_csv(str(tmp_path / "train.csv"), label_column="stars", val_fraction=0.25, min_freq=1, seed=0)
+    dm.setup()
+    assert dm.class_names == ["1", "3", "5"] and dm.model_args()["num_classes"] == 3
+    unseen = text_csv(str(tmp_path / "train.csv"), test_file=str(tmp_path / "test.csv"), label_column="stars",
+                      val_fraction=0.25, min_freq=1)
+    with pytest.raises(DataError, match=r"test\.csv:2: label '0' is not one of"):
+        unseen.setup()
 
 
 def test_text_csv_bad_rows_name_the_line(tmp_path):

@@ -59,10 +59,14 @@ def test_padding_never_changes_a_prediction(name):
     assert ref.argmax(-1).tolist() == alone.argmax(-1).tolist()
 
 
-def test_transformer_rejects_texts_longer_than_its_positions():
-    model = TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=4)
-    with pytest.raises(ValueError, match="max_length=4"):
-        model(*batch([6]))
+def test_transformer_reads_long_texts_up_to_its_positions():
+    model = TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=4).eval()
+    tokens, lengths = batch([6, 3])
+    with torch.no_grad():
+        out = model(tokens, lengths)
+        cut = model(tokens[:, :4], lengths.clamp(max=4))
+    torch.testing.assert_close(out, cut)
+    assert not torch.equal(out[0], model(tokens[:1, :3], torch.tensor([3]))[0])  # the 4th token counts
 
 
 def test_sizes_are_overridable_from_the_config(compose_train):

@@ -97,6 +97,38 @@ def test_nonfinite_loss_skip_drops_the_step():
     assert all(math.isfinite(v) for _, v in trainer.logger.curve("train/loss"))
 
 
+def test_nonfinite_skip_gives_up_when_every_step_is_nan():
+    from bigmodel.trainer import MAX_SKIPS_IN_A_ROW
+
+    trainer = make_trainer(max_steps=5, on_nonfinite=NonFinite.skip, limit_val_batches=1)
+    trainer.loss_fn = lambda logits, targets: logits.sum() * float("nan")
+    with pytest.raises(FloatingPointError, match=f"{MAX_SKIPS_IN_A_ROW} steps in a row"):
+        trainer.fit()  # a run whose every step is skipped would otherwise never end
+    assert trainer.global_step == 0
+
+
+def test_no_training_batches_is_a_clear_error():
+    from bigmodel.data.errors import DataError
+
+    with pytest.raises(DataError, match="no training batches.*limit_train_batches=0"):
+        make_trainer(max_steps=3, limit_train_batches=0).fit()  # would loop forever looking for step 1
+
+
+def test_fp16_autocast_with_gradscaler_on_cpu():
+    trainer = make_trainer(max_steps=4, precision=Precision.fp16, limit_val_batches=1)
+    seen = []
+    trainer.model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    lrs = []
+    trainer.callbacks["lr"] = type("LR", (), {"on_train_batch_end": lambda self, t, loss: lrs.append(
+        (t.scaler.get_scale(), t.optimizer.param_groups[0]["lr"]))})()
+    trainer.fit()
+    assert trainer.scaler.is_enabled() and torch.float16 in seen and trainer.global_step == 4
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in trainer.model.parameters())
+    for (scale0, lr0), (scale1, lr1) in zip(lrs, lrs[1:]):
+        if scale1 < scale0:  # the scaler skipped that step (inf grads): the schedule waits for a real one
+            assert lr1 == lr0
+
+
 def test_bf16_autocast_on_cpu():
     trainer = make_trainer(max_steps=3, precision=Precision.bf16)
     seen = []
@@ -121,7 +153,8 @@ def test_channels_last_and_deterministic():
     assert trainer.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     trainer.fit()
     assert torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(False)
+    make_trainer(max_steps=2)  # the next job of a sweep, in the same process
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_deterministic_runs_repeat_exactly():

@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from bigmodel.config import ConfigError
+
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
     if best is None or math.isnan(best):
@@ -18,9 +20,14 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
+def _check_monitor(key: str, monitor: str, names: list[str]) -> None:
+    if monitor not in names:
+        raise ConfigError(f"{key}={monitor!r} is not a logged metric; valid: {sorted(names)}")
+
+
 def _check_mode(mode: str) -> str:
     if mode not in ("min", "max"):
-        raise ValueError(f"mode={mode!r} is not valid; use 'min' or 'max'")
+        raise ConfigError(f"mode={mode!r} is not valid; use 'min' or 'max'")
     return mode
 
 
@@ -35,10 +42,11 @@ class ModelCheckpoint:
         self.best_path = os.path.join(dirpath, "best.pt")
         self.last_path = os.path.join(dirpath, "last.pt")
 
+    def on_fit_start(self, trainer) -> None:
+        _check_monitor("callbacks.model_checkpoint.monitor", self.monitor, trainer.metric_names("val"))
+
     def on_validation_end(self, trainer, metrics: dict[str, float]) -> None:
-        if self.monitor not in metrics:
-            raise KeyError(f"callbacks.model_checkpoint.monitor={self.monitor!r} is not a logged "
-                           f"metric; valid: {sorted(metrics)}")
+        _check_monitor("callbacks.model_checkpoint.monitor", self.monitor, list(metrics))
         value = metrics[self.monitor]
         if self.save_best and _improved(value, self.best, self.mode):
             self.best = value
@@ -68,10 +76,11 @@ class EarlyStopping:
         self.best: float | None = None
         self.bad_evals = 0
 
+    def on_fit_start(self, trainer) -> None:
+        _check_monitor("callbacks.early_stopping.monitor", self.monitor, trainer.metric_names("val"))
+
     def on_validation_end(self, trainer, metrics: dict[str, float]) -> None:
-        if self.monitor not in metrics:
-            raise KeyError(f"callbacks.early_stopping.monitor={self.monitor!r} is not a logged "
-                           f"metric; valid: {sorted(metrics)}")
+        _check_monitor("callbacks.early_stopping.monitor", self.monitor, list(metrics))
         value = metrics[self.monitor]
         if _improved(value, self.best, self.mode, self.min_delta):
             self.best, self.bad_evals = value, 0

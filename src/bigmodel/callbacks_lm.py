@@ -5,6 +5,7 @@ import logging
 import torch
 
 from bigmodel.data.tokenizers import tokenizer_from_state
+from bigmodel.distributed import is_sharded
 from bigmodel.generate import sample_text
 
 log = logging.getLogger("bigmodel")
@@ -12,7 +13,8 @@ log = logging.getLogger("bigmodel")
 
 class TextSample:
     """After every `every_n_evals`-th validation, samples `max_new_tokens` tokens after `prompt`
-    and logs them as text `val/sample` (and to the console log). Sampling uses its own seeded
+    and logs them as text `val/sample` (and to the console log). Does nothing unless the model can
+    generate (has `stream`) and the data has a tokenizer, so it can sit in the default callbacks. Sampling uses its own seeded
     generator, so it neither draws from nor changes the training RNG."""
 
     def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
@@ -23,9 +25,14 @@ class TextSample:
 
     def on_validation_end(self, trainer, metrics: dict[str, float]) -> None:
         self.evals += 1
-        if not trainer.is_global_zero or (self.evals - 1) % self.every_n_evals:
+        tokenizer_state = trainer.datamodule.state_dict().get("tokenizer")
+        if tokenizer_state is None or not hasattr(trainer.model, "stream"):
+            return  # not a language model: nothing to sample
+        # a sharded (FSDP) model gathers its weights in every forward: all processes must sample
+        # together (the same tokens, from the same seed); otherwise rank 0 samples alone
+        if (self.evals - 1) % self.every_n_evals or not (trainer.is_global_zero or is_sharded(trainer.model)):
             return
-        tokenizer = tokenizer_from_state(trainer.datamodule.state_dict()["tokenizer"])
+        tokenizer = tokenizer_from_state(tokenizer_state)
         generator = torch.Generator(device=trainer.device).manual_seed(self.seed)
         threads = torch.get_num_threads()
         if trainer.device.type == "cpu":
@@ -36,6 +43,8 @@ class TextSample:
                                device=trainer.device, autocast=trainer.autocast)
         finally:
             torch.set_num_threads(threads)
+        if not trainer.is_global_zero:
+            return
         trainer.logger.log_text("val/sample", text, trainer.global_step)
         if self.to_console:
             log.info(f"sample at step {trainer.global_step}:\n{text}")

@@ -66,6 +66,28 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
     distributed.load_model_state_dict(model, state)  # also into a model sharded by FSDP
 
 
+def config_diff(saved: Any, now: Any, key: str) -> list[str]:
+    """`key.sub: A in the checkpoint, B now` for each value that differs between two config trees."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in config_diff(saved.get(k), now.get(k), f"{key}.{k}")]
+    return [] if saved == now else [f"{key}: {saved!r} in the checkpoint, {now!r} now"]
+
+
+def check_resumable(ckpt: dict[str, Any], config: dict[str, Any] | None, path: str) -> None:
+    """Resuming needs the checkpoint's model architecture and optimizer: name the keys that differ."""
+    saved = ckpt.get("config") or {}
+    if not config or not saved:
+        return
+    changed = [d for d in config_diff(saved.get("model"), config.get("model"), "model")
+               if not d.split(":")[0].endswith("dropout")]  # dropout may change on resume; shapes may not
+    if saved.get("optimizer", {}).get("_target_") != config.get("optimizer", {}).get("_target_"):
+        changed.append(f"optimizer: {saved['optimizer'].get('_target_')} in the checkpoint, "
+                       f"{config['optimizer'].get('_target_')} now")
+    if changed:
+        raise CheckpointError(f"ckpt_path={path!r} does not fit this run: {'; '.join(changed)}")
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

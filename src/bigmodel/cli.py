@@ -41,7 +41,7 @@ def quote_free_text(argv: list[str], key: str) -> list[str]:
     for arg in argv:
         if arg.startswith(f"{key}="):
             v = arg[len(key) + 1:]
-            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""):
+            if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"" and v[0] not in v[1:-1]):
                 v = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", v)  # Hydra escapes: see its grammar
                 v = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, v)
                 v = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", v)  # not an interpolation
@@ -58,9 +58,10 @@ def config_dir() -> str:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from bigmodel.checkpoint import CheckpointError
+    from bigmodel.config import ConfigError
     from bigmodel.data.errors import DataError
 
-    return (DataError, CheckpointError, FileNotFoundError)
+    return (DataError, CheckpointError, ConfigError, FileNotFoundError, FloatingPointError)
 
 
 def run_app(command: str, argv: list[str]) -> None:
@@ -76,7 +77,7 @@ def run_app(command: str, argv: list[str]) -> None:
     def job(cfg) -> object:
         try:
             return task(cfg)
-        except user_errors as e:  # the user's data or files: one clear line, no traceback
+        except user_errors as e:  # the user's data, files or settings: one clear line, no traceback
             logging.getLogger("bigmodel").error(f"error: {e}")
             sys.exit(1)
 

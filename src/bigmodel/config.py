@@ -1,13 +1,25 @@
 """Typed schemas for the config groups whose keys the framework reads itself.
 
 Registered in Hydra's ConfigStore so that a typo in a key or a value of the wrong type fails at
-start-up with the key named (`trainer.max_stepz`, `trainer.precision=fp64`).
+start-up with the key named (`trainer.max_stepz`, `trainer.precision=fp64`). The other groups are
+`_target_` nodes: `check_targets` holds their values against the target's typed signature
+(`data.batch_size=abc`, `scheduler.warmup_steps=1.5`) before anything is built.
 """
 
+import collections.abc
+import inspect
+import types
+import typing
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work here; the CLI prints it as one line naming the key."""
 
 
 class Device(Enum):
@@ -78,3 +90,57 @@ def register_schemas() -> None:
     cs.store(group="schema", name="paths", node=PathsConfig)
 
 
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    """Whether a config value (None, bool, int, float, str, list or dict) fits the annotation `tp`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if tp is type(None) or value is None:
+        return tp is type(None)
+    if tp in (bool, str):
+        return isinstance(value, tp)
+    if tp in (int, float):  # an int is a fine float; a bool is neither
+        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence) or tp in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(any(_accepts(a, v) for a in inner) or not inner for v in value)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return value in tp.__members__ or any(value == m.value for m in tp)
+    if isinstance(tp, type):  # a class: an instance, or a nested `_target_` node that builds one
+        return isinstance(value, (tp, dict))
+    return True  # Callable, Literal, ...: not checked here
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_targets(node: Any, key: str = "") -> None:
+    """Each `_target_` node's keys must be arguments of the target, of the annotated types."""
+    if isinstance(node, list):
+        for i, v in enumerate(node):
+            check_targets(v, f"{key}[{i}]")
+        return
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("_target_"), str):
+        target = get_object(node["_target_"])
+        fn = target.__init__ if inspect.isclass(target) else target
+        try:
+            params, hints = inspect.signature(fn).parameters, typing.get_type_hints(fn)
+        except (TypeError, ValueError, NameError):
+            params, hints = {}, {}
+        open_ended = not params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        for k, v in node.items():
+            if str(k).startswith("_"):
+                continue
+            if not open_ended and k not in params:
+                valid = [n for n in params if n not in ("self", "args", "kwargs")]
+                raise ConfigError(f"{key}.{k} is not an argument of {node['_target_']}; valid: {valid}")
+            if k in hints and not _accepts(hints[k], v):
+                raise ConfigError(f"{key}.{k}={v!r} is not a valid {_describe(hints[k])} (for {node['_target_']})")
+    for k, v in node.items():
+        if not str(k).startswith("_"):
+            check_targets(v, f"{key}.{k}" if key else str(k))

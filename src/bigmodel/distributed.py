@@ -44,9 +44,10 @@ def info() -> tuple[int, int, int]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # NCCL for CUDA tensors, Gloo for CPU ones (trainer.device=cpu on a GPU machine works too)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(_close)
         if dist.get_rank() > 0:  # each log line once: rank 0's (torchrun runs also set this via Hydra)
             logging.getLogger().setLevel(logging.WARNING)

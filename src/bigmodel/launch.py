@@ -59,7 +59,7 @@ def join_group(argv: list[str]) -> list[str]:
 
 
 def maybe_launch(argv: list[str]) -> None:
-    devices = next((a.split("=", 1)[1] for a in argv if a.startswith("trainer.devices=")), "1")
+    devices = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("trainer.devices=")), "1")
     if "LOCAL_RANK" in os.environ:
         return
     try:

@@ -58,6 +58,8 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
         raise DataError("give exactly one of text=\"...\" or input_file=PATH")
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model, vocab, names = load_classifier(cfg.ckpt_path, device)
+    if cfg.text is not None and not str(cfg.text).strip():
+        raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")
     texts = [str(cfg.text)] if cfg.text is not None else read_texts(cfg.input_file, cfg.encoding)
     probs = classify(model, vocab, texts, batch_size=int(cfg.batch_size), device=device)
     labels = [names[i] for i in probs.argmax(-1).tolist()] if len(texts) else []

@@ -82,7 +82,9 @@ class TorchProfiler(NoProfiler):
         self.prof.step()
 
     def summary(self, print_fn) -> None:
-        print_fn(f"profiler trace written to {self.trace_dir} (open it with `bigmodel tensorboard`)")
+        print_fn(f"profiler trace written to {self.trace_dir}: open it with `bigmodel tensorboard --logdir "
+                 f"{os.path.dirname(self.trace_dir)}` (PYTORCH_PROFILER tab; pip install 'bigmodel[profile]'), "
+                 "or load the .pt.trace.json file into Perfetto / chrome://tracing")
 
 
 def make_profiler(kind: Profiler, output_dir: str):

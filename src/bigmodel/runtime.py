@@ -6,14 +6,18 @@ from typing import Any, Callable
 
 import torch
 
-from bigmodel.config import Device
+from bigmodel.config import ConfigError, Device
 
 
 def resolve_device(device: Device, local_rank: int = 0) -> torch.device:
     if device == Device.cuda and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
+        raise ConfigError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
     if device == Device.cpu or (device == Device.auto and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"process {local_rank} of this machine needs cuda:{local_rank}, but "
+                           f"{torch.cuda.device_count()} GPU(s) are visible: start at most that many processes "
+                           "per machine (trainer.devices / torchrun --nproc_per_node)")
     return torch.device("cuda", local_rank)
 
 

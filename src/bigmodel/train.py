@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint, distributed
-from bigmodel.config import TrainerConfig
+from bigmodel.config import ConfigError, TrainerConfig, check_targets
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
 from bigmodel.trainer import Trainer
@@ -52,12 +53,34 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """ckpt_path, or for `auto`: this run folder's own last.pt (a requeued job), else, outside sweeps,
+    the newest last.pt of a run of the same name; nothing found means a fresh start."""
     if cfg.ckpt_path != "auto":
         return cfg.ckpt_path
-    runs = Path(cfg.paths.log_dir) / cfg.name
-    found = checkpoint.newest(runs, exclude=output_dir(cfg))
+    own = Path(output_dir(cfg)) / "checkpoints" / "last.pt"
+    if own.is_file():
+        found = own
+    elif HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.info("ckpt_path=auto: a sweep job resumes only its own folder's last.pt; none yet: starting fresh")
+        return None
+    else:
+        try:
+            found = checkpoint.newest(Path(cfg.paths.log_dir) / cfg.name, exclude=output_dir(cfg))
+        except checkpoint.CheckpointError as e:
+            log.warning(f"{e}: starting fresh")
+            return None
     log.info(f"ckpt_path=auto: resuming {found}")
     return str(found)
+
+
+def warn_single_process(cfg: DictConfig) -> None:
+    """trainer.devices=N starts N processes only from the command line (bigmodel.launch); say so when
+    it came from a config file instead. Sweeps run each job in one process on purpose."""
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if cfg.trainer.devices > 1 and distributed.info()[1] == 1 and not sweep:
+        log.warning(f"trainer.devices={cfg.trainer.devices}, but this is one process: the shortcut starts "
+                    "processes only when given on the command line (or use torchrun --nproc_per_node=N "
+                    "-m bigmodel train ...)")
 
 
 def build_logger(cfg: DictConfig, is_global_zero: bool) -> LoggerGroup:
@@ -68,6 +91,8 @@ def build_logger(cfg: DictConfig, is_global_zero: bool) -> LoggerGroup:
 def train(cfg: DictConfig) -> float | None:
     """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
     seed_everything(cfg.seed)
+    check_targets(OmegaConf.to_container(cfg, resolve=True))  # wrong types and unknown keys, named, before any work
+    warn_single_process(cfg)
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
     datamodule = instantiate(cfg.data)
@@ -87,7 +112,9 @@ def train(cfg: DictConfig) -> float | None:
                       callbacks=callbacks, checkpoint_extras=extras, output_dir=output_dir(cfg))
     metrics = dict(trainer.fit(resolve_ckpt_path(cfg)))
 
-    if cfg.test and not trainer.should_stop:
+    if cfg.test and trainer.interrupted:
+        log.info("interrupted: not testing; resume with ckpt_path=auto (or the run's checkpoints/last.pt)")
+    elif cfg.test:
         best = getattr(callbacks.get("model_checkpoint"), "best_path", None)
         if best and Path(best).is_file():
             checkpoint.load_model_state(trainer.model, checkpoint.load(best)["model"], best)
@@ -105,6 +132,8 @@ def train(cfg: DictConfig) -> float | None:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """`bigmodel eval ckpt_path=...`: rebuild data and model from the checkpoint and evaluate `split`."""
+    if cfg.split not in ("train", "val", "test"):
+        raise ConfigError(f"split={cfg.split!r} is not a split; valid: train, val, test")
     ckpt = checkpoint.load(cfg.ckpt_path)
     saved = OmegaConf.create(ckpt["config"])
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})

@@ -18,10 +18,12 @@ from tqdm import tqdm
 
 from bigmodel import checkpoint, distributed
 from bigmodel.config import NonFinite, Precision, TrainerConfig
+from bigmodel.data.errors import DataError
 from bigmodel.profiling import make_profiler
 from bigmodel.runtime import GracefulStop, as_args, resolve_device, to_device
 
 log = logging.getLogger("bigmodel")
+MAX_SKIPS_IN_A_ROW = 25  # on_nonfinite=skip gives up after this many: the run cannot recover
 
 
 class Trainer:
@@ -56,6 +58,8 @@ class Trainer:
         self.global_step = self.epoch = self.batch_in_epoch = 0
         self.window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "micro": 0}  # since the last log line
         self.should_stop, self.last_val_step, self.last_metrics = False, -1, {}
+        self.interrupted = False  # a signal stopped the run (should_stop alone may be early stopping)
+        self.skipped_in_a_row = 0  # optimizer steps dropped for a non-finite loss (on_nonfinite=skip)
         self.scheduler_factory, self.scheduler, self.total_steps = scheduler, None, 0
 
     # ---------------------------------------------------------------- set-up helpers
@@ -63,7 +67,8 @@ class Trainer:
         torch.backends.cudnn.benchmark = not self.config.deterministic
         if self.config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        # set either way: a sweep runs its jobs in one process, and one job's choice must not leak
+        torch.use_deterministic_algorithms(self.config.deterministic, warn_only=True)
 
     def _train_loader(self, skip_batches: int = 0) -> Iterable:
         return self.datamodule.loader("train", epoch=self.epoch, skip_batches=skip_batches, rank=self.rank,
@@ -102,6 +107,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
+        if self._batches_per_epoch() == 0:
+            raise DataError("no training batches: the train split is empty or smaller than one batch "
+                            "(data.batch_size), or trainer.limit_train_batches=0")
         self.total_steps = self._total_steps()
         if self.scheduler_factory is not None:
             self.scheduler = self.scheduler_factory(self.optimizer, self.total_steps)
@@ -161,6 +169,8 @@ class Trainer:
             if self.config.val_check_interval > 0 and self.global_step % self.config.val_check_interval == 0:
                 self.validate()
             self.should_stop = distributed.any_true(self.should_stop, self.device)  # stop together
+            if self.should_stop:
+                self.interrupted = distributed.any_true(self.interrupted, self.device)
             if self.should_stop or self._done():
                 bar.close()
                 return self.batch_in_epoch >= limit and not self.should_stop
@@ -195,14 +205,22 @@ class Trainer:
                     raise FloatingPointError(
                         f"non-finite loss {loss.item()} at step {self.global_step + 1} (epoch {self.epoch}); "
                         "set trainer.on_nonfinite=skip to drop such steps, or lower optimizer.lr")
+                self.skipped_in_a_row += 1
                 self.print(f"skipping step {self.global_step + 1}: non-finite loss {loss.item()}")
+                if self.skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    raise FloatingPointError(f"{self.skipped_in_a_row} steps in a row had a non-finite loss (last "
+                                             f"at step {self.global_step + 1}): the weights or the data hold "
+                                             "NaN/inf; lower optimizer.lr or check the data")
                 if self.scaler.is_enabled():  # forget this step's inf checks; back off the scale
                     self.scaler.update(self.scaler.get_scale() * 0.5)
                 return
+            self.skipped_in_a_row = 0
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.scheduler is not None:
+            overflowed = scale is not None and self.scaler.get_scale() < scale  # fp16: the step was skipped
+            if self.scheduler is not None and not overflowed:
                 self.scheduler.step()
         self.global_step += 1
         self.profiler.step()
@@ -214,9 +232,11 @@ class Trainer:
 
     def _log_train(self, bar) -> None:
         w = self.window
+        hits = torch.tensor([float(w["correct"]), float(w["count"])], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum([hits], self.device)  # accuracy over every process's samples
         now = time.perf_counter()
         metrics = {"train/loss": float(w["loss"]) / max(w["micro"], 1),
-                   "train/acc": float(w["correct"]) / max(float(w["count"]), 1.0),
+                   "train/acc": float(hits[0]) / max(float(hits[1]), 1.0),
                    "perf/samples_per_sec": self._samples * self.world_size / max(now - self._t_last, 1e-9)}
         if "grad_norm" in w:
             metrics["train/grad_norm"] = float(w["grad_norm"])
@@ -265,6 +285,11 @@ class Trainer:
             self.metrics.report(self.logger, split, self.global_step)
         return metrics
 
+    def metric_names(self, split: str = "val") -> list[str]:
+        """The names evaluate(split) logs, known before any evaluation (callbacks check theirs)."""
+        self.metrics.reset()
+        return [f"{split}/loss", *(f"{split}/{k}" for k in self.metrics.compute())]
+
     def validate(self) -> dict[str, float]:
         metrics = self.evaluate("val")
         self.last_val_step, self.last_metrics = self.global_step, metrics
@@ -296,6 +321,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         ckpt = checkpoint.load(path)
+        checkpoint.check_resumable(ckpt, self.checkpoint_extras.get("config"), path)
         checkpoint.load_model_state(self.model, ckpt["model"], path)
         try:
             distributed.load_optimizer_state_dict(self.model, self.optimizer, ckpt["optimizer"])
@@ -316,4 +342,4 @@ class Trainer:
 
     def _request_stop(self, signal_name: str) -> None:
         self.print(f"received {signal_name}: finishing this step, then saving last.pt")
-        self.should_stop = True
+        self.should_stop = self.interrupted = True

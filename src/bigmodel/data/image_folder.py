@@ -4,12 +4,14 @@
 import functools
 import hashlib
 import logging
+import os
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from bigmodel.checkpoint import save_atomic
 from bigmodel.data.errors import DataError
 from bigmodel.data.images import Augment, ImageData, Splits, seeded_split
 
@@ -34,7 +36,8 @@ def locate(root: str, cache_dir: str) -> Path:
     if archive is None:
         raise DataError(f"data.root={root!r}: expected a folder with train/<class>/ and test/<class>/, "
                         "or a .tar.gz of one")
-    key = hashlib.sha1(f"{archive.resolve()}:{archive.stat().st_size}".encode()).hexdigest()[:10]
+    st = archive.stat()  # a replaced or re-written archive unpacks into a new folder
+    key = hashlib.sha1(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
     target = Path(cache_dir).expanduser() / f"{archive.name.split('.')[0]}-{key}"
     if not (target / ".complete").exists():
         log.info(f"unpacking {archive} into {target} (once)")
@@ -68,19 +71,39 @@ def read_split(folder: Path, classes: list[str], size: int, workers: int = 4) ->
     return torch.stack(images), torch.tensor([i for _, i in files], dtype=torch.long)
 
 
+def _fingerprint(base: Path) -> str:
+    """Short hash of the folder path and of every image under <split>/<class>/ with its size and mtime:
+    adding, removing, renaming or rewriting an image (or a class) changes it. Only stats, no decoding."""
+    h = hashlib.sha1(str(base.resolve()).encode())
+    entries = []
+    for split in ("train", "val", "test"):
+        if not (base / split).is_dir():
+            continue
+        with os.scandir(base / split) as classes:
+            class_dirs = [c for c in classes if c.is_dir()]
+        for c in class_dirs:
+            with os.scandir(c.path) as files:
+                for f in files:
+                    if os.path.splitext(f.name)[1].lower() in EXTENSIONS:
+                        st = f.stat()
+                        entries.append(f"{split}/{c.name}/{f.name}\t{st.st_size}\t{st.st_mtime_ns}")
+    for e in sorted(entries):
+        h.update(e.encode() + b"\n")
+    return h.hexdigest()[:10]
+
+
 def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: float,
                       seed: int) -> tuple[Splits, list[str]]:
     base = locate(root, cache_dir)
     classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
-    cache = Path(cache_dir).expanduser() / f"{base.name}-{hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:10]}-{image_size}px.pt"
+    cache = Path(cache_dir).expanduser() / f"{base.name}-{_fingerprint(base)}-{image_size}px.pt"
     if cache.exists():
         splits = torch.load(cache)
     else:
         log.info(f"decoding {base} at {image_size}px into {cache} (once)")
         splits = {s: read_split(base / s, classes, image_size) for s in ("train", "val", "test")
                   if (base / s).is_dir()}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(splits, cache)
+        save_atomic(splits, cache)  # temp file + rename: a crash or a concurrent reader never sees half a file
     if "test" not in splits:
         raise DataError(f"{str(base)!r} has no test/<class>/ folder")
     if "val" not in splits and val_fraction <= 0:

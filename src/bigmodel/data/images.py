@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from bigmodel.data.errors import DataError
 from bigmodel.data.loading import ResumableSampler
 from bigmodel.metrics import Classification
 
@@ -133,4 +134,7 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, 
     """Indices (train, val) of a reproducible random split of n items."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * val_fraction))
+    if n_val >= n:
+        raise DataError(f"holding out {n_val} of {n} training images for validation leaves none to train on; "
+                        "lower data.val_size / data.val_fraction")
     return order[n_val:], order[:n_val]

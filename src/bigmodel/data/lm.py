@@ -156,12 +156,14 @@ class LMData:
     def __init__(self, files: str | list[str], *, tokenizer: str = "char", encoding: str = "gpt2",
                  cache_dir: str = "~/.cache/bigmodel", block_size: int = 256, batch_size: int = 64,
                  eval_batch_size: int | None = None, val_fraction: float = 0.1,
-                 test_fraction: float = 0.0, seed: int = 0, fetch: Callable[[], None] | None = None) -> None:
+                 test_fraction: float = 0.0, seed: int = 0, epoch_blocks: int | None = None,
+                 fetch: Callable[[], None] | None = None) -> None:
         self.fetch = fetch  # called first in setup(), e.g. to download a missing corpus
         self.files, self.kind, self.encoding, self.cache_dir = files, tokenizer, encoding, cache_dir
         self.block_size, self.batch_size = block_size, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.epoch_blocks = epoch_blocks  # training blocks per epoch; None = every start offset once
         self.splits: dict[str, np.ndarray] = {}
         self.tokenizer: CharTokenizer | BPETokenizer | None = None
 
@@ -204,7 +206,8 @@ class LMData:
         n_blocks = (len(tokens) - t - 1) // stride + 1  # blocks whose x and y both fit
         bs = self.batch_size if train else self.eval_batch_size
         sampler = ResumableSampler(n_blocks, shuffle=train, seed=self.seed, epoch=epoch, rank=rank,
-                                   world_size=world_size, skip=skip_batches * bs)
+                                   world_size=world_size, skip=skip_batches * bs,
+                                   limit=self.epoch_blocks if train else None)
         return TokenBatches(tokens, block_size=t, stride=stride, batch_size=bs, sampler=sampler,
                             drop_last=train, device=device)
 
@@ -213,11 +216,11 @@ class LMData:
 def text_lm(files: str | list[str], tokenizer: str = "char", encoding: str = "gpt2",
             cache_dir: str = "~/.cache/bigmodel", block_size: int = 256, batch_size: int = 64,
             eval_batch_size: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0,
-            seed: int = 0) -> LMData:
+            seed: int = 0, epoch_blocks: int | None = None) -> LMData:
     """Any text file(s): `files` is a path, a folder of *.txt, a glob, or a list of them."""
     return LMData(files, tokenizer=tokenizer, encoding=encoding, cache_dir=cache_dir, block_size=block_size,
                   batch_size=batch_size, eval_batch_size=eval_batch_size, val_fraction=val_fraction,
-                  test_fraction=test_fraction, seed=seed)
+                  test_fraction=test_fraction, seed=seed, epoch_blocks=epoch_blocks)
 
 
 def fetch_shakespeare(path: Path, download: bool) -> None:
@@ -240,9 +243,9 @@ def fetch_shakespeare(path: Path, download: bool) -> None:
 
 def shakespeare_char(root: str, download: bool = True, cache_dir: str = "~/.cache/bigmodel",
                      block_size: int = 256, batch_size: int = 64, eval_batch_size: int | None = None,
-                     val_fraction: float = 0.1, seed: int = 0) -> LMData:
+                     val_fraction: float = 0.1, seed: int = 0, epoch_blocks: int | None = None) -> LMData:
     """tiny shakespeare (1.1 M characters, 65 distinct), char-level: first 90% train, last 10% val."""
     path = Path(root).expanduser() / "input.txt"
     return LMData(str(path), tokenizer="char", cache_dir=cache_dir, block_size=block_size, batch_size=batch_size,
                   eval_batch_size=eval_batch_size, val_fraction=val_fraction, seed=seed,
-                  fetch=functools.partial(fetch_shakespeare, path, download))
+                  epoch_blocks=epoch_blocks, fetch=functools.partial(fetch_shakespeare, path, download))

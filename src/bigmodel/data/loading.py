@@ -13,14 +13,16 @@ class ResumableSampler(Sampler[int]):
 
     The order depends only on (seed, epoch), so a resumed run sees exactly the batches an
     uninterrupted run would have. With world_size > 1 each rank takes every world_size-th index
-    of the same permutation (padded to equal length, like DistributedSampler).
+    of the same permutation (padded to equal length, like DistributedSampler). `limit` makes an
+    epoch the first `limit` indices of each epoch's permutation (for data sets too large to finish).
     """
 
     def __init__(self, num_samples: int, *, shuffle: bool, seed: int, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1, skip: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, skip: int = 0, limit: int | None = None) -> None:
         self.num_samples, self.shuffle, self.seed, self.epoch = num_samples, shuffle, seed, epoch
         self.rank, self.world_size, self.skip = rank, world_size, skip
-        self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch_size = min(num_samples, limit) if limit else num_samples  # the first `limit` of the order
+        self.per_rank = math.ceil(self.epoch_size / world_size)
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
@@ -28,7 +30,8 @@ class ResumableSampler(Sampler[int]):
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)
-        pad = self.per_rank * self.world_size - self.num_samples
+        order = order[: self.epoch_size]
+        pad = self.per_rank * self.world_size - self.epoch_size
         if pad:
             order = torch.cat([order, order[:pad]])
         mine = order[self.rank :: self.world_size]

@@ -45,13 +45,13 @@ def read_label_lines(path: Path, encoding: str = "utf-8") -> list[Raw]:
     return out
 
 
-def _column(spec: str | int, names: list[str] | None, path: Path) -> int:
+def _column(spec: str | int, names: list[str] | None, path: Path, key: str) -> int:
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and (names is None or spec not in names)):
         return int(spec)
     if names is None:
-        raise DataError(f"{path}: column {spec!r} given by name but data.header=false; give its index (0, 1, ...)")
+        raise DataError(f"{path}: {key}={spec!r} names a column but data.header=false; give its index (0, 1, ...)")
     if spec not in names:
-        raise DataError(f"{path}: no column {spec!r} in the header; columns are {names}")
+        raise DataError(f"{path}: no column {spec!r} in the header ({key}); columns are {names}")
     return names.index(spec)
 
 
@@ -63,7 +63,8 @@ def read_csv_rows(path: Path, encoding: str, text_column: str | int, label_colum
     reader = csv.reader(io.StringIO(read_text(path, encoding), newline=""), delimiter=delimiter)
     try:
         names = next(reader) if header else None
-        t_idx, l_idx = _column(text_column, names, path), _column(label_column, names, path)
+        t_idx = _column(text_column, names, path, "data.text_column")
+        l_idx = _column(label_column, names, path, "data.label_column")
         out = []
         for row in reader:
             where = f"{path}:{reader.line_num}"
@@ -83,9 +84,11 @@ def read_csv_rows(path: Path, encoding: str, text_column: str | int, label_colum
 
 
 def infer_class_names(labels: list[str]) -> list[str]:
-    """Integer labels 0..K-1 name themselves; other labels are the sorted set of what was written."""
+    """Integer labels from 0 are classes 0..max (also those train never shows); other integer labels
+    (say 1-5 stars) are their distinct values in numeric order; any other labels, their sorted set."""
     if labels and all(label.isdigit() for label in labels):
-        return [str(i) for i in range(max(int(label) for label in labels) + 1)]
+        values = sorted({int(label) for label in labels})
+        return [str(i) for i in range(values[-1] + 1)] if values[0] == 0 else [str(v) for v in values]
     return sorted(set(labels))
 
 
@@ -100,7 +103,7 @@ def to_examples(splits: dict[str, list[Raw]], class_names: list[str] | None) -> 
         examples = []
         for label, text, where in raws:
             i = index.get(label)
-            if i is None and label.isdigit() and int(label) < len(names):
+            if i is None and class_names and label.isdigit() and int(label) < len(names):
                 i = int(label)
             if i is None:
                 raise DataError(f"{where}: label {label!r} is not one of {names} nor an index 0..{len(names) - 1} "

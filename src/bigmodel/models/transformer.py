@@ -93,11 +93,11 @@ class TransformerClassifier(nn.Module):
         self.head = nn.Linear(hidden_size, num_classes)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # a text longer than the position table is read up to max_length tokens (as data.max_length
+        # would cut it), so an unusually long text at predict time is classified, not an error
+        tokens = tokens[:, : self.max_length]
         b, t = tokens.shape
-        if t > self.max_length:
-            raise ValueError(f"texts of {t} tokens are longer than model.max_length={self.max_length}; "
-                             "cut them with data.max_length")
-        lengths = lengths.clamp(min=1).to(tokens.device)
+        lengths = lengths.clamp(min=1, max=self.max_length).to(tokens.device)
         keep = length_mask(lengths, t)  # (B, T)
         x = self.word_dropout(self.embed(tokens))  # (B, T, D)
         if self.cls is not None:
