@@ -87,6 +87,8 @@ def test_mismatched_checkpoint_names_what_differs(tmp_path):
         checkpoint.check_resumable(saved, config | {"model": {**config["model"], "widths": [16]}}, "last.pt")
     with pytest.raises(checkpoint.CheckpointError, match="optimizer: SGD in the checkpoint, AdamW now"):
         checkpoint.check_resumable(saved, config | {"optimizer": {"_target_": "AdamW"}}, "last.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="optimizer: None in the checkpoint, SGD now"):
+        checkpoint.check_resumable({"config": {"model": config["model"]}}, config, "last.pt")
     wider = torch.nn.Linear(3, 3)
     with pytest.raises(checkpoint.CheckpointError, match="shape mismatch weight"):
         checkpoint.load_model_state(wider, {"weight": torch.zeros(2, 3), "bias": torch.zeros(3)})

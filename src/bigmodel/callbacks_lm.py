@@ -14,8 +14,8 @@ log = logging.getLogger("bigmodel")
 class TextSample:
     """After every `every_n_evals`-th validation, samples `max_new_tokens` tokens after `prompt`
     and logs them as text `val/sample` (and to the console log). Does nothing unless the model can
-    generate (has `stream`) and the data has a tokenizer, so it can sit in the default callbacks. Sampling uses its own seeded
-    generator, so it neither draws from nor changes the training RNG."""
+    generate (has `stream`) and the data has a tokenizer, so it can sit in the default callbacks.
+    Sampling uses its own seeded generator, so it neither draws from nor changes the training RNG."""
 
     def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = 200, seed: int = 0, every_n_evals: int = 1, to_console: bool = True) -> None:
@@ -25,9 +25,11 @@ class TextSample:
 
     def on_validation_end(self, trainer, metrics: dict[str, float]) -> None:
         self.evals += 1
-        tokenizer_state = trainer.datamodule.state_dict().get("tokenizer")
-        if tokenizer_state is None or not hasattr(trainer.model, "stream"):
+        if not hasattr(trainer.model, "stream"):
             return  # not a language model: nothing to sample
+        tokenizer_state = trainer.datamodule.state_dict().get("tokenizer")
+        if tokenizer_state is None:
+            return
         # a sharded (FSDP) model gathers its weights in every forward: all processes must sample
         # together (the same tokens, from the same seed); otherwise rank 0 samples alone
         if (self.evals - 1) % self.every_n_evals or not (trainer.is_global_zero or is_sharded(trainer.model)):

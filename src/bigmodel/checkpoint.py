@@ -66,12 +66,12 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
     distributed.load_model_state_dict(model, state)  # also into a model sharded by FSDP
 
 
-def config_diff(saved: Any, now: Any, key: str) -> list[str]:
-    """`key.sub: A in the checkpoint, B now` for each value that differs between two config trees."""
+def config_diff(saved: Any, now: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """(key.sub, value in the checkpoint, value now) for each value that differs between two config trees."""
     if isinstance(saved, dict) and isinstance(now, dict):
         return [d for k in sorted(set(saved) | set(now), key=str)
                 for d in config_diff(saved.get(k), now.get(k), f"{key}.{k}")]
-    return [] if saved == now else [f"{key}: {saved!r} in the checkpoint, {now!r} now"]
+    return [] if saved == now else [(key, saved, now)]
 
 
 def check_resumable(ckpt: dict[str, Any], config: dict[str, Any] | None, path: str) -> None:
@@ -80,12 +80,13 @@ def check_resumable(ckpt: dict[str, Any], config: dict[str, Any] | None, path: s
     if not config or not saved:
         return
     changed = [d for d in config_diff(saved.get("model"), config.get("model"), "model")
-               if not d.split(":")[0].endswith("dropout")]  # dropout may change on resume; shapes may not
-    if saved.get("optimizer", {}).get("_target_") != config.get("optimizer", {}).get("_target_"):
-        changed.append(f"optimizer: {saved['optimizer'].get('_target_')} in the checkpoint, "
-                       f"{config['optimizer'].get('_target_')} now")
-    if changed:
-        raise CheckpointError(f"ckpt_path={path!r} does not fit this run: {'; '.join(changed)}")
+               if not d[0].endswith("dropout")]  # dropout may change on resume; shapes may not
+    lines = [f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in changed]
+    opt_then, opt_now = ((c.get("optimizer") or {}).get("_target_") for c in (saved, config))
+    if opt_then != opt_now:
+        lines.append(f"optimizer: {opt_then} in the checkpoint, {opt_now} now")
+    if lines:
+        raise CheckpointError(f"ckpt_path={path!r} does not fit this run: {'; '.join(lines)}")
 
 
 def rng_state() -> dict[str, Any]:

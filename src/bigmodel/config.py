@@ -90,8 +90,6 @@ def register_schemas() -> None:
     cs.store(group="schema", name="paths", node=PathsConfig)
 
 
-
-
 def _accepts(tp: Any, value: Any) -> bool:
     """Whether a config value (None, bool, int, float, str, list or dict) fits the annotation `tp`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -104,8 +102,10 @@ def _accepts(tp: Any, value: Any) -> bool:
     if tp in (int, float):  # an int is a fine float; a bool is neither
         return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
     if origin in (list, tuple, collections.abc.Sequence) or tp in (list, tuple):
-        inner = [a for a in args if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and all(any(_accepts(a, v) for a in inner) or not inner for v in value)
+        inner = [a for a in args if a is not Ellipsis]  # tuple[int, ...] -> [int]
+        if not isinstance(value, (list, tuple)):
+            return False
+        return not inner or all(any(_accepts(a, v) for a in inner) for v in value)
     if isinstance(tp, type) and issubclass(tp, Enum):
         return value in tp.__members__ or any(value == m.value for m in tp)
     if isinstance(tp, type):  # a class: an instance, or a nested `_target_` node that builds one

@@ -34,9 +34,8 @@ def output_dir(cfg: DictConfig) -> str:
     return cfg.paths.output_dir if HydraConfig.initialized() else os.getcwd()
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """model.*, data.*, optimizer.*, scheduler.*, trainer.*, loss.*, seed as one flat dict."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def flat_hparams(resolved: dict[str, Any]) -> dict[str, Any]:
+    """model.*, data.*, optimizer.*, scheduler.*, trainer.*, loss.*, seed of a resolved config, flat."""
     keep = {k: resolved[k] for k in ("model", "data", "optimizer", "scheduler", "loss", "trainer", "seed") if k in resolved}
     out: dict[str, Any] = {}
 
@@ -52,6 +51,10 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """ckpt_path, or for `auto`: this run folder's own last.pt (a requeued job), else, outside sweeps,
     the newest last.pt of a run of the same name; nothing found means a fresh start."""
@@ -60,7 +63,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     own = Path(output_dir(cfg)) / "checkpoints" / "last.pt"
     if own.is_file():
         found = own
-    elif HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    elif in_sweep():
         log.info("ckpt_path=auto: a sweep job resumes only its own folder's last.pt; none yet: starting fresh")
         return None
     else:
@@ -76,8 +79,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def warn_single_process(cfg: DictConfig) -> None:
     """trainer.devices=N starts N processes only from the command line (bigmodel.launch); say so when
     it came from a config file instead. Sweeps run each job in one process on purpose."""
-    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if cfg.trainer.devices > 1 and distributed.info()[1] == 1 and not sweep:
+    if cfg.trainer.devices > 1 and distributed.info()[1] == 1 and not in_sweep():
         log.warning(f"trainer.devices={cfg.trainer.devices}, but this is one process: the shortcut starts "
                     "processes only when given on the command line (or use torchrun --nproc_per_node=N "
                     "-m bigmodel train ...)")
@@ -91,7 +93,8 @@ def build_logger(cfg: DictConfig, is_global_zero: bool) -> LoggerGroup:
 def train(cfg: DictConfig) -> float | None:
     """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
     seed_everything(cfg.seed)
-    check_targets(OmegaConf.to_container(cfg, resolve=True))  # wrong types and unknown keys, named, before any work
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    check_targets(resolved)  # wrong types and unknown keys, named, before any work
     warn_single_process(cfg)
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
@@ -104,7 +107,7 @@ def train(cfg: DictConfig) -> float | None:
     optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
-    extras = {"config": OmegaConf.to_container(cfg, resolve=True), "model_args": model_args,
+    extras = {"config": resolved, "model_args": model_args,
               "data": datamodule.state_dict()}
     logger = build_logger(cfg, distributed.info()[0] == 0)
     trainer = Trainer(trainer_config(cfg), model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
@@ -124,7 +127,7 @@ def train(cfg: DictConfig) -> float | None:
         if hasattr(trainer.metrics, "table"):
             log.info("confusion matrix (test):\n" + trainer.metrics.table())
     if trainer.is_global_zero:
-        logger.log_hparams(flat_hparams(cfg), metrics)
+        logger.log_hparams(flat_hparams(resolved), metrics)
     logger.close()
     key = cfg.get("optimized_metric")
     return metrics.get(key) if key else None
