@@ -179,7 +179,8 @@ def test_tsv_text_with_a_tab_must_be_quoted(tmp_path):
 
 @pytest.mark.parametrize("closed_later", [False, True])
 def test_tsv_open_quote_does_not_swallow_rows(tmp_path, closed_later):
-    rows = ["pos\tgood", 'neg\t"bad', "pos\tnice", "neg\tawful" + ('"' if closed_later else ""), "pos\tgreat", "neg\tworse"]
+    rows = ["pos\tgood", 'neg\t"bad', "pos\tnice", "neg\tawful" + ('"' if closed_later else ""),
+            "pos\tgreat", "neg\tworse"]
     f = tmp_path / "train.tsv"
     f.write_text("label\ttext\n" + "\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"train\.tsv:3: .*quote"):
@@ -265,6 +266,7 @@ def test_too_little_text_gets_advice_that_helps(tmp_path, text, val_fraction, ne
 def test_decode_error_without_an_encoding_key_says_to_convert(tmp_path):
     f = tmp_path / "p.txt"
     f.write_bytes(b"caf\xe9")
-    with pytest.raises(DataError, match=r"p\.txt:1: cannot decode byte 0xe9 \(column 4\) as utf-8; save the file as UTF-8"):
+    expected = r"p\.txt:1: cannot decode byte 0xe9 \(column 4\) as utf-8; save the file as UTF-8"
+    with pytest.raises(DataError, match=expected):
         read_text(f, "utf-8", key=None)
 
