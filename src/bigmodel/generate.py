@@ -6,6 +6,7 @@ as they are produced. Sampling uses its own seeded generator, so a seed gives th
 
 import logging
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint
 from bigmodel.data.errors import DataError
+from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
 
 log = logging.getLogger("bigmodel")
@@ -65,7 +67,7 @@ def generate(cfg: DictConfig) -> list[str]:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     model, tokenizer = load_for_generation(cfg.ckpt_path, device)
-    prompt = open(cfg.prompt_file, encoding="utf-8").read() if cfg.prompt_file else str(cfg.prompt)
+    prompt = read_text(Path(cfg.prompt_file), "utf-8", key=None) if cfg.prompt_file else str(cfg.prompt)
     prompt = prompt.replace("\\n", "\n")  # a typed "\n" on the command line means a newline
     if cfg.top_k is not None and cfg.top_k < 1:
         raise DataError(f"top_k={cfg.top_k} must be >= 1 (or null for no limit)")

@@ -6,6 +6,7 @@ so text is encoded exactly as in training. Each text prints as one line on stdou
 """
 
 import csv
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
 from bigmodel.data.vocab import Vocab
+
+log = logging.getLogger("bigmodel")
 
 
 def load_classifier(ckpt_path: str, device: torch.device) -> tuple[torch.nn.Module, Vocab, list[str]]:
@@ -46,10 +49,22 @@ def classify(model: torch.nn.Module, vocab: Vocab, texts: list[str], *, batch_si
 
 def read_texts(path: str, encoding: str) -> list[str]:
     """One text a line ("\\n" only), blank lines skipped."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise DataError(f"input_file={path!r}: no such file")
-    lines = (line.rstrip("\r") for line in read_text(Path(path), encoding).split("\n"))
+    lines = (line.rstrip("\r") for line in read_text(Path(path), encoding, key="encoding").split("\n"))
     return [line for line in lines if line.strip()]
+
+
+def warn_unknown(vocab: Vocab, texts: list[str], show: int = 10) -> int:
+    """Warn for each text with no word in the vocabulary: its label is the model's guess from nothing.
+    Returns how many there are."""
+    unknown = [i for i, t in enumerate(texts) if all(j == vocab.unk_idx for j in vocab.encode(t))]
+    for i in unknown[:show]:
+        log.warning(f"text {i + 1} ({texts[i][:60]!r}): none of its words is in the model's vocabulary (all "
+                    "<unk>), so its label says nothing about the text")
+    if len(unknown) > show:
+        log.warning(f"... and {len(unknown) - show} more texts of unknown words only")
+    return len(unknown)
 
 
 def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
@@ -61,6 +76,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")
     texts = [str(cfg.text)] if cfg.text is not None else read_texts(cfg.input_file, cfg.encoding)
+    warn_unknown(vocab, texts)
     probs = classify(model, vocab, texts, batch_size=int(cfg.batch_size), device=device)
     labels = [names[i] for i in probs.argmax(-1).tolist()] if len(texts) else []
     if cfg.output_file:

@@ -18,14 +18,46 @@ log = logging.getLogger("bigmodel")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
+# what a CIFAR batch file may name: numpy arrays and their dtypes, nothing that could run code
+_ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+            *((m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for f in ("_reconstruct", "scalar")),
+            *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def read_pickle(path: Path) -> dict:
+    """A python-pickle CIFAR file (dict of arrays, lists, strings); anything else is a DataError naming it."""
+    try:
+        with open(path, "rb") as f:
+            out = _ArrayUnpickler(f, encoding="latin1").load()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    except Exception as e:  # truncated, not a pickle, a foreign object
+        raise DataError(f"{path}: not a CIFAR-10 python batch file ({type(e).__name__}: {e}); download "
+                        f"{URL} again and unpack it") from None
+    if not isinstance(out, dict):
+        raise DataError(f"{path}: not a CIFAR-10 python batch file (holds a {type(out).__name__}, not a dict)")
+    return out
+
+
 def read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 32, 32, 3) uint8 and labels from python-pickle CIFAR batch files."""
     data, labels = [], []
     for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        data.append(np.asarray(batch["data"], dtype=np.uint8))
-        labels += batch["labels"]
+        batch = read_pickle(folder / name)
+        try:
+            data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3 * 32 * 32))
+            labels += list(batch["labels"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{folder / name}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
+        if len(data[-1]) != len(batch["labels"]):
+            raise DataError(f"{folder / name}: {len(data[-1])} images but {len(batch['labels'])} labels")
     images = np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(labels, dtype=torch.long)
 
@@ -54,8 +86,9 @@ def load_cifar10(root: str, download: bool, val_size: int, seed: int, fallback: 
                 f"CIFAR-10 not found in {str(local)!r} and {why}. Get it: download {URL} and unpack it "
                 f"into {root!r} (or set BIGMODEL_DATA_DIR / data.root to where it is), or train on an "
                 "image folder with data=image_folder.") from None
-    with open(local / "batches.meta", "rb") as f:
-        classes = pickle.load(f, encoding="latin1")["label_names"]
+    classes = read_pickle(local / "batches.meta").get("label_names")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{local / 'batches.meta'}: no list of label_names")
     x, y = read_batches(local, [f"data_batch_{i}" for i in range(1, 6)])
     splits: Splits = {"test": read_batches(local, ["test_batch"])}
     if val_size > 0:

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,8 +43,15 @@ def locate(root: str, cache_dir: str) -> Path:
     if not (target / ".complete").exists():
         log.info(f"unpacking {archive} into {target} (once)")
         target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as e:  # truncated, not a tar, unreadable, disk full
+            shutil.rmtree(target, ignore_errors=True)  # no half-unpacked folder is left to be mistaken for data
+            why = ("it ends early: truncated" if isinstance(e, EOFError) else e.strerror if isinstance(e, OSError)
+                   else "not a tar archive, or a damaged one")
+            raise DataError(f"{archive}: cannot unpack it ({why}); expected a complete .tar.gz of "
+                            "train/<class>/ and test/<class>/ folders") from None
         (target / ".complete").touch()
     inner = [p.parent for p in target.glob("*/train")] + ([target] if (target / "train").is_dir() else [])
     if not inner:
@@ -52,18 +60,50 @@ def locate(root: str, cache_dir: str) -> Path:
 
 
 def _decode(path: Path, size: int) -> torch.Tensor:
+    """(size, size, 3) uint8; formats torchvision cannot decode (BMP, ...) go through Pillow."""
     from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.functional import resize
+    from torchvision.transforms.functional import pil_to_tensor, resize
 
-    img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+    try:
+        img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+    except (RuntimeError, OSError):
+        img = _decode_pil(path, pil_to_tensor)
     if img.shape[1:] != (size, size):
         img = resize(img, [size, size], antialias=True)
     return img.permute(1, 2, 0)
 
 
+def _decode_pil(path: Path, pil_to_tensor) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return pil_to_tensor(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "not an image file"
+        raise DataError(f"{path}: cannot read it as an image ({why}); remove it from the image folder or "
+                        "replace it with a JPEG/PNG") from None
+
+
+def _image_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(file, class index) of folder/<class>/*; a class train/ does not have is an error (its images
+    would be dropped), files that are not images by name are skipped with a warning."""
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+    if extra:
+        raise DataError(f"{folder}: class folder(s) {extra} are not in train/ (classes: {classes})")
+    files, skipped = [], []
+    for i, c in enumerate(classes):
+        for p in sorted((folder / c).iterdir()) if (folder / c).is_dir() else []:
+            if not p.name.startswith("."):  # .DS_Store and friends
+                (files if p.suffix.lower() in EXTENSIONS else skipped).append((p, i))
+    if skipped:
+        log.warning(f"{folder}: skipped {len(skipped)} file(s) that are not images by their name "
+                    f"(first: {skipped[0][0].name}; read: {', '.join(sorted(EXTENSIONS))})")
+    return files
+
+
 def read_split(folder: Path, classes: list[str], size: int, workers: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    files = [(p, i) for i, c in enumerate(classes) for p in sorted((folder / c).iterdir())
-             if p.suffix.lower() in EXTENSIONS] if folder.is_dir() else []
+    files = _image_files(folder, classes) if folder.is_dir() else []
     if not files:
         raise DataError(f"no images in {str(folder)!r} (expected {folder}/<class>/*.jpg)")
     with ThreadPoolExecutor(workers) as pool:

@@ -135,6 +135,9 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, 
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * val_fraction))
     if n_val >= n:
-        raise DataError(f"holding out {n_val} of {n} training images for validation leaves none to train on; "
+        raise DataError(f"holding out {n_val} of {n} training examples for validation leaves none to train on; "
                         "lower data.val_size / data.val_fraction")
+    if n_val == 0 and val_fraction > 0:  # an empty validation split would report metrics of nothing
+        raise DataError(f"a validation fraction of {val_fraction:g} of {n} training examples holds out none; "
+                        f"raise data.val_fraction to at least {1 / n:.2g} or give a validation file/folder")
     return order[n_val:], order[:n_val]

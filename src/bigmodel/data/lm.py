@@ -63,6 +63,8 @@ def read_chunks(path: Path):
                 yield rest
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    except OSError as e:  # a folder named like a text file, no permission, a vanished file
+        raise DataError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
 
 
 def build_tokenizer(files: list[Path], kind: str, encoding: str) -> CharTokenizer | BPETokenizer:
@@ -180,13 +182,25 @@ class LMData:
         n_train = n - n_val - n_test
         self.splits = {"train": tokens[:n_train], "val": tokens[n_train : n_train + n_val]}
         self.splits["test"] = tokens[n_train + n_val :] if n_test else self.splits["val"]  # none: test = val
-        for split, toks in self.splits.items():
-            if len(toks) <= self.block_size:
-                raise DataError(f"the {split} split has {len(toks)} tokens, too few for one block of "
-                                f"data.block_size={self.block_size} (+1); use more text, a smaller "
-                                "block_size or a larger data.val_fraction")
+        self._check_sizes(n, n_test > 0)
         log.info(f"{n:,} tokens ({self.kind}, vocabulary {self.tokenizer.vocab_size}): "
                  + ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items()))
+
+    def _check_sizes(self, n: int, has_test: bool) -> None:
+        """Each split must hold one block of block_size + 1 tokens; the advice depends on which is short."""
+        need, parts = self.block_size + 1, 3 if has_test else 2
+        short = [(s, len(t)) for s, t in self.splits.items() if len(t) < need]
+        if not short:
+            return
+        split, have = short[0]
+        if n < parts * need:  # no choice of fractions helps: each split needs a whole block
+            raise DataError(f"the corpus has {n:,} tokens: too few for a block of data.block_size={self.block_size} "
+                            f"(+1 token) in each of the {parts} splits, which needs {parts * need:,}; use more "
+                            "text (data.files) or a smaller data.block_size")
+        key = {"train": "a smaller data.val_fraction / data.test_fraction", "val": "a larger data.val_fraction",
+               "test": "a larger data.test_fraction"}[split]
+        raise DataError(f"the {split} split has {have:,} tokens (of {n:,}), too few for one block of "
+                        f"data.block_size={self.block_size} (+1); use {key}, a smaller block_size or more text")
 
     def model_args(self) -> dict:
         return {"vocab_size": self.tokenizer.vocab_size}

@@ -157,13 +157,13 @@ def load_labeled_dir(root: str, encoding: str | dict[str, str], class_names: lis
                      val_fraction: float, seed: int) -> tuple[Splits, list[str]]:
     """root/{train,dev,test}.txt with `LABEL text` lines; no dev.txt -> a seeded split of train."""
     folder = Path(root).expanduser()
-    if not (folder / "train.txt").is_file():
+    if not (folder / "train.txt").exists():
         raise DataError(f"{str(folder / 'train.txt')!r} not found: put train.txt, test.txt (and optionally "
                         "dev.txt) there, one `LABEL text` example a line, or set BIGMODEL_DATA_DIR / data.root")
     splits = {}
     for split, stem in (("train", "train"), ("val", "dev"), ("test", "test")):
         path = folder / f"{stem}.txt"
-        if path.is_file():
+        if path.exists():  # a folder or an unreadable file is an error, not a missing split
             enc = encoding if isinstance(encoding, str) else encoding.get(stem, "utf-8")
             splits[split] = read_label_lines(path, enc)
     return _finish(splits, class_names, val_fraction, seed)
@@ -175,7 +175,7 @@ def load_csv_files(files: dict[str, str | None], text_column: str | int, label_c
     splits = {}
     for split, path in files.items():
         if path is not None:
-            if not Path(path).expanduser().is_file():
+            if not Path(path).expanduser().exists():
                 raise DataError(f"data.{split}_file={path!r}: no such file")
             splits[split] = read_csv_rows(Path(path).expanduser(), encoding, text_column, label_column,
                                           delimiter, header)
