@@ -129,7 +129,6 @@ def test_ckpt_path_auto_refuses_a_hostile_last_pt_under_the_log_dir(tmp_path, re
     shutil.copy(hostile, planted)
     write_sentiment(tmp_path / "data" / "sst2", n_train=32)
     out = run_cli("train", *SMALL, "ckpt_path=auto", cwd=tmp_path, env=ONE_THREAD)
-    assert "ckpt_path=auto: resuming" in out.stdout + out.stderr
     assert_refused(out, planted, tmp_path / "MARKER")
 
 

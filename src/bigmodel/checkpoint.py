@@ -54,8 +54,10 @@ def plain(obj: Any) -> Any:
     scalars as Python numbers, inside dicts, lists and tuples; everything else as it is."""
     if isinstance(obj, dict):
         return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, list):
+        return [plain(v) for v in obj]
+    if isinstance(obj, tuple):  # also a named tuple or torch.Size: a tuple loads without allowed globals
+        return tuple(plain(v) for v in obj)
     if isinstance(obj, Enum):
         return obj.name
     if isinstance(obj, PurePath):
