@@ -94,10 +94,12 @@ def _refusal(path: Path, e: Exception) -> str:
         return (f"{name} is not a bigmodel checkpoint: it holds objects that are not allowed ({found[1]}), so it "
                 "was not loaded; a checkpoint holds only tensors and plain values")
     if head[:1] == b"\x80":  # the PROTO opcode that starts every pickle (protocol 2+), outside a torch zip
-        return f"{name} is not a bigmodel checkpoint: it is a bare pickle, not a file torch.save wrote, so it was not loaded"
+        return (f"{name} is not a bigmodel checkpoint: it is a bare pickle, not a file torch.save wrote, "
+                "so it was not loaded")
     detail = str(e).split("WeightsUnpickler error:")[-1].strip().split("\n")[0][:200]  # torch's advice: not shown
     if isinstance(e, pickle.UnpicklingError) and head == b"PK":
-        return f"{name} is not a bigmodel checkpoint: it holds pickle data that is not allowed ({detail}), so it was not loaded"
+        return (f"{name} is not a bigmodel checkpoint: it holds pickle data that is not allowed ({detail}), "
+                "so it was not loaded")
     return f"{name} is not a readable checkpoint (truncated, or not a checkpoint file; {type(e).__name__}: {detail})"
 
 
