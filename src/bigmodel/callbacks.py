@@ -4,7 +4,8 @@
     on_train_batch_end(trainer, loss: float)        after each optimizer step
     on_validation_end(trainer, metrics: dict)       metrics carry the "val/" prefix
     on_fit_end(trainer)                             also after an interrupt (SIGINT/SIGTERM)
-    state_dict() / load_state_dict(state)           saved in and restored from checkpoints
+    state_dict() / load_state_dict(state)           saved in and restored from checkpoints: plain
+                                                    values only (str/int/float/bool/None, lists, dicts)
 """
 
 import math

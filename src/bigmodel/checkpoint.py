@@ -1,16 +1,32 @@
-"""Checkpoint files: atomic writes, RNG capture, clear errors, and finding the newest run."""
+"""Checkpoint files: atomic writes, RNG capture, clear errors, and finding the newest run.
+
+A checkpoint is loaded with torch.load(weights_only=True), so opening one never runs code from it:
+besides tensors it holds only dicts, lists and tuples of str/int/float/bool/None (`plain` makes a
+state so, `check_plain` refuses anything else before it is written). A file that holds other
+objects, or a bare pickle, is refused with one line and nothing in it is run.
+"""
 
 import os
+import pickle
 import random
+import re
 import tempfile
-from pathlib import Path
+import warnings
+from contextlib import nullcontext
+from enum import Enum
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
 
 from bigmodel import distributed
+from bigmodel.config import Device, NonFinite, Precision, Profiler, Strategy
 
 FORMAT_VERSION = 1
+PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+# Format-1 files written before configs were stored plain hold these enum members in config.trainer.
+# Unpickling one only looks a member up by value (Device("cpu")), so they are allowed, and nothing else.
+LEGACY_ENUMS = [Device, Precision, NonFinite, Profiler, Strategy]
 
 
 class CheckpointError(RuntimeError):
@@ -33,17 +49,79 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def plain(obj: Any) -> Any:
+    """`obj` with enum members as their names (as config.yaml writes them), paths as str and numpy
+    scalars as Python numbers, inside dicts, lists and tuples; everything else as it is."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [plain(v) for v in obj]
+    if isinstance(obj, tuple):  # also a named tuple or torch.Size: a tuple loads without allowed globals
+        return tuple(plain(v) for v in obj)
+    if isinstance(obj, Enum):
+        return obj.name
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        return obj.item()
+    return obj
+
+
+def check_plain(obj: Any, key: str = "checkpoint") -> None:
+    """Raise CheckpointError naming the first entry that torch.load(weights_only=True) would refuse."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise CheckpointError(f"{key} has a key of type {type(k).__name__}: checkpoints hold str or int keys")
+            check_plain(v, f"{key}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{key}[{i}]")
+    elif not isinstance(obj, PLAIN):
+        raise CheckpointError(f"{key} holds a {type(obj).__module__}.{type(obj).__qualname__}: checkpoints hold "
+                              "only tensors and dicts/lists of str, int, float, bool and None")
+
+
+def _refusal(path: Path, e: Exception) -> str:
+    """One line saying why torch.load(weights_only=True) refused the file."""
+    name = f"ckpt_path={str(path)!r}"
+    if isinstance(e, PermissionError):
+        return f"{name} cannot be read ({e.strerror or e})"
+    with open(path, "rb") as f:
+        head = f.read(2)
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if found:
+        return (f"{name} is not a bigmodel checkpoint: it holds objects that are not allowed ({found[1]}), so it "
+                "was not loaded; a checkpoint holds only tensors and plain values")
+    if head[:1] == b"\x80":  # the PROTO opcode that starts every pickle (protocol 2+), outside a torch zip
+        return (f"{name} is not a bigmodel checkpoint: it is a bare pickle, not a file torch.save wrote, "
+                "so it was not loaded")
+    detail = str(e).split("WeightsUnpickler error:")[-1].strip().split("\n")[0][:200]  # torch's advice: not shown
+    if isinstance(e, pickle.UnpicklingError) and head == b"PK":
+        return (f"{name} is not a bigmodel checkpoint: it holds pickle data that is not allowed ({detail}), "
+                "so it was not loaded")
+    return f"{name} is not a readable checkpoint (truncated, or not a checkpoint file; {type(e).__name__}: {detail})"
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by the Trainer, or fail with one line naming the file and the problem."""
+    """Read a checkpoint written by the Trainer, or fail with one line naming the file and the problem.
+    Only tensors and plain values are unpickled (weights_only=True): nothing in the file can run."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={str(path)!r}: no such file")
+    scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before: process-wide
+    if scoped is None:
+        torch.serialization.add_safe_globals(LEGACY_ENUMS)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated, not a torch file, ...
-        raise CheckpointError(f"ckpt_path={str(path)!r} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        with warnings.catch_warnings(), (scoped(LEGACY_ENUMS) if scoped else nullcontext()):
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files: we refuse them
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # foreign objects, a bare pickle, truncated, not a torch file, ...
+        raise CheckpointError(_refusal(path, e)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"ckpt_path={str(path)!r} is not a bigmodel checkpoint (format {FORMAT_VERSION})")
+    if "config" in ckpt:
+        ckpt["config"] = plain(ckpt["config"])  # format-1 files from before: enum members as names
     return ckpt
 
 

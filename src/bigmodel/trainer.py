@@ -303,7 +303,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """Tensors and plain values only: checkpoints are loaded with weights_only=True."""
+        callbacks = {name: cb.state_dict() for name, cb in self.callbacks.items() if hasattr(cb, "state_dict")}
+        state = {
             "format": checkpoint.FORMAT_VERSION,
             "model": distributed.model_state_dict(self.model),  # full, also under FSDP
             "optimizer": distributed.optimizer_state_dict(self.model, self.optimizer) if self.optimizer else None,
@@ -312,10 +314,12 @@ class Trainer:
             "progress": {"global_step": self.global_step, "epoch": self.epoch,
                          "batch_in_epoch": self.batch_in_epoch, "last_val_step": self.last_val_step,
                          "window": {k: float(v) for k, v in self.window.items()}},
-            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items() if hasattr(cb, "state_dict")},
+            "callbacks": checkpoint.plain(callbacks),
             "rng": checkpoint.rng_state(),
-            **self.checkpoint_extras,
+            **checkpoint.plain(self.checkpoint_extras),  # the resolved config holds enum members
         }
+        checkpoint.check_plain(state)  # on every rank, before anything is written
+        return state
 
     def save_checkpoint(self, path: str) -> None:
         state = self.state_dict()  # every rank takes part (FSDP gathers shards here)
@@ -324,7 +328,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         ckpt = checkpoint.load(path)
-        checkpoint.check_resumable(ckpt, self.checkpoint_extras.get("config"), path)
+        checkpoint.check_resumable(ckpt, checkpoint.plain(self.checkpoint_extras.get("config")), path)
         checkpoint.load_model_state(self.model, ckpt["model"], path)
         try:
             distributed.load_optimizer_state_dict(self.model, self.optimizer, ckpt["optimizer"])

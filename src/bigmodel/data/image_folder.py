@@ -138,7 +138,7 @@ def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: 
     classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
     cache = Path(cache_dir).expanduser() / f"{base.name}-{_fingerprint(base)}-{image_size}px.pt"
     if cache.exists():
-        splits = torch.load(cache)
+        splits = torch.load(cache, weights_only=True)  # tensors only: a cache file never runs code
     else:
         log.info(f"decoding {base} at {image_size}px into {cache} (once)")
         splits = {s: read_split(base / s, classes, image_size) for s in ("train", "val", "test")
