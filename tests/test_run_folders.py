@@ -132,6 +132,24 @@ def test_fresh_run_in_a_folder_with_checkpoints_is_refused_and_resuming_it_is_no
 
 
 @pytest.mark.slow
+def test_two_runs_started_together_in_one_given_folder_one_is_refused(cifar):
+    run = cifar / "run"
+    procs = {seed: subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *TINY, f"seed={seed}",
+                                     f"hydra.run.dir={run}"], cwd=cifar, env=cli_env(cifar),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for seed in (1, 2)}
+    outs = {seed: p.communicate(timeout=300)[0] for seed, p in procs.items()}
+    ok = [seed for seed, p in procs.items() if p.returncode == 0]
+    assert len(ok) == 1, outs
+    (refused,) = set(procs) - set(ok)
+    assert procs[refused].returncode == 1 and "Traceback" not in outs[refused], outs[refused]
+    assert "in use by another run" in outs[refused] or "already holds" in outs[refused], outs[refused]
+    for name in ("best.pt", "last.pt"):
+        assert checkpoint.load(run / "checkpoints" / name)["config"]["seed"] == ok[0]
+    assert f"seed: {ok[0]}" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["hydra.run.dir", "callbacks.model_checkpoint.dirpath", "paths.log_dir",
                                    "hydra.sweep.dir"])
 def test_unwritable_folders_fail_at_start_in_one_line(cifar, where):

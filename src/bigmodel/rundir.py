@@ -9,8 +9,9 @@ sends its name to the other ranks.
 
 A folder given by hand (`hydra.run.dir=...`) is used as is, so before a run writes anything,
 `check_fresh` refuses to start a fresh run in a folder that already holds checkpoints (resuming
-one of that folder's own checkpoints is allowed), and `check_writable` finds a folder that cannot
-be written now rather than at the first save.
+one of that folder's own checkpoints is allowed); `lock` keeps two runs started at once with the
+same folder from both writing into it; `check_writable` finds a folder that cannot be written now
+rather than at the first save.
 """
 
 import copy
@@ -22,6 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs there are not locked
+    fcntl = None
+
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +37,9 @@ from bigmodel.config import ConfigError
 log = logging.getLogger("bigmodel")
 
 RESOLVER = "bigmodel.new_dir"
+LOCK_FILE = ".lock"  # held by the run writing into the folder
 _claimed: dict[str, str] = {}  # requested path -> the folder this process got for it
+_locks: dict[str, int] = {}  # run folder -> the open lock file this process holds
 
 
 def register_resolver() -> None:
@@ -88,6 +96,32 @@ def check_writable(folder: Path, key: str) -> None:
                           "choose another one (or fix its permissions) before the run starts") from None
 
 
+def lock(run_dir: Path) -> None:
+    """Hold a lock on `run_dir` while this process lives (rank 0 only), or raise ConfigError when
+    another process holds it: two runs given the same hydra.run.dir at once. The operating system
+    drops the lock when the process ends, however it ends, so a crash leaves no stale lock."""
+    key = str(run_dir.resolve())
+    if fcntl is None or key in _locks or int(os.environ.get("RANK", "0")) > 0:
+        return
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"hydra.run.dir={str(run_dir)!r} is in use by another run right now: wait for it to "
+                          "end, or leave hydra.run.dir out to get a new folder") from None
+    except OSError:  # a file system without locks: the checks below still apply
+        os.close(fd)
+        return
+    _locks[key] = fd
+
+
+def unlock(run_dir: Path) -> None:
+    fd = _locks.pop(str(run_dir.resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the file releases the lock
+
+
 def check_fresh(ckpt_dir: Path, resume_from: str | None) -> None:
     """A run writes into a checkpoint folder only if it holds no checkpoints, or if the run resumes
     one of them: anything else would overwrite another run's best.pt / last.pt."""
@@ -113,6 +147,7 @@ def prepare(run_dir: str, ckpt_dir: str, resume_from: str | None) -> None:
     """Start-up checks of a training run, before it writes anything (config.yaml included)."""
     check_writable(Path(run_dir), "hydra.run.dir")
     check_writable(Path(ckpt_dir), "callbacks.model_checkpoint.dirpath")
+    lock(Path(run_dir))  # sweep jobs lock here; a single run already did in RunFolderCallback
     stale = remove_unfinished(Path(ckpt_dir))
     if stale:
         log.info(f"removed {len(stale)} unfinished checkpoint file(s) left by an interrupted save: "
@@ -130,11 +165,15 @@ class RunFolderCallback(Callback):
         try:
             check_writable(run_dir, "hydra.run.dir")
             if "callbacks" in config:  # a training run: it writes checkpoints/
+                lock(run_dir)
                 ckpt, own = config.get("ckpt_path"), run_dir / "checkpoints" / "last.pt"
                 resume_from = (str(own) if own.is_file() else None) if ckpt == "auto" else ckpt
                 check_fresh(run_dir / "checkpoints", resume_from)
         except ConfigError as e:
             sys.exit(f"error: {e}")
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        unlock(Path(config.hydra.runtime.output_dir))  # a sweep's next job runs in this process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:  # after SweepCallback (listed before this one), which makes ${name} resolvable here
