@@ -3,10 +3,11 @@
 `trainer.devices=N` starts N copies of this command with torchrun, and every process that
 torchrun starts (that way or by hand) agrees on one run folder.
 
-Each process runs Hydra. The run folder's name holds the start time (`${now:...}`), which could
-differ between processes by a second, so rank 0's time is broadcast to all of them and read by
-configs/hydra/default.yaml as ${oc.env:BIGMODEL_RUN_STAMP}. Ranks > 0 write no .hydra/ folder and
-no train.log, and log warnings only, so the console shows each line once.
+Each process runs Hydra. The run folder's name holds the start time (`${now:...}`), which
+differs between processes, so rank 0's time is broadcast to all of them and read by
+configs/hydra/default.yaml as ${oc.env:BIGMODEL_RUN_STAMP}; rank 0 alone creates the folder and
+tells the others its name (bigmodel.rundir). Ranks > 0 write no .hydra/ folder and no train.log,
+and log warnings only, so the console shows each line once.
 
 Sweeps (`-m`, `hparams_search=...`) put their runs under one folder named after `${name}`;
 SweepCallback (registered in configs/hydra/default.yaml) makes `${name}` resolvable there. A job
@@ -119,7 +120,7 @@ class SweepCallback(Callback):
         best = sweep_dir / "optimization_results.yaml"
         if best.is_file():
             log.info(f"best trial ({best}):\n{best.read_text().strip()}")
-        failed = sorted(sweep_dir.rglob(ERROR_FILE))
+        failed = sorted(sweep_dir.rglob(ERROR_FILE), key=lambda p: (len(str(p)), str(p)))  # 2 before 10
         if failed:
             lines = [p.read_text().splitlines()[0] for p in failed]
             log.error(f"sweep: {len(failed)} job(s) failed (their errors are in {ERROR_FILE} in each "
