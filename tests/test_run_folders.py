@@ -62,6 +62,14 @@ def test_claim_leaves_an_impossible_folder_to_the_writable_check(tmp_path):
     assert claim(str(tmp_path / "afile" / "run")) == str(tmp_path / "afile" / "run")
 
 
+def test_auto_resume_skips_only_its_own_folder_not_a_suffixed_sibling(tmp_path):
+    for run in ("a", "a-1"):
+        (tmp_path / "runs" / run / "checkpoints").mkdir(parents=True)
+        (tmp_path / "runs" / run / "checkpoints" / "last.pt").write_bytes(b"x")
+    sibling = tmp_path / "runs" / "a-1" / "checkpoints" / "last.pt"
+    assert checkpoint.newest(tmp_path, exclude=str(tmp_path / "runs" / "a")) == sibling
+
+
 # ------------------------------------------------------------------ unit: a full disk on save
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["ENOSPC", "EROFS"])
 def test_failed_save_names_the_file_and_keeps_the_old_checkpoint(tmp_path, monkeypatch, code):

@@ -106,8 +106,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def newest(run_glob_root: str | os.PathLike, name: str = "last.pt", exclude: str | None = None) -> Path:
     """The most recently written `checkpoints/<name>` under a folder of runs (for ckpt_path=auto)."""
     root = Path(run_glob_root)
-    found = [p for p in root.glob(f"**/checkpoints/{name}")
-             if exclude is None or not str(p.resolve()).startswith(str(Path(exclude).resolve()))]
+    skip = Path(exclude).resolve() if exclude is not None else None  # runs/1 excludes runs/1/..., not runs/1-1
+    found = [p for p in root.glob(f"**/checkpoints/{name}") if skip is None or skip not in p.resolve().parents]
     if not found:
         raise CheckpointError(f"ckpt_path=auto: no checkpoints/{name} under {str(root)!r} to resume from")
     return max(found, key=lambda p: p.stat().st_mtime)
