@@ -180,3 +180,6 @@ class RunFolderCallback(Callback):
             check_writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
         except ConfigError as e:
             sys.exit(f"error: {e}")
+
+
+register_resolver()  # also on import: a sweep job unpickled in another process (submitit) imports this module
