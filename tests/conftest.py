@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from bigmodel.cli import config_dir
 from bigmodel.config import register_schemas
+from bigmodel.rundir import register_resolver
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -32,6 +33,7 @@ def one_thread():
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """The config `bigmodel <config_name> <overrides>` would run with, outputs under output_dir."""
     register_schemas()
+    register_resolver()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=config_dir()):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)

@@ -184,8 +184,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def newest(run_glob_root: str | os.PathLike, name: str = "last.pt", exclude: str | None = None) -> Path:
     """The most recently written `checkpoints/<name>` under a folder of runs (for ckpt_path=auto)."""
     root = Path(run_glob_root)
-    found = [p for p in root.glob(f"**/checkpoints/{name}")
-             if exclude is None or not str(p.resolve()).startswith(str(Path(exclude).resolve()))]
+    skip = Path(exclude).resolve() if exclude is not None else None  # runs/1 excludes runs/1/..., not runs/1-1
+    found = [p for p in root.glob(f"**/checkpoints/{name}") if skip is None or skip not in p.resolve().parents]
     if not found:
         raise CheckpointError(f"ckpt_path=auto: no checkpoints/{name} under {str(root)!r} to resume from")
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """save_atomic for the Trainer: a full disk or a read-only file system is one line naming the
+    file, and the checkpoints written before stay as they were (the temp file is removed)."""
+    try:
+        save_atomic(obj, path)
+    except OSError as e:
+        raise CheckpointError(f"could not write the checkpoint {str(path)!r}: {e.strerror or e}; the checkpoints "
+                              "saved before it are unchanged (free space, or set callbacks.model_checkpoint.dirpath "
+                              "to another disk)") from None

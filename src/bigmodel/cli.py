@@ -1,11 +1,13 @@
 """`bigmodel <command> [overrides]`: each command is a Hydra app over the shipped configs."""
 
+import errno
 import importlib
 import logging
 import os
 import re
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 COMMANDS = {  # name -> (config name, "module:function", one-line help)
@@ -64,10 +66,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (DataError, CheckpointError, ConfigError, FileNotFoundError, FloatingPointError)
 
 
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full disk, a quota, a read-only file system
+
+
+def user_message(e: BaseException, user_errors: tuple[type[BaseException], ...]) -> str | None:
+    """The one line to print for an error caused by the user's data, files, settings or disk; None
+    for anything else (a bug, which keeps its traceback)."""
+    if isinstance(e, user_errors):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+        where = f" {e.filename}" if e.filename else ""
+        return f"could not write{where}: {e.strerror}; free space or write elsewhere (paths.log_dir)"
+    return None
+
+
 def run_app(command: str, argv: list[str]) -> None:
     import hydra
 
+    from bigmodel import launch
     from bigmodel.config import register_schemas
+    from bigmodel.rundir import register_resolver
+    from bigmodel.train import in_sweep
 
     config_name, target, _ = COMMANDS[command]
     module, fn_name = target.split(":")
@@ -77,11 +96,18 @@ def run_app(command: str, argv: list[str]) -> None:
     def job(cfg) -> object:
         try:
             return task(cfg)
-        except user_errors as e:  # the user's data, files or settings: one clear line, no traceback
-            logging.getLogger("bigmodel").error(f"error: {e}")
+        except Exception as e:
+            message = user_message(e, user_errors)
+            if in_sweep():  # one failed job does not stop a sweep: record it, run the next
+                return launch.job_failed(message or f"{type(e).__name__}: {e}",
+                                         None if message else traceback.format_exc())
+            if message is None:
+                raise
+            logging.getLogger("bigmodel").error(f"error: {message}")  # one clear line, no traceback
             sys.exit(1)
 
     register_schemas()
+    register_resolver()  # ${bigmodel.new_dir:...} in configs/hydra/default.yaml: one new folder per run
     sys.argv = [f"bigmodel {command}", *argv]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(job)()
 
@@ -93,7 +119,14 @@ def tensorboard(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        dispatch(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C before the Trainer handles signals (or a second one): no traceback
+        print("bigmodel: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         commands = "\n".join(f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items())
         print(USAGE.format(commands=commands))

@@ -3,13 +3,16 @@
 `trainer.devices=N` starts N copies of this command with torchrun, and every process that
 torchrun starts (that way or by hand) agrees on one run folder.
 
-Each process runs Hydra. The run folder's name holds the start time (`${now:...}`), which could
-differ between processes by a second, so rank 0's time is broadcast to all of them and read by
-configs/hydra/default.yaml as ${oc.env:BIGMODEL_RUN_STAMP}. Ranks > 0 write no .hydra/ folder and
-no train.log, and log warnings only, so the console shows each line once.
+Each process runs Hydra. The run folder's name holds the start time (`${now:...}`), which
+differs between processes, so rank 0's time is broadcast to all of them and read by
+configs/hydra/default.yaml as ${oc.env:BIGMODEL_RUN_STAMP}; rank 0 alone creates the folder and
+tells the others its name (bigmodel.rundir). Ranks > 0 write no .hydra/ folder and no train.log,
+and log warnings only, so the console shows each line once.
 
 Sweeps (`-m`, `hparams_search=...`) put their runs under one folder named after `${name}`;
-SweepCallback (registered in configs/hydra/default.yaml) makes `${name}` resolvable there.
+SweepCallback (registered in configs/hydra/default.yaml) makes `${name}` resolvable there. A job
+that fails is recorded in its folder's error.txt (`job_failed`) and the sweep goes on; the summary
+at the end lists the failed jobs, and the sweep then exits with status 1.
 """
 
 import copy
@@ -23,12 +26,14 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 log = logging.getLogger("bigmodel")
 
+ERROR_FILE = "error.txt"  # in a failed sweep job's folder
 STAMP_ENV = "BIGMODEL_RUN_STAMP"
-STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"  # as in configs/hydra/default.yaml
+STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S.%f"  # as in configs/hydra/default.yaml
 QUIET = [  # Hydra overrides for ranks > 0
     "hydra.output_subdir=null",
     "~hydra.job_logging.handlers.file",
@@ -82,12 +87,30 @@ def maybe_launch(argv: list[str]) -> None:
     sys.exit(proc.wait())
 
 
+def job_failed(message: str, details: str | None = None) -> None:
+    """Record a failed sweep job: one line on the console, the error (and `details`, a traceback)
+    in the job's error.txt for the summary. Returns None, the job's result, so the sweep goes on."""
+    hydra = HydraConfig.get()
+    first = f"job {hydra.job.num} ({' '.join(hydra.overrides.task)}) failed: {message}"
+    path = Path(hydra.runtime.output_dir) / ERROR_FILE
+    try:
+        path.write_text(first + "\n" + (f"\n{details}" if details else ""))
+    except OSError:  # e.g. the disk is full: the console line must do
+        pass
+    log.error(f"error: {first}" + (f" (traceback in {path})" if details else ""))
+
+
 class SweepCallback(Callback):
     """Makes `${hydra:...}` (used by `${name}`) resolvable before the first job of a sweep, so the
-    sweep folder can be named after the run name; at the end, says where the runs are."""
+    sweep folder can be named after the run name; at the end, says where the runs are and which
+    jobs failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(copy.deepcopy(config))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:  # a job run again: forget its earlier failure
+            (Path(config.hydra.runtime.output_dir) / ERROR_FILE).unlink(missing_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -97,3 +120,9 @@ class SweepCallback(Callback):
         best = sweep_dir / "optimization_results.yaml"
         if best.is_file():
             log.info(f"best trial ({best}):\n{best.read_text().strip()}")
+        failed = sorted(sweep_dir.rglob(ERROR_FILE), key=lambda p: (len(str(p)), str(p)))  # 2 before 10
+        if failed:
+            lines = [p.read_text().splitlines()[0] for p in failed]
+            log.error(f"sweep: {len(failed)} job(s) failed (their errors are in {ERROR_FILE} in each "
+                      "job's folder):\n  " + "\n  ".join(lines))
+            sys.exit(1)

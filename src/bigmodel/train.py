@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel import checkpoint, distributed
+from bigmodel import checkpoint, distributed, rundir
 from bigmodel.config import ConfigError, TrainerConfig, check_targets
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
@@ -32,6 +32,11 @@ def trainer_config(cfg: DictConfig) -> TrainerConfig:
 
 def output_dir(cfg: DictConfig) -> str:
     return cfg.paths.output_dir if HydraConfig.initialized() else os.getcwd()
+
+
+def checkpoint_dir(cfg: DictConfig) -> str:
+    """Where this run's checkpoints go: callbacks.model_checkpoint.dirpath, else <run folder>/checkpoints."""
+    return OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or str(Path(output_dir(cfg)) / "checkpoints")
 
 
 def flat_hparams(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +101,8 @@ def train(cfg: DictConfig) -> float | None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     check_targets(resolved)  # wrong types and unknown keys, named, before any work
     warn_single_process(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    rundir.prepare(output_dir(cfg), checkpoint_dir(cfg), ckpt_path)  # before anything is written
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
     datamodule = instantiate(cfg.data)
@@ -113,7 +120,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer = Trainer(trainer_config(cfg), model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
                       scheduler=scheduler, datamodule=datamodule, logger=logger, seed=cfg.seed,
                       callbacks=callbacks, checkpoint_extras=extras, output_dir=output_dir(cfg))
-    metrics = dict(trainer.fit(resolve_ckpt_path(cfg)))
+    metrics = dict(trainer.fit(ckpt_path))
 
     if cfg.test and trainer.interrupted:
         log.info("interrupted: not testing; resume with ckpt_path=auto (or the run's checkpoints/last.pt)")
@@ -129,6 +136,8 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         logger.log_hparams(flat_hparams(resolved), metrics)
     logger.close()
+    if trainer.interrupted and in_sweep():
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job
     key = cfg.get("optimized_metric")
     return metrics.get(key) if key else None
 

@@ -324,7 +324,7 @@ class Trainer:
     def save_checkpoint(self, path: str) -> None:
         state = self.state_dict()  # every rank takes part (FSDP gathers shards here)
         if self.is_global_zero:
-            checkpoint.save_atomic(state, path)
+            checkpoint.save(state, path)  # a full disk: one line naming the file
 
     def load_checkpoint(self, path: str) -> None:
         ckpt = checkpoint.load(path)
