@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from bigmodel.config import ConfigError
+from bigmodel.ranges import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -70,8 +71,8 @@ class ModelCheckpoint:
 class EarlyStopping:
     """Stops training when `monitor` has not improved by `min_delta` for `patience` validations."""
 
-    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5,
-                 min_delta: float = 0.0) -> None:
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: NonNegativeInt = 5,
+                 min_delta: NonNegativeFloat = 0.0) -> None:
         self.monitor, self.mode, self.patience, self.min_delta = monitor, _check_mode(mode), patience, min_delta
         self.best: float | None = None
         self.bad_evals = 0
@@ -100,7 +101,7 @@ class EarlyStopping:
 class LearningRateMonitor:
     """Logs the learning rate of the first parameter group as `lr` every `every_n_steps` steps."""
 
-    def __init__(self, every_n_steps: int = 10) -> None:
+    def __init__(self, every_n_steps: PositiveInt = 10) -> None:
         self.every_n_steps = every_n_steps
 
     def on_train_batch_end(self, trainer, loss: float) -> None:

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint, distributed
-from bigmodel.config import ConfigError, TrainerConfig, check_targets
+from bigmodel.config import ConfigError, TrainerConfig, check_targets, require
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
 from bigmodel.trainer import Trainer
@@ -94,7 +94,8 @@ def train(cfg: DictConfig) -> float | None:
     """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
     seed_everything(cfg.seed)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    check_targets(resolved)  # wrong types and unknown keys, named, before any work
+    trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
+    check_targets(resolved)  # wrong types, unknown keys and out-of-range values, named, before any work
     warn_single_process(cfg)
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
@@ -137,6 +138,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """`bigmodel eval ckpt_path=...`: rebuild data and model from the checkpoint and evaluate `split`."""
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split!r} is not a split; valid: train, val, test")
+    require(cfg, "ckpt_path", "bigmodel eval ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt")
+    trainer_config(cfg)  # trainer.* typed and in range before the data loads
     ckpt = checkpoint.load(cfg.ckpt_path)
     saved = OmegaConf.create(ckpt["config"])
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})

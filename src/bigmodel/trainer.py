@@ -109,7 +109,7 @@ class Trainer:
     def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
         if self._batches_per_epoch() == 0:
             raise DataError("no training batches: the train split is empty or smaller than one batch "
-                            "(data.batch_size), or trainer.limit_train_batches=0")
+                            "(data.batch_size)")
         self.total_steps = self._total_steps()
         if self.scheduler_factory is not None:
             self.scheduler = self.scheduler_factory(self.optimizer, self.total_steps)
