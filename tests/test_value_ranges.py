@@ -13,6 +13,7 @@ from bigmodel.config import ConfigError, check_targets
 from bigmodel.ranges import MultipleOf, Range, not_a_multiple, out_of_range
 from bigmodel.train import trainer_config
 from conftest import compose_cfg, run_cli
+from test_predict import ckpt  # noqa: F401  (a small trained text checkpoint, module-scoped)
 
 
 def first_error(compose_train, overrides: list[str]) -> str:
@@ -133,12 +134,28 @@ def test_out_of_range_values_are_named_with_their_valid_range(compose_train, ove
     assert first_error(compose_train, overrides) == message
 
 
+CHOICES = [
+    (["model=lstm", "model.pooling=median"],
+     "model.pooling='median' is not a valid Pooling (for bigmodel.models.rnn.LSTMClassifier); valid: last, max, mean"),
+    (["model=transformer", "model.positions=rotary"], "model.positions='rotary' is not a valid Positions "
+     "(for bigmodel.models.transformer.TransformerClassifier); valid: learned, sinusoidal"),
+    (["callbacks.model_checkpoint.mode=maximum"], "callbacks.model_checkpoint.mode='maximum' is not a valid choice "
+     "(for bigmodel.callbacks.ModelCheckpoint); valid: min, max"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CHOICES, ids=[" ".join(o) for o, _ in CHOICES])
+def test_a_choice_outside_its_options_lists_them(compose_train, overrides, message):
+    assert first_error(compose_train, overrides) == message
+
+
 GOOD_EDGES = [  # the edges of each range that still make sense
     "trainer.max_steps=-1", "trainer.max_steps=1", "trainer.max_epochs=1", "trainer.limit_val_batches=-1",
     "trainer.limit_train_batches=1", "trainer.val_check_interval=0", "trainer.gradient_clip_val=0",
     "trainer.num_threads=0", "data.batch_size=1", "data.val_size=0", "data.augment.crop_padding=0",
     "optimizer.weight_decay=0", "optimizer.lr=1e-9", "loss.label_smoothing=0", "loss.label_smoothing=1",
     "model.dropout=0", "model.dropout=0.99", "scheduler.warmup_steps=0", "scheduler.min_lr_ratio=1",
+    "callbacks.model_checkpoint.mode=min",
 ]
 
 
@@ -188,3 +205,12 @@ def test_cli_refuses_bad_values_in_one_line_before_any_work(tmp_path, args, mess
     assert len(errors) == 1 and errors[0].split("error: ", 1)[1].startswith(message), text
     assert not list(tmp_path.rglob("*.pt"))  # nothing trained, no checkpoint written
     assert not (tmp_path / "cache").exists()  # no data read or cached
+
+
+def test_eval_checks_data_overrides_before_loading(tmp_path, ckpt):
+    from bigmodel.train import evaluate
+
+    cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", "+data.batch_size=0", "+data.root=/nonexistent"], tmp_path)
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match=re.escape("data.batch_size=0 is out of range; valid: >= 1")):
+        evaluate(cfg)  # the missing data.root would be found only later

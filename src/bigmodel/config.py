@@ -141,7 +141,12 @@ def _accepts(tp: Any, value: Any) -> bool:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:  # Annotated[int, Range(...)]: the range is checked apart
         return _accepts(args[0], value)
+    if origin is typing.Literal:
+        return value in args
     if origin in (typing.Union, types.UnionType):
+        enum = _enum_in(tp)
+        if enum is not None and str in args and isinstance(value, str):  # `Pooling | str`: a member's name
+            return _accepts(enum, value)
         return any(_accepts(a, value) for a in args)
     if tp is type(None) or value is None:
         return tp is type(None)
@@ -161,10 +166,27 @@ def _accepts(tp: Any, value: Any) -> bool:
     return True  # Callable, Literal, ...: not checked here
 
 
+def _enum_in(tp: Any) -> type[Enum] | None:
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return next((a for a in options if isinstance(a, type) and issubclass(a, Enum)), None)
+
+
 def _describe(tp: Any) -> str:
     if typing.get_origin(tp) is Annotated:
         return _describe(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is typing.Literal:
+        return "choice"
+    if (enum := _enum_in(tp)) is not None:
+        return enum.__name__
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _choices(tp: Any) -> str:
+    """'; valid: a, b' for an Enum or Literal annotation, else ''."""
+    if typing.get_origin(tp) is typing.Literal:
+        return "; valid: " + ", ".join(map(str, typing.get_args(tp)))
+    enum = _enum_in(tp)
+    return f"; valid: {', '.join(enum.__members__)}" if enum is not None else ""
 
 
 def check_targets(node: Any, key: str = "") -> None:
@@ -191,7 +213,8 @@ def check_targets(node: Any, key: str = "") -> None:
                 valid = [n for n in params if n not in ("self", "args", "kwargs")]
                 raise ConfigError(f"{key}.{k} is not an argument of {node['_target_']}; valid: {valid}")
             if k in hints and not _accepts(hints[k], v):
-                raise ConfigError(f"{key}.{k}={v!r} is not a valid {_describe(hints[k])} (for {node['_target_']})")
+                raise ConfigError(f"{key}.{k}={v!r} is not a valid {_describe(hints[k])} (for {node['_target_']})"
+                                  + _choices(hints[k]))
             if k in ranges and (msg := out_of_range(f"{key}.{k}", v, ranges[k])):
                 raise ConfigError(msg)
         defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}

@@ -143,6 +143,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt = checkpoint.load(cfg.ckpt_path)
     saved = OmegaConf.create(ckpt["config"])
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
+    check_targets(OmegaConf.to_container(data_cfg, resolve=True), "data")  # +data.KEY=... overrides too
     datamodule = instantiate(data_cfg)
     if hasattr(datamodule, "load_state_dict") and ckpt.get("data"):
         datamodule.load_state_dict(ckpt["data"])  # e.g. the vocabulary training built
