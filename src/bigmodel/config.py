@@ -81,8 +81,7 @@ class TrainerConfig:
     num_threads: NonNegativeInt = 0  # torch CPU threads; 0 = torch's default. 1 avoids spin-waiting on a shared CPU
 
     def __post_init__(self) -> None:  # OmegaConf.to_object builds it: out-of-range values stop here
-        if msg := check_fields(TrainerConfig, vars(self), "trainer."):
-            raise ConfigError(msg)
+        check_ranges(vars(self), TrainerConfig, "trainer.")
 
 
 @dataclass
@@ -124,9 +123,10 @@ def register_schemas() -> None:
     cs.store(group="schema", name="predict", node=PredictConfig)
 
 
-def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
-    """The values of a composed node (typed by `schema` already) within their annotated ranges."""
-    if msg := check_fields(schema, OmegaConf.to_container(cfg), prefix):
+def check_ranges(values: DictConfig | dict, schema: type, prefix: str = "") -> None:
+    """`values` (a node typed by the dataclass `schema`) within the ranges annotated on its fields."""
+    plain = OmegaConf.to_container(values) if isinstance(values, DictConfig) else values
+    if msg := check_fields(schema, plain, prefix):
         raise ConfigError(msg)
 
 
@@ -163,7 +163,7 @@ def _accepts(tp: Any, value: Any) -> bool:
         return value in tp.__members__ or any(value == m.value for m in tp)
     if isinstance(tp, type):  # a class: an instance, or a nested `_target_` node that builds one
         return isinstance(value, (tp, dict))
-    return True  # Callable, Literal, ...: not checked here
+    return True  # Callable, ...: not checked here
 
 
 def _enum_in(tp: Any) -> type[Enum] | None:

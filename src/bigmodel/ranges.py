@@ -36,14 +36,13 @@ class Range:
                 and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
 
     def __str__(self) -> str:
-        low = (f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None)
-        high = (f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None)
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else ""
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else ""
         if low and high:
-            bounds = f"in {low}, {high}"
-        elif low:
-            bounds = (">= " if low[0] == "[" else "> ") + low[1:]
+            bounds = f"in {low}, {high}"  # in [0, 1)
         else:
-            bounds = ("<= " if high[-1] == "]" else "< ") + high[:-1] if high else "any number"
+            ops = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            bounds = next((f"{op} {v:g}" for op, v in ops if v is not None), "any finite number")
         return " or ".join([*(f"{v} ({why})" for v, why in self.special.items()), bounds])
 
 
