@@ -214,3 +214,17 @@ def test_eval_checks_data_overrides_before_loading(tmp_path, ckpt):
     GlobalHydra.instance().clear()
     with pytest.raises(ConfigError, match=re.escape("data.batch_size=0 is out of range; valid: >= 1")):
         evaluate(cfg)  # the missing data.root would be found only later
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resuming_a_finished_run_is_an_error_not_a_silent_zero_step_run(tmp_path):
+    from helpers import make_trainer
+
+    done = make_trainer(max_steps=2, limit_val_batches=1)
+    done.fit()
+    done.save_checkpoint(str(tmp_path / "last.pt"))
+    with pytest.raises(ConfigError, match=r"is at epoch 0, step 2: trainer.max_steps=2 is reached, nothing to train"):
+        make_trainer(max_steps=2, limit_val_batches=1).fit(str(tmp_path / "last.pt"))
+    more = make_trainer(max_steps=3, limit_val_batches=1)
+    more.fit(str(tmp_path / "last.pt"))  # a higher limit trains on
+    assert more.global_step == 3
