@@ -105,6 +105,8 @@ BAD = [
     (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5] is out of range; valid: each value in [0, 1)"),
     (["optimizer=sgd", "optimizer.momentum=1.2"], "optimizer.momentum=1.2 is out of range; valid: in [0, 1)"),
     (["optimizer=adam", "optimizer.lr=-3"], "optimizer.lr=-3 is out of range; valid: > 0"),
+    (["optimizer=sgd", "optimizer.momentum=0"],  # torch's own check of two arguments together
+     "optimizer: Nesterov momentum requires a momentum and zero dampening (for torch.optim.SGD)"),
     (["loss.label_smoothing=5"], "loss.label_smoothing=5 is out of range; valid: in [0, 1]"),
     (["loss.label_smoothing=-0.1"], "loss.label_smoothing=-0.1 is out of range; valid: in [0, 1]"),
     (["scheduler.warmup_steps=-10"], "scheduler.warmup_steps=-10 is out of range; valid: >= 0"),
@@ -155,7 +157,7 @@ GOOD_EDGES = [  # the edges of each range that still make sense
     "trainer.num_threads=0", "data.batch_size=1", "data.val_size=0", "data.augment.crop_padding=0",
     "optimizer.weight_decay=0", "optimizer.lr=1e-9", "loss.label_smoothing=0", "loss.label_smoothing=1",
     "model.dropout=0", "model.dropout=0.99", "scheduler.warmup_steps=0", "scheduler.min_lr_ratio=1",
-    "callbacks.model_checkpoint.mode=min",
+    "callbacks.model_checkpoint.mode=min", "optimizer=sgd",
 ]
 
 

@@ -116,6 +116,20 @@ class PredictConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+def _check_torch_optimizer(node: dict, key: str) -> None:
+    """torch checks some arguments only together (SGD's nesterov needs momentum > 0): build the optimizer
+    on a dummy parameter now, before any work, and say in one line what it refused. Implementation
+    switches (fused, foreach, ...) depend on the device, not on the values, and are left out."""
+    import torch
+
+    args = {k: v for k, v in node.items() if not str(k).startswith("_")
+            and k not in ("fused", "foreach", "capturable", "differentiable")}
+    try:
+        get_object(node["_target_"])([torch.nn.Parameter(torch.zeros(1))], **args)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"{key}: {e} (for {node['_target_']})") from None
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="trainer", node=TrainerConfig)
@@ -220,6 +234,8 @@ def check_targets(node: Any, key: str = "") -> None:
         defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
         if msg := not_a_multiple(hints, {**defaults, **node}, f"{key}."):
             raise ConfigError(msg)
+        if node["_target_"].startswith("torch.optim.") and inspect.isclass(target):
+            _check_torch_optimizer(node, key)
     for k, v in node.items():
         if not str(k).startswith("_"):
             check_targets(v, f"{key}.{k}" if key else str(k))
