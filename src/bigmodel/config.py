@@ -204,7 +204,8 @@ def _choices(tp: Any) -> str:
 
 
 def check_targets(node: Any, key: str = "") -> None:
-    """Each `_target_` node's keys must be arguments of the target, of the annotated types."""
+    """Each `_target_` node's keys must be arguments of the target, of the annotated types, within the
+    annotated ranges (bigmodel.ranges)."""
     if isinstance(node, list):
         for i, v in enumerate(node):
             check_targets(v, f"{key}[{i}]")
