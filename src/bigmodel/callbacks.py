@@ -11,8 +11,10 @@
 import math
 import os
 from pathlib import Path
+from typing import Literal
 
 from bigmodel.config import ConfigError
+from bigmodel.ranges import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -35,7 +37,7 @@ def _check_mode(mode: str) -> str:
 class ModelCheckpoint:
     """Writes `last.pt` after every validation and at the end, and `best.pt` when `monitor` improves."""
 
-    def __init__(self, dirpath: str, monitor: str = "val/loss", mode: str = "min",
+    def __init__(self, dirpath: str, monitor: str = "val/loss", mode: Literal["min", "max"] = "min",
                  save_last: bool = True, save_best: bool = True) -> None:
         self.dirpath, self.monitor, self.mode = dirpath, monitor, _check_mode(mode)
         self.save_last, self.save_best = save_last, save_best
@@ -71,8 +73,8 @@ class ModelCheckpoint:
 class EarlyStopping:
     """Stops training when `monitor` has not improved by `min_delta` for `patience` validations."""
 
-    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5,
-                 min_delta: float = 0.0) -> None:
+    def __init__(self, monitor: str = "val/loss", mode: Literal["min", "max"] = "min", patience: NonNegativeInt = 5,
+                 min_delta: NonNegativeFloat = 0.0) -> None:
         self.monitor, self.mode, self.patience, self.min_delta = monitor, _check_mode(mode), patience, min_delta
         self.best: float | None = None
         self.bad_evals = 0
@@ -101,7 +103,7 @@ class EarlyStopping:
 class LearningRateMonitor:
     """Logs the learning rate of the first parameter group as `lr` every `every_n_steps` steps."""
 
-    def __init__(self, every_n_steps: int = 10) -> None:
+    def __init__(self, every_n_steps: PositiveInt = 10) -> None:
         self.every_n_steps = every_n_steps
 
     def on_train_batch_end(self, trainer, loss: float) -> None:

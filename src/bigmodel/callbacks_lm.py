@@ -7,6 +7,7 @@ import torch
 from bigmodel.data.tokenizers import tokenizer_from_state
 from bigmodel.distributed import is_sharded
 from bigmodel.generate import sample_text
+from bigmodel.ranges import NonNegativeFloat, PositiveInt
 
 log = logging.getLogger("bigmodel")
 
@@ -17,8 +18,9 @@ class TextSample:
     generate (has `stream`) and the data has a tokenizer, so it can sit in the default callbacks.
     Sampling uses its own seeded generator, so it neither draws from nor changes the training RNG."""
 
-    def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
-                 top_k: int | None = 200, seed: int = 0, every_n_evals: int = 1, to_console: bool = True) -> None:
+    def __init__(self, prompt: str = "\n", max_new_tokens: PositiveInt = 200, temperature: NonNegativeFloat = 0.8,
+                 top_k: PositiveInt | None = 200, seed: int = 0, every_n_evals: PositiveInt = 1,
+                 to_console: bool = True) -> None:
         self.prompt, self.max_new_tokens, self.temperature, self.top_k = prompt, max_new_tokens, temperature, top_k
         self.seed, self.every_n_evals, self.to_console = seed, every_n_evals, to_console
         self.evals = 0

@@ -3,19 +3,25 @@
 Registered in Hydra's ConfigStore so that a typo in a key or a value of the wrong type fails at
 start-up with the key named (`trainer.max_stepz`, `trainer.precision=fp64`). The other groups are
 `_target_` nodes: `check_targets` holds their values against the target's typed signature
-(`data.batch_size=abc`, `scheduler.warmup_steps=1.5`) before anything is built.
+(`data.batch_size=abc`, `scheduler.warmup_steps=1.5`) before anything is built. Numbers carry their
+valid range in the annotation (bigmodel.ranges): `data.batch_size=0` and `trainer.max_steps=-5` fail
+the same way.
 """
 
 import collections.abc
 import inspect
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bigmodel.ranges import (Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range,
+                             check_fields, not_a_multiple, out_of_range)
 
 
 class ConfigError(ValueError):
@@ -55,15 +61,15 @@ class Strategy(Enum):
 class TrainerConfig:
     device: Device = Device.auto
     precision: Precision = Precision.fp32
-    max_epochs: int = 10
-    max_steps: int = -1  # optimizer steps; > 0 takes precedence over max_epochs
-    val_check_interval: int = 0  # validate every N optimizer steps; 0 = after each epoch
-    limit_train_batches: int = -1  # batches per epoch; -1 = all
-    limit_val_batches: int = -1
-    limit_test_batches: int = -1
-    log_every_n_steps: int = 10
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 0.0  # max global grad norm; 0 = no clipping
+    max_epochs: PositiveInt = 10
+    max_steps: Annotated[int, Range(ge=1, special={-1: "no limit"})] = -1  # optimizer steps; > 0 wins over max_epochs
+    val_check_interval: NonNegativeInt = 0  # validate every N optimizer steps; 0 = after each epoch
+    limit_train_batches: Annotated[int, Range(ge=1, special={-1: "all"})] = -1  # batches per epoch
+    limit_val_batches: Annotated[int, Range(ge=1, special={-1: "all"})] = -1
+    limit_test_batches: Annotated[int, Range(ge=1, special={-1: "all"})] = -1
+    log_every_n_steps: PositiveInt = 10
+    accumulate_grad_batches: PositiveInt = 1
+    gradient_clip_val: NonNegativeFloat = 0.0  # max global grad norm; 0 = no clipping
     compile: bool = False  # torch.compile the model for training
     deterministic: bool = False
     channels_last: bool = False  # memory format for 4-D (image) inputs and models
@@ -71,8 +77,11 @@ class TrainerConfig:
     profiler: Profiler = Profiler.none
     progress_bar: bool = True  # shown only when stderr is a terminal
     strategy: Strategy = Strategy.auto
-    devices: int = 1  # > 1 launches that many processes with torchrun
-    num_threads: int = 0  # torch CPU threads; 0 = torch's default. 1 avoids spin-waiting on a shared CPU
+    devices: PositiveInt = 1  # > 1 launches that many processes with torchrun
+    num_threads: NonNegativeInt = 0  # torch CPU threads; 0 = torch's default. 1 avoids spin-waiting on a shared CPU
+
+    def __post_init__(self) -> None:  # OmegaConf.to_object builds it: out-of-range values stop here
+        check_ranges(vars(self), TrainerConfig, "trainer.")
 
 
 @dataclass
@@ -84,16 +93,74 @@ class PathsConfig:
     output_dir: str = "."
 
 
+# torch's optimizers have no annotated signatures: the ranges of their arguments, by name, for any
+# `torch.optim.*` target. torch itself accepts lr=0 and momentum >= 1, which train nothing or diverge.
+TORCH_OPTIM_RANGES: dict[str, Any] = {
+    "lr": PositiveFloat, "momentum": Fraction, "dampening": Annotated[float, Range(ge=0, le=1)],
+    "weight_decay": NonNegativeFloat, "betas": Fraction, "eps": PositiveFloat, "alpha": Fraction,
+    "rho": Fraction, "lr_decay": NonNegativeFloat, "initial_accumulator_value": NonNegativeFloat,
+}
+
+
+@dataclass
+class PredictConfig:
+    """`bigmodel predict`'s keys; configs/predict.yaml says what each one does."""
+    name: str = "predict"
+    ckpt_path: str = MISSING
+    text: str | None = None
+    input_file: str | None = None
+    encoding: str = "utf-8"
+    output_file: str | None = None
+    batch_size: PositiveInt = 256
+    device: Device = Device.auto
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def _check_torch_optimizer(node: dict, key: str) -> None:
+    """torch checks some arguments only together (SGD's nesterov needs momentum > 0): build the optimizer
+    on a dummy parameter now, before any work, and say in one line what it refused. Implementation
+    switches (fused, foreach, ...) depend on the device, not on the values, and are left out."""
+    import torch
+
+    args = {k: v for k, v in node.items() if not str(k).startswith("_")
+            and k not in ("fused", "foreach", "capturable", "differentiable")}
+    try:
+        get_object(node["_target_"])([torch.nn.Parameter(torch.zeros(1))], **args)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"{key}: {e} (for {node['_target_']})") from None
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="trainer", node=TrainerConfig)
     cs.store(group="schema", name="paths", node=PathsConfig)
+    cs.store(group="schema", name="predict", node=PredictConfig)
+
+
+def check_ranges(values: DictConfig | dict, schema: type, prefix: str = "") -> None:
+    """`values` (a node typed by the dataclass `schema`) within the ranges annotated on its fields."""
+    plain = OmegaConf.to_container(values) if isinstance(values, DictConfig) else values
+    if msg := check_fields(schema, plain, prefix):
+        raise ConfigError(msg)
+
+
+def require(cfg: DictConfig, key: str, example: str) -> None:
+    """A mandatory (`???`) key left unset: one line saying how to give it, not OmegaConf's traceback."""
+    if OmegaConf.is_missing(cfg, key):
+        raise ConfigError(f"{key} is required, e.g. {example}")
 
 
 def _accepts(tp: Any, value: Any) -> bool:
     """Whether a config value (None, bool, int, float, str, list or dict) fits the annotation `tp`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:  # Annotated[int, Range(...)]: the range is checked apart
+        return _accepts(args[0], value)
+    if origin is typing.Literal:
+        return value in args
     if origin in (typing.Union, types.UnionType):
+        enum = _enum_in(tp)
+        if enum is not None and str in args and isinstance(value, str):  # `Pooling | str`: a member's name
+            return _accepts(enum, value)
         return any(_accepts(a, value) for a in args)
     if tp is type(None) or value is None:
         return tp is type(None)
@@ -110,15 +177,35 @@ def _accepts(tp: Any, value: Any) -> bool:
         return value in tp.__members__ or any(value == m.value for m in tp)
     if isinstance(tp, type):  # a class: an instance, or a nested `_target_` node that builds one
         return isinstance(value, (tp, dict))
-    return True  # Callable, Literal, ...: not checked here
+    return True  # Callable, ...: not checked here
+
+
+def _enum_in(tp: Any) -> type[Enum] | None:
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return next((a for a in options if isinstance(a, type) and issubclass(a, Enum)), None)
 
 
 def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        return _describe(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is typing.Literal:
+        return "choice"
+    if (enum := _enum_in(tp)) is not None:
+        return enum.__name__
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _choices(tp: Any) -> str:
+    """'; valid: a, b' for an Enum or Literal annotation, else ''."""
+    if typing.get_origin(tp) is typing.Literal:
+        return "; valid: " + ", ".join(map(str, typing.get_args(tp)))
+    enum = _enum_in(tp)
+    return f"; valid: {', '.join(enum.__members__)}" if enum is not None else ""
+
+
 def check_targets(node: Any, key: str = "") -> None:
-    """Each `_target_` node's keys must be arguments of the target, of the annotated types."""
+    """Each `_target_` node's keys must be arguments of the target, of the annotated types, within the
+    annotated ranges (bigmodel.ranges)."""
     if isinstance(node, list):
         for i, v in enumerate(node):
             check_targets(v, f"{key}[{i}]")
@@ -129,9 +216,10 @@ def check_targets(node: Any, key: str = "") -> None:
         target = get_object(node["_target_"])
         fn = target.__init__ if inspect.isclass(target) else target
         try:
-            params, hints = inspect.signature(fn).parameters, typing.get_type_hints(fn)
+            params, hints = inspect.signature(fn).parameters, typing.get_type_hints(fn, include_extras=True)
         except (TypeError, ValueError, NameError):
             params, hints = {}, {}
+        ranges = {**hints, **(TORCH_OPTIM_RANGES if node["_target_"].startswith("torch.optim.") else {})}
         open_ended = not params or any(p.kind == p.VAR_KEYWORD for p in params.values())
         for k, v in node.items():
             if str(k).startswith("_"):
@@ -140,7 +228,15 @@ def check_targets(node: Any, key: str = "") -> None:
                 valid = [n for n in params if n not in ("self", "args", "kwargs")]
                 raise ConfigError(f"{key}.{k} is not an argument of {node['_target_']}; valid: {valid}")
             if k in hints and not _accepts(hints[k], v):
-                raise ConfigError(f"{key}.{k}={v!r} is not a valid {_describe(hints[k])} (for {node['_target_']})")
+                raise ConfigError(f"{key}.{k}={v!r} is not a valid {_describe(hints[k])} (for {node['_target_']})"
+                                  + _choices(hints[k]))
+            if k in ranges and (msg := out_of_range(f"{key}.{k}", v, ranges[k])):
+                raise ConfigError(msg)
+        defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
+        if msg := not_a_multiple(hints, {**defaults, **node}, f"{key}."):
+            raise ConfigError(msg)
+        if node["_target_"].startswith("torch.optim.") and inspect.isclass(target):
+            _check_torch_optimizer(node, key)
     for k, v in node.items():
         if not str(k).startswith("_"):
             check_targets(v, f"{key}.{k}" if key else str(k))

@@ -4,11 +4,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bigmodel.ranges import Probability
+
 
 class CrossEntropy(nn.Module):
     """Cross-entropy over the last logits dimension; (B, C) vs (B,) or (B, T, V) vs (B, T)."""
 
-    def __init__(self, label_smoothing: float = 0.0, ignore_index: int = -100) -> None:
+    def __init__(self, label_smoothing: Probability = 0.0, ignore_index: int = -100) -> None:
         super().__init__()
         self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
 

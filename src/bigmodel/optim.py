@@ -5,6 +5,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from bigmodel.ranges import NonNegativeInt, PositiveFloat, PositiveInt, Probability
+
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices and conv kernels only; none on biases, norms and other vectors."""
@@ -13,8 +15,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-           min_lr_ratio: float = 0.0) -> LambdaLR:
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: NonNegativeInt = 0,
+           min_lr_ratio: Probability = 0.0) -> LambdaLR:
     """Linear warm-up over `warmup_steps`, then cosine decay to `min_lr_ratio` x lr at `total_steps`."""
 
     def factor(step: int) -> float:
@@ -26,8 +28,8 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
     return LambdaLR(optimizer, factor)
 
 
-def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.2,
-             final_ratio: float = 0.0) -> LambdaLR:
+def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: Probability = 0.2,
+             final_ratio: Probability = 0.0) -> LambdaLR:
     """Linear ramp up over `warmup_frac` of training, then linear decay to `final_ratio` x lr."""
     warmup = max(int(warmup_frac * total_steps), 1)
 
@@ -39,7 +41,7 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: fl
     return LambdaLR(optimizer, factor)
 
 
-def step(optimizer: torch.optim.Optimizer, total_steps: int, step_size: int = 1000,
-         gamma: float = 0.1) -> LambdaLR:
+def step(optimizer: torch.optim.Optimizer, total_steps: int, step_size: PositiveInt = 1000,
+         gamma: PositiveFloat = 0.1) -> LambdaLR:
     """Multiply the learning rate by `gamma` every `step_size` optimizer steps."""
     return LambdaLR(optimizer, lambda s: gamma ** (s // step_size))

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint
+from bigmodel.config import ConfigError, Device, PredictConfig, check_ranges, require
 from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
@@ -47,6 +48,12 @@ def classify(model: torch.nn.Module, vocab: Vocab, texts: list[str], *, batch_si
     return torch.cat(probs) if probs else torch.zeros(0, 0)
 
 
+def resolve_device(device: Device) -> torch.device:
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available; use device=auto or device=cpu")
+    return torch.device("cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu")
+
+
 def read_texts(path: str, encoding: str) -> list[str]:
     """One text a line ("\\n" only), blank lines skipped."""
     if not Path(path).exists():
@@ -69,9 +76,11 @@ def warn_unknown(vocab: Vocab, texts: list[str], show: int = 10) -> int:
 
 def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     """Classify `text` or the lines of `input_file`; returns (label, probabilities) per text."""
+    require(cfg, "ckpt_path", 'bigmodel predict ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt text="..."')
+    check_ranges(cfg, PredictConfig)
     if (cfg.text is None) == (cfg.input_file is None):
         raise DataError("give exactly one of text=\"...\" or input_file=PATH")
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(Device(cfg.device))
     model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint, distributed, rundir
-from bigmodel.config import ConfigError, TrainerConfig, check_targets
+from bigmodel.config import ConfigError, TrainerConfig, check_targets, require
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
 from bigmodel.trainer import Trainer
@@ -99,7 +99,8 @@ def train(cfg: DictConfig) -> float | None:
     """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
     seed_everything(cfg.seed)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    check_targets(resolved)  # wrong types and unknown keys, named, before any work
+    trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
+    check_targets(resolved)  # wrong types, unknown keys and out-of-range values, named, before any work
     warn_single_process(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     rundir.prepare(output_dir(cfg), checkpoint_dir(cfg), ckpt_path)  # before anything is written
@@ -146,9 +147,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """`bigmodel eval ckpt_path=...`: rebuild data and model from the checkpoint and evaluate `split`."""
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split!r} is not a split; valid: train, val, test")
+    require(cfg, "ckpt_path", "bigmodel eval ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt")
+    trainer_config(cfg)  # trainer.* typed and in range before the data loads
     ckpt = checkpoint.load(cfg.ckpt_path)
     saved = OmegaConf.create(ckpt["config"])
     data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
+    check_targets(OmegaConf.to_container(data_cfg, resolve=True), "data")  # +data.KEY=... overrides too
     datamodule = instantiate(data_cfg)
     if hasattr(datamodule, "load_state_dict") and ckpt.get("data"):
         datamodule.load_state_dict(ckpt["data"])  # e.g. the vocabulary training built

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from bigmodel import checkpoint, distributed
-from bigmodel.config import NonFinite, Precision, TrainerConfig
+from bigmodel.config import ConfigError, NonFinite, Precision, TrainerConfig
 from bigmodel.data.errors import DataError
 from bigmodel.profiling import make_profiler
 from bigmodel.runtime import GracefulStop, as_args, resolve_device, to_device
@@ -109,12 +109,13 @@ class Trainer:
     def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
         if self._batches_per_epoch() == 0:
             raise DataError("no training batches: the train split is empty or smaller than one batch "
-                            "(data.batch_size), or trainer.limit_train_batches=0")
+                            "(data.batch_size)")
         self.total_steps = self._total_steps()
         if self.scheduler_factory is not None:
             self.scheduler = self.scheduler_factory(self.optimizer, self.total_steps)
         if ckpt_path:
             self.load_checkpoint(ckpt_path)
+            self._check_steps_left(ckpt_path)
         self.model.train()
         self.call("on_fit_start")
         self.profiler = make_profiler(self.config.profiler, self.output_dir)
@@ -131,6 +132,14 @@ class Trainer:
         self.profiler.summary(self.print)
         self.call("on_fit_end")
         return self.last_metrics
+
+    def _check_steps_left(self, ckpt_path: str) -> None:
+        """Resuming a run that already reached its limit would train nothing and exit as if it had."""
+        if self._done():
+            key = "max_steps" if self.config.max_steps > 0 else "max_epochs"
+            raise ConfigError(f"ckpt_path={ckpt_path!r} is at epoch {self.epoch}, step {self.global_step}: "
+                              f"trainer.{key}={getattr(self.config, key)} is reached, nothing to train; "
+                              f"raise trainer.{key} to train on")
 
     def _done(self) -> bool:
         if self.should_stop:

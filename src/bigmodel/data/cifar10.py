@@ -11,6 +11,7 @@ import torch
 from bigmodel.data.errors import DataError
 from bigmodel.data.image_folder import load_image_folder
 from bigmodel.data.images import Augment, ImageData, Splits, seeded_split
+from bigmodel.ranges import NonNegativeInt, PositiveFloat, PositiveInt
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
@@ -99,10 +100,10 @@ def load_cifar10(root: str, download: bool, val_size: int, seed: int, fallback: 
     return splits, list(classes)
 
 
-def cifar10(root: str, download: bool = True, val_size: int = 5000, fallback: str | None = None,
-            cache_dir: str = "~/.cache/bigmodel", batch_size: int = 128,
-            eval_batch_size: int = 1000, augment: Augment | None = None, on_device: bool = False,
-            mean: list[float] = CIFAR10_MEAN, std: list[float] = CIFAR10_STD, seed: int = 0) -> ImageData:
+def cifar10(root: str, download: bool = True, val_size: NonNegativeInt = 5000, fallback: str | None = None,
+            cache_dir: str = "~/.cache/bigmodel", batch_size: PositiveInt = 128,
+            eval_batch_size: PositiveInt = 1000, augment: Augment | None = None, on_device: bool = False,
+            mean: list[float] = CIFAR10_MEAN, std: list[PositiveFloat] = CIFAR10_STD, seed: int = 0) -> ImageData:
     """The CIFAR-10 data module (see ImageData for loaders and augmentation)."""
     load = functools.partial(load_cifar10, root, download, val_size, seed, fallback, cache_dir)
     return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,

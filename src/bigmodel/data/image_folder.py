@@ -15,6 +15,7 @@ import torch
 from bigmodel.checkpoint import save_atomic
 from bigmodel.data.errors import DataError
 from bigmodel.data.images import Augment, ImageData, Splits, seeded_split
+from bigmodel.ranges import Fraction, PositiveFloat, PositiveInt
 
 log = logging.getLogger("bigmodel")
 ARCHIVES = (".tar.gz", ".tgz", ".tar")
@@ -155,10 +156,10 @@ def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: 
     return splits, classes
 
 
-def image_folder(root: str, cache_dir: str, image_size: int = 32, val_fraction: float = 0.1,
-                 batch_size: int = 128, eval_batch_size: int = 1000, augment: Augment | None = None,
+def image_folder(root: str, cache_dir: str, image_size: PositiveInt = 32, val_fraction: Fraction = 0.1,
+                 batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, augment: Augment | None = None,
                  on_device: bool = False, mean: list[float] = (0.5, 0.5, 0.5),
-                 std: list[float] = (0.25, 0.25, 0.25), seed: int = 0) -> ImageData:
+                 std: list[PositiveFloat] = (0.25, 0.25, 0.25), seed: int = 0) -> ImageData:
     """The ImageFolder data module (see ImageData for loaders and augmentation)."""
     load = functools.partial(load_image_folder, root, cache_dir, image_size, val_fraction, seed)
     return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,

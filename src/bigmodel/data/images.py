@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from bigmodel.data.errors import DataError
 from bigmodel.data.loading import ResumableSampler
 from bigmodel.metrics import Classification
+from bigmodel.ranges import NonNegativeInt
 
 
 @dataclass
 class Augment:
-    crop_padding: int = 4  # random crop of the original size from the image padded by this many pixels
+    crop_padding: NonNegativeInt = 4  # random crop of the original size from the image padded by this many pixels
     pad_mode: str = "reflect"  # "reflect" or "constant" (zeros)
     hflip: bool = True
 

@@ -26,6 +26,7 @@ from bigmodel.data.errors import DataError
 from bigmodel.data.loading import ResumableSampler
 from bigmodel.data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_state
 from bigmodel.metrics import LanguageModel
+from bigmodel.ranges import Fraction, PositiveInt
 
 log = logging.getLogger("bigmodel")
 CHUNK = 1 << 20  # characters read and tokenized at a time
@@ -228,9 +229,9 @@ class LMData:
 
 # ---------------------------------------------------------------- data modules from config
 def text_lm(files: str | list[str], tokenizer: str = "char", encoding: str = "gpt2",
-            cache_dir: str = "~/.cache/bigmodel", block_size: int = 256, batch_size: int = 64,
-            eval_batch_size: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0,
-            seed: int = 0, epoch_blocks: int | None = None) -> LMData:
+            cache_dir: str = "~/.cache/bigmodel", block_size: PositiveInt = 256, batch_size: PositiveInt = 64,
+            eval_batch_size: PositiveInt | None = None, val_fraction: Fraction = 0.1, test_fraction: Fraction = 0.0,
+            seed: int = 0, epoch_blocks: PositiveInt | None = None) -> LMData:
     """Any text file(s): `files` is a path, a folder of *.txt, a glob, or a list of them."""
     return LMData(files, tokenizer=tokenizer, encoding=encoding, cache_dir=cache_dir, block_size=block_size,
                   batch_size=batch_size, eval_batch_size=eval_batch_size, val_fraction=val_fraction,
@@ -256,8 +257,8 @@ def fetch_shakespeare(path: Path, download: bool) -> None:
 
 
 def shakespeare_char(root: str, download: bool = True, cache_dir: str = "~/.cache/bigmodel",
-                     block_size: int = 256, batch_size: int = 64, eval_batch_size: int | None = None,
-                     val_fraction: float = 0.1, seed: int = 0, epoch_blocks: int | None = None) -> LMData:
+                     block_size: PositiveInt = 256, batch_size: PositiveInt = 64, eval_batch_size: PositiveInt | None = None,
+                     val_fraction: Fraction = 0.1, seed: int = 0, epoch_blocks: PositiveInt | None = None) -> LMData:
     """tiny shakespeare (1.1 M characters, 65 distinct), char-level: first 90% train, last 10% val."""
     path = Path(root).expanduser() / "input.txt"
     return LMData(str(path), tokenizer="char", cache_dir=cache_dir, block_size=block_size, batch_size=batch_size,

@@ -22,6 +22,7 @@ from bigmodel.data.loading import make_loader
 from bigmodel.data.text_files import Example, Raw, read_csv_rows, read_label_lines, to_examples
 from bigmodel.data.vocab import Tokenizer, Vocab
 from bigmodel.metrics import Classification
+from bigmodel.ranges import Fraction, NonNegativeInt, PositiveInt
 
 log = logging.getLogger("bigmodel")
 Splits = dict[str, list[Example]]  # "train" | "val" | "test" -> [(label index, text)]
@@ -183,10 +184,10 @@ def load_csv_files(files: dict[str, str | None], text_column: str | int, label_c
 
 
 def labeled_text(root: str, class_names: list[str] | None = None, encoding: str | dict[str, str] = "utf-8",
-                 val_fraction: float = 0.1, tokenizer: str = "whitespace", lowercase: bool = True,
-                 min_freq: int = 1, max_size: int | None = None, max_length: int | None = None,
-                 batch_size: int = 64, eval_batch_size: int = 512, bucket_pool: int = 0,
-                 num_workers: int = 0, seed: int = 0) -> TextClassificationData:
+                 val_fraction: Fraction = 0.1, tokenizer: str = "whitespace", lowercase: bool = True,
+                 min_freq: PositiveInt = 1, max_size: PositiveInt | None = None, max_length: PositiveInt | None = None,
+                 batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512, bucket_pool: NonNegativeInt = 0,
+                 num_workers: NonNegativeInt = 0, seed: int = 0) -> TextClassificationData:
     """SST-2/SST-5/TREC-style folders (see load_labeled_dir); labels are indices into class_names."""
     load = functools.partial(load_labeled_dir, root, encoding, class_names and list(class_names), val_fraction, seed)
     return TextClassificationData(load, tokenizer=tokenizer, lowercase=lowercase, min_freq=min_freq,
@@ -198,10 +199,10 @@ def labeled_text(root: str, class_names: list[str] | None = None, encoding: str 
 def text_csv(train_file: str, val_file: str | None = None, test_file: str | None = None,
              text_column: str | int = "text", label_column: str | int = "label", delimiter: str | None = None,
              header: bool = True, class_names: list[str] | None = None, encoding: str = "utf-8",
-             val_fraction: float = 0.1, tokenizer: str = "words", lowercase: bool = True, min_freq: int = 1,
-             max_size: int | None = None, max_length: int | None = 256, batch_size: int = 64,
-             eval_batch_size: int = 512, bucket_pool: int = 0, num_workers: int = 0,
-             seed: int = 0) -> TextClassificationData:
+             val_fraction: Fraction = 0.1, tokenizer: str = "words", lowercase: bool = True,
+             min_freq: PositiveInt = 1, max_size: PositiveInt | None = None, max_length: PositiveInt | None = 256,
+             batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512, bucket_pool: NonNegativeInt = 0,
+             num_workers: NonNegativeInt = 0, seed: int = 0) -> TextClassificationData:
     """A user's CSV/TSV files; labels are class names (or indices into class_names)."""
     files = {"train": train_file, "val": val_file, "test": test_file}
     load = functools.partial(load_csv_files, files, text_column, label_column, delimiter, header, encoding,

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bigmodel.ranges import Fraction, PositiveFloat, PositiveInt
+
 
 class ConvBlock(nn.Module):
     """conv3x3 -> max-pool /2 -> BN -> GELU -> conv3x3 -> BN -> GELU: halves H and W."""
@@ -26,8 +28,9 @@ class ConvBlock(nn.Module):
 class CNN(nn.Module):
     """Image classifier: (B, C, H, W) -> (B, num_classes) logits."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, stem_width: int = 32,
-                 widths: Sequence[int] = (64, 128, 256), dropout: float = 0.0, logit_scale: float = 1.0) -> None:
+    def __init__(self, num_classes: PositiveInt = 10, in_channels: PositiveInt = 3, stem_width: PositiveInt = 32,
+                 widths: Sequence[PositiveInt] = (64, 128, 256), dropout: Fraction = 0.0,
+                 logit_scale: PositiveFloat = 1.0) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(stem_width), nn.GELU())

@@ -7,10 +7,13 @@ kernels on a GPU. The output projection shares its weight with the token embeddi
 
 import math
 from collections.abc import Iterator
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bigmodel.ranges import Fraction, MultipleOf, PositiveInt, Range
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,8 +73,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only language model. `vocab_size` comes from the data (its tokenizer)."""
 
-    def __init__(self, vocab_size: int, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
-                 n_embd: int = 384, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, vocab_size: PositiveInt, block_size: PositiveInt = 256, n_layer: PositiveInt = 6,
+                 n_head: PositiveInt = 6, n_embd: Annotated[int, Range(ge=1), MultipleOf("n_head")] = 384,
+                 dropout: Fraction = 0.0, bias: bool = True) -> None:
         super().__init__()
         self.vocab_size, self.block_size = vocab_size, block_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd

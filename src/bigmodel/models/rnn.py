@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from bigmodel.ranges import Fraction, NonNegativeInt, PositiveInt
+
 
 class Pooling(Enum):
     last = "last"  # the final hidden state of each direction (forward at the last token, backward at the first)
@@ -47,9 +49,10 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class LSTMClassifier(nn.Module):
-    def __init__(self, vocab_size: int, num_classes: int, pad_idx: int = 0, embed_dim: int = 128,
-                 hidden_size: int = 128, n_layer: int = 1, bidirectional: bool = True, dropout: float = 0.5,
-                 embed_dropout: float = 0.0, word_dropout: float = 0.0, pooling: Pooling | str = Pooling.max) -> None:
+    def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
+                 embed_dim: PositiveInt = 128, hidden_size: PositiveInt = 128, n_layer: PositiveInt = 1,
+                 bidirectional: bool = True, dropout: Fraction = 0.5, embed_dropout: Fraction = 0.0,
+                 word_dropout: Fraction = 0.0, pooling: Pooling | str = Pooling.max) -> None:
         super().__init__()
         self.pooling = Pooling(pooling)
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_idx)

@@ -6,12 +6,14 @@ attention and out of the pooling, so a text's logits do not depend on its batch'
 
 import math
 from enum import Enum
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bigmodel.models.rnn import WordDropout, length_mask, small_embedding_init
+from bigmodel.ranges import Fraction, MultipleOf, NonNegativeInt, PositiveInt, Range
 
 
 class Positions(Enum):
@@ -69,9 +71,11 @@ class Block(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    def __init__(self, vocab_size: int, num_classes: int, pad_idx: int = 0, hidden_size: int = 128,
-                 n_layer: int = 2, n_head: int = 4, ffn_size: int | None = None, dropout: float = 0.1,
-                 embed_dropout: float = 0.0, word_dropout: float = 0.0, max_length: int = 512,
+    def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
+                 hidden_size: Annotated[int, Range(ge=1), MultipleOf("n_head")] = 128, n_layer: PositiveInt = 2,
+                 n_head: PositiveInt = 4,
+                 ffn_size: PositiveInt | None = None, dropout: Fraction = 0.1, embed_dropout: Fraction = 0.0,
+                 word_dropout: Fraction = 0.0, max_length: PositiveInt = 512,
                  positions: Positions | str = Positions.learned, pooling: Pooling | str = Pooling.mean) -> None:
         super().__init__()
         self.positions, self.pooling, self.max_length = Positions(positions), Pooling(pooling), max_length
