@@ -12,8 +12,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel import checkpoint, distributed
+from bigmodel import checkpoint, distributed, finetune
 from bigmodel.config import ConfigError, TrainerConfig, check_targets
+from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
 from bigmodel.trainer import Trainer
@@ -98,15 +99,24 @@ def train(cfg: DictConfig) -> float | None:
     warn_single_process(cfg)
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+    init = finetune.InitFrom(cfg.init_from) if cfg.get("init_from") else None  # weights to start from
     datamodule = instantiate(cfg.data)
+    if init:
+        init.reuse_vocabulary(datamodule)  # the checkpoint's words keep their ids; new words are appended
     datamodule.setup()
     model_args = datamodule.model_args()
     model = instantiate(cfg.model, **model_args)
     log.info(f"model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    if cfg.model.get("pretrained_vectors"):
+        load_pretrained_vectors(model, datamodule, cfg.model.pretrained_vectors)
+    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
+    if init:
+        report = init.load_weights(model, datamodule, resolved)
+        if keeper := finetune.keep_sparsity(report, model, cfg.get("init_keep_sparsity", False)):
+            callbacks["keep_sparsity"] = keeper
 
     optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
     extras = {"config": resolved, "model_args": model_args,
               "data": datamodule.state_dict()}
     logger = build_logger(cfg, distributed.info()[0] == 0)
