@@ -10,6 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from bigmodel import checkpoint
 from bigmodel.checkpoint import CheckpointError
+from bigmodel.config import ConfigError
 from bigmodel.data.lm import text_lm
 from bigmodel.data.text import labeled_text, text_csv
 from bigmodel.finetune import InitFrom
@@ -210,8 +211,6 @@ def test_gpt_fine_tunes_on_a_corpus_with_new_characters(tmp_path):
 
 def test_lm_tokenizer_kind_must_match_the_checkpoint(tmp_path):
     dm = text_lm(str(tmp_path), tokenizer="bpe")
-    from bigmodel.config import ConfigError
-
     with pytest.raises(ConfigError, match="checkpoint's tokenizer is 'char', data.tokenizer='bpe'"):
         dm.reuse_vocabulary({"tokenizer": {"kind": "char", "chars": "ab"}})
 
@@ -242,7 +241,8 @@ def test_cli_gpt_pretrain_fine_tune_generate(tmp_path):
     (tmp_path / "a.txt").write_text("".join(rng.choice("abcde \n") for _ in range(3000)))
     (tmp_path / "b.txt").write_text("".join(rng.choice("cdeXYZ! \n") for _ in range(3000)))
     env = {"OMP_NUM_THREADS": "1"}
-    pre = run_cli("train", *TINY_GPT, f"data.files={tmp_path}/a.txt", f"hydra.run.dir={tmp_path}/pre", cwd=tmp_path, env=env)
+    pre = run_cli("train", *TINY_GPT, f"data.files={tmp_path}/a.txt", f"hydra.run.dir={tmp_path}/pre",
+                  cwd=tmp_path, env=env)
     assert pre.returncode == 0, pre.stderr[-3000:]
     ft = run_cli("train", *TINY_GPT, f"data.files={tmp_path}/b.txt", f"init_from={tmp_path}/pre",
                  f"hydra.run.dir={tmp_path}/ft", cwd=tmp_path, env=env)

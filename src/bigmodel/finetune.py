@@ -116,8 +116,9 @@ class InitFrom:
                 report.mismatched.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(t.shape)}")
         report.unexpected = [k for k in state if k not in own]
         if not report.loaded:
+            target = ((self.ckpt.get("config") or {}).get("model") or {}).get("_target_")
             raise CheckpointError(f"init_from={self.path!r}: no weight of the checkpoint fits {type(model).__name__} "
-                                  f"(the checkpoint's model: {(self.ckpt.get('config') or {}).get('model', {}).get('_target_')})")
+                                  f"(the checkpoint's model: {target})")
         model.load_state_dict(report.loaded, strict=False)
         self._summarize(report, own, new_args, config)
         return report
@@ -126,7 +127,8 @@ class InitFrom:
         """Whether `old` is a vocabulary-sized tensor of which `new` extends the rows (reused vocabulary)."""
         v_old, v_new = self.model_args.get("vocab_size"), new_args.get("vocab_size")
         return (self.vocab_reused and v_old is not None and v_new is not None and v_old <= v_new
-                and old.dim() >= 1 and old.shape[0] == v_old and new.shape[0] == v_new and old.shape[1:] == new.shape[1:])
+                and old.dim() >= 1 and old.shape[0] == v_old and new.shape[0] == v_new
+                and old.shape[1:] == new.shape[1:])
 
     def _head_rows(self, new_args: dict[str, Any], datamodule, report: Report):
         """"reset" (re-initialize the head), a row order (old index per new class), or None (load as is)."""
@@ -144,7 +146,8 @@ class InitFrom:
         if not old_names or not new_names or list(old_names) == list(new_names):
             return None
         if sorted(old_names) == sorted(new_names):
-            report.say(f"init_from: the same classes in another order: head rows re-ordered by name to {list(new_names)}")
+            report.say("init_from: the same classes in another order: head rows re-ordered by name to "
+                       f"{list(new_names)}")
             return [list(old_names).index(n) for n in new_names]
         report.say(f"init_from: the checkpoint's classes {list(old_names)} are not this data's {list(new_names)}: "
                    "the head is kept by position (class i stays class i)", logging.WARNING)

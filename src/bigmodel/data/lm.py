@@ -214,8 +214,9 @@ class LMData:
         if not tok:
             return False
         if tok["kind"] != self.kind:
-            raise ConfigError(f"init_from: the checkpoint's tokenizer is {tok['kind']!r}, data.tokenizer={self.kind!r}: "
-                              f"set data.tokenizer={tok['kind']} so its token ids keep their meaning")
+            raise ConfigError(f"init_from: the checkpoint's tokenizer is {tok['kind']!r}, "
+                              f"data.tokenizer={self.kind!r}: set data.tokenizer={tok['kind']} so its token ids "
+                              "keep their meaning")
         if tok["kind"] == "char":
             self.base_chars = tok["chars"]
         elif tok["encoding"] != self.encoding:
