@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from hydra.core.global_hydra import GlobalHydra
 
 from bigmodel import checkpoint
@@ -165,6 +166,22 @@ def prune_half(ckpt_path: Path, out: Path) -> dict[str, torch.Tensor]:
             ckpt["model"][k] = v * masks[k]
     checkpoint.save_atomic(ckpt, out)
     return masks
+
+
+def test_a_checkpoint_pruned_with_torch_prune_loads_its_masked_weights(sst_ckpt, tmp_path):
+    ckpt = checkpoint.load(sst_ckpt)
+    pruned = LSTMClassifier(**ckpt["model_args"], embed_dim=16, hidden_size=16)
+    pruned.load_state_dict(ckpt["model"])
+    torch.nn.utils.prune.l1_unstructured(pruned.lstm, "weight_hh_l0", amount=0.5)  # not made permanent
+    ckpt["model"] = pruned.state_dict()
+    assert "lstm.weight_hh_l0_orig" in ckpt["model"] and "lstm.weight_hh_l0_mask" in ckpt["model"]
+    checkpoint.save_atomic(ckpt, tmp_path / "p.pt")
+    dm = labeled_text(str(sst_ckpt.parents[2] / "data" / "sst2"), class_names=["negative", "positive"])
+    model, _ = build(init := InitFrom(str(tmp_path / "p.pt")), dm)
+    report = init.load_weights(model, dm)
+    assert not report.missing and not report.unexpected
+    assert torch.equal(model.lstm.weight_hh_l0.detach(), pruned.lstm.weight_hh_l0.detach())
+    assert (model.lstm.weight_hh_l0 == 0).float().mean() == 0.5
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -49,6 +49,14 @@ def head_keys(model: nn.Module, num_classes: int | None) -> list[str]:
     return [f"{names[-1]}.{p}" for p, _ in model.get_submodule(names[-1]).named_parameters(recurse=False)]
 
 
+def fold_pruning(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torch.nn.utils.prune, not made permanent, saves `w_orig` and `w_mask`: the weight is their product."""
+    out = dict(state)
+    for k in [k for k in state if k.endswith("_orig") and f"{k[:-5]}_mask" in state]:
+        out[k[:-5]] = out.pop(k) * out.pop(f"{k[:-5]}_mask")
+    return out
+
+
 def _short(keys: list[str], n: int = 6) -> str:
     return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
 
@@ -94,7 +102,8 @@ class InitFrom:
         """Copy the checkpoint's weights into `model` (built for `datamodule`) where they fit."""
         report = Report()
         own = model.state_dict()
-        state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in self.ckpt["model"].items()}
+        state = fold_pruning({k.removeprefix("_orig_mod.").removeprefix("module."): v
+                              for k, v in self.ckpt["model"].items()})
         new_args = datamodule.model_args()
         head = set(head_keys(model, new_args.get("num_classes")))
         head_rows = self._head_rows(new_args, datamodule, report) if head else None

@@ -8,8 +8,9 @@ Only the vocabulary's words are kept while reading, so a large file needs little
 matches exactly, or (for a lowercased vocabulary) through its lowercase form when no exact match exists.
 """
 
+import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +23,7 @@ from bigmodel.data.errors import DataError
 
 log = logging.getLogger("bigmodel")
 Entry = tuple[str, np.ndarray]  # (word, vector (DIM,) float32)
+Keep = Callable[[str], bool] | None  # which words to return (None: all); the others are skipped unparsed
 
 
 def _header(line: bytes) -> tuple[int, int] | None:
@@ -32,7 +34,8 @@ def _header(line: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _text_entry(raw: bytes, path: Path, n: int, dim: int) -> Entry:
+def _text_entry(raw: bytes, path: Path, n: int, dim: int, keep: Keep) -> Entry | None:
+    """The line's (word, vector), or None for a word `keep` rejects (its numbers are not parsed)."""
     try:
         line = raw.decode("utf-8").rstrip("\r\n ")
     except UnicodeDecodeError as e:
@@ -40,12 +43,15 @@ def _text_entry(raw: bytes, path: Path, n: int, dim: int) -> Entry:
     fields = line.split(" ")
     if len(fields) < dim + 1 or not fields[0]:
         raise DataError(f"{path} line {n}: expected a word and {dim} numbers, got {len(fields)} fields")
+    word = " ".join(fields[:-dim])
+    if keep is not None and not keep(word):
+        return None
     try:
         vec = np.array([float(x) for x in fields[-dim:]], dtype=np.float32)
     except ValueError:
         bad = next(x for x in fields[-dim:] if not _is_float(x))
         raise DataError(f"{path} line {n}: {bad[:30]!r} is not a number") from None
-    return " ".join(fields[:-dim]), vec
+    return word, vec
 
 
 def _is_float(x: str) -> bool:
@@ -64,7 +70,7 @@ def _looks_like_text(line: bytes, dim: int) -> bool:
     return len(fields) >= dim + 1 and all(_is_float(x) for x in fields[-dim:])
 
 
-def _binary_entries(f: BinaryIO, path: Path, count: int, dim: int) -> Iterator[Entry]:
+def _binary_entries(f: BinaryIO, path: Path, count: int, dim: int, keep: Keep) -> Iterator[Entry]:
     size = 4 * dim
     for i in range(count):
         word = bytearray()
@@ -77,11 +83,13 @@ def _binary_entries(f: BinaryIO, path: Path, count: int, dim: int) -> Iterator[E
         if len(data) < size:
             raise DataError(f"{path}: ends inside the vector of word {i + 1} of {count} "
                             "(a truncated word2vec binary file?)")
-        yield word.decode("utf-8", errors="replace"), np.frombuffer(data, dtype="<f4").astype(np.float32)
+        text = word.decode("utf-8", errors="replace")
+        if keep is None or keep(text):
+            yield text, np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
-def read_vectors(path: str | Path) -> tuple[str, int, Iterator[Entry]]:
-    """(format name, dimension, the entries) of a word-vector file; errors name the file and line."""
+def read_vectors(path: str | Path, keep: Keep = None) -> tuple[str, int, Iterator[Entry]]:
+    """(format name, dimension, the entries `keep` accepts) of a word-vector file; errors name the file and line."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"model.pretrained_vectors={str(path)!r}: no such file")
@@ -96,23 +104,22 @@ def read_vectors(path: str | Path) -> tuple[str, int, Iterator[Entry]]:
         if dim < 1:
             f.close()
             raise DataError(f"{path} line 1: expected a word and its numbers (GloVe) or `COUNT DIM` (word2vec)")
-        return "GloVe text", dim, _text_lines(f, path, dim, [(1, first)])
+        return "GloVe text", dim, _text_lines(f, path, dim, keep, [(1, first)])
     count, dim = header
     at = f.tell()
-    probe = f.readline()
+    probe = f.readline(1 << 20)  # a text line of numbers, or the start of binary vectors
     f.seek(at)
     if _looks_like_text(probe, dim) or not probe:
-        return "word2vec text", dim, _text_lines(f, path, dim, [], start=2)
-    return "word2vec binary", dim, _closing(f, _binary_entries(f, path, count, dim))
+        return "word2vec text", dim, _text_lines(f, path, dim, keep, [])
+    return "word2vec binary", dim, _closing(f, _binary_entries(f, path, count, dim, keep))
 
 
-def _text_lines(f: BinaryIO, path: Path, dim: int, first: list[tuple[int, bytes]], start: int = 2) -> Iterator[Entry]:
+def _text_lines(f: BinaryIO, path: Path, dim: int, keep: Keep, first: list[tuple[int, bytes]]) -> Iterator[Entry]:
+    """Entries of the remaining lines (from line 2), after those already read (`first`)."""
     with f:
-        for n, raw in first:
-            yield _text_entry(raw, path, n, dim)
-        for n, raw in enumerate(f, start):
-            if raw.strip():
-                yield _text_entry(raw, path, n, dim)
+        for n, raw in itertools.chain(first, enumerate(f, 2)):
+            if raw.strip() and (entry := _text_entry(raw, path, n, dim, keep)) is not None:
+                yield entry
 
 
 def _closing(f: BinaryIO, entries: Iterator[Entry]) -> Iterator[Entry]:
@@ -122,12 +129,12 @@ def _closing(f: BinaryIO, entries: Iterator[Entry]) -> Iterator[Entry]:
 
 def vocab_vectors(itos: list[str], path: str | Path, dim: int, lowercase: bool) -> tuple[dict[int, np.ndarray], str]:
     """{vocabulary id: vector} for the words (ids >= 2: not <pad>/<unk>) found in the file, and its format."""
-    fmt, file_dim, entries = read_vectors(path)
+    stoi = {w: i for i, w in enumerate(itos) if i >= 2}
+    fmt, file_dim, entries = read_vectors(path, lambda w: w in stoi or (lowercase and w.lower() in stoi))
     if file_dim != dim:
         raise ConfigError(f"model.pretrained_vectors={str(path)!r} holds {file_dim}-dimensional vectors, the model's "
                           f"embedding has {dim}: set the embedding size to {file_dim} (model.embed_dim for lstm, "
                           "model.hidden_size for transformer)")
-    stoi = {w: i for i, w in enumerate(itos) if i >= 2}
     found: dict[int, np.ndarray] = {}
     exact: set[int] = set()
     for word, vec in entries:
