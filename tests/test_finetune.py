@@ -15,10 +15,11 @@ from bigmodel.config import ConfigError
 from bigmodel.data.lm import text_lm
 from bigmodel.data.text import labeled_text, text_csv
 from bigmodel.finetune import InitFrom
+from bigmodel.models.cnn import CNN
 from bigmodel.models.gpt import GPT
 from bigmodel.models.rnn import LSTMClassifier
 from bigmodel.train import train
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg, run_cli, tiny_image_data
 from test_text_data import write_sentiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
@@ -141,6 +142,27 @@ def test_missing_unexpected_and_mismatched_keys_are_one_line_each(sst_ckpt, tmp_
     assert "model.hidden_size=8 (checkpoint 16)" in lines[3] and "model.n_layer=2 (checkpoint 1)" in lines[3]
     assert torch.equal(model.lstm.weight_hh_l0.detach(), fresh["lstm.weight_hh_l0"])  # left as initialized
     assert torch.equal(model.embed.weight.detach(), ckpt["model"]["embed.weight"]) and "embed.weight" in report.loaded
+
+
+def test_an_image_classifier_gets_a_new_head_for_other_classes(tmp_path, caplog):
+    torch.manual_seed(0)
+    old = CNN(num_classes=4, in_channels=3, stem_width=4, widths=(8,))
+    checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "model": old.state_dict(),
+                            "model_args": {"num_classes": 4, "in_channels": 3},
+                            "data": {"class_names": ["c0", "c1", "c2", "c3"]}}, tmp_path / "cnn.pt")
+    dm = tiny_image_data(num_classes=3)
+    init = InitFrom(str(tmp_path / "cnn.pt"))
+    init.reuse_vocabulary(dm)  # images: nothing to reuse
+    dm.setup()
+    model = CNN(**dm.model_args(), stem_width=4, widths=(8,))
+    with caplog.at_level(logging.INFO, logger="bigmodel"):
+        report = init.load_weights(model, dm)
+    assert report.head_reset == ["head.weight"] and not report.mismatched and not init.vocab_reused
+    assert any("4 classes ['c0', 'c1', 'c2', 'c3'], this data has 3 ['c0', 'c1', 'c2']: head re-initialized"
+               in r.getMessage() for r in caplog.records)
+    for k, v in old.state_dict().items():
+        if k != "head.weight":
+            assert torch.equal(model.state_dict()[k], v), k
 
 
 def test_nothing_fitting_and_missing_files_are_clear_errors(sst_ckpt, tmp_path):
