@@ -110,19 +110,18 @@ class InitFrom:
         for k, t in own.items():
             if k not in state:
                 report.missing.append(k)
-            elif k in head and head_rows is not None:
-                if head_rows == "reset":
-                    report.head_reset.append(k)
-                else:
-                    report.loaded[k] = state[k][head_rows]
-            elif state[k].shape == t.shape:
-                report.loaded[k] = state[k]
-            elif self._vocab_rows(state[k], t, new_args):
+                continue
+            src = state[k][head_rows] if k in head and isinstance(head_rows, list) else state[k]
+            if k in head and head_rows == "reset":
+                report.head_reset.append(k)
+            elif src.shape == t.shape:
+                report.loaded[k] = src
+            elif self._vocab_rows(src, t, new_args):
                 grown = t.detach().clone()
-                grown[: state[k].shape[0]] = state[k]
+                grown[: src.shape[0]] = src
                 report.loaded[k], report.grown = grown, [*report.grown, k]
             else:
-                report.mismatched.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(t.shape)}")
+                report.mismatched.append(f"{k}: checkpoint {tuple(src.shape)} vs model {tuple(t.shape)}")
         report.unexpected = [k for k in state if k not in own]
         if not report.loaded:
             target = ((self.ckpt.get("config") or {}).get("model") or {}).get("_target_")
