@@ -14,6 +14,7 @@ from bigmodel.checkpoint import CheckpointError
 from bigmodel.config import ConfigError
 from bigmodel.data.lm import text_lm
 from bigmodel.data.text import labeled_text, text_csv
+from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.finetune import InitFrom
 from bigmodel.models.cnn import CNN
 from bigmodel.models.gpt import GPT
@@ -112,6 +113,20 @@ def test_vocabulary_is_reused_and_extended_so_rows_follow_their_words(sst_ckpt, 
         i = dm.vocab.stoi[word]
         assert torch.equal(emb[i], fresh["embed.weight"][i])
     assert dm.state_dict()["vocab"]["tokens"] == new  # the fine-tuned checkpoint saves the extended vocabulary
+
+
+def test_with_pretrained_vectors_old_words_keep_the_checkpoints_rows_and_new_words_take_the_files(sst_ckpt, tmp_path):
+    ckpt = checkpoint.load(sst_ckpt)
+    old = ckpt["data"]["vocab"]["tokens"]
+    vec = {w: [float(i + j) for j in range(16)] for i, w in enumerate(["superb", "film"])}
+    (tmp_path / "v.txt").write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vec.items()))
+    dm = text_csv(str(three_class_csv(tmp_path / "r.csv")), min_freq=1, batch_size=8)
+    model, _ = build(init := InitFrom(str(sst_ckpt)), dm)
+    load_pretrained_vectors(model, dm, str(tmp_path / "v.txt"))  # the order train() uses
+    init.load_weights(model, dm)
+    emb = model.embed.weight.detach()
+    assert emb[dm.vocab.stoi["superb"]].tolist() == vec["superb"]
+    assert torch.equal(emb[dm.vocab.stoi["film"]], ckpt["model"]["embed.weight"][old.index("film")])
 
 
 def test_reordered_classes_reorder_the_head_rows(sst_ckpt, tmp_path, caplog):
