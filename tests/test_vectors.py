@@ -91,6 +91,7 @@ def test_lowercase_vocabulary_takes_a_cased_word_when_no_exact_match(tmp_path):
     ("good 1 2 3 4\nfilm 1 2 3\n", "line 2: expected a word and 4 numbers, got 4 fields"),
     ("2 4\ngood 1 2 3 4\n\nfilm 1 2 3 5z\n", "line 4: '5z' is not a number"),
     ("", "line 1: empty"),
+    ("good 1 2 nan 4\n", "line 1: the vector of 'good' holds NaN"),
 ])
 def test_bad_text_files_name_the_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.txt"

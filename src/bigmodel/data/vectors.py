@@ -51,6 +51,8 @@ def _text_entry(raw: bytes, path: Path, n: int, dim: int, keep: Keep) -> Entry |
     except ValueError:
         bad = next(x for x in fields[-dim:] if not _is_float(x))
         raise DataError(f"{path} line {n}: {bad[:30]!r} is not a number") from None
+    if not np.isfinite(vec).all():
+        raise DataError(f"{path} line {n}: the vector of {word!r} holds NaN or infinity")
     return word, vec
 
 
@@ -85,7 +87,10 @@ def _binary_entries(f: BinaryIO, path: Path, count: int, dim: int, keep: Keep) -
                             "(a truncated word2vec binary file?)")
         text = word.decode("utf-8", errors="replace")
         if keep is None or keep(text):
-            yield text, np.frombuffer(data, dtype="<f4").astype(np.float32)
+            vec = np.frombuffer(data, dtype="<f4").astype(np.float32)
+            if not np.isfinite(vec).all():
+                raise DataError(f"{path}: the vector of word {i + 1} ({text!r}) holds NaN or infinity")
+            yield text, vec
 
 
 def read_vectors(path: str | Path, keep: Keep = None) -> tuple[str, int, Iterator[Entry]]:
