@@ -15,7 +15,7 @@ from bigmodel.config import ConfigError
 from bigmodel.data.lm import text_lm
 from bigmodel.data.text import labeled_text, text_csv
 from bigmodel.data.vectors import load_pretrained_vectors
-from bigmodel.finetune import InitFrom
+from bigmodel.finetune import InitFrom, from_config
 from bigmodel.models.cnn import CNN
 from bigmodel.models.gpt import GPT
 from bigmodel.models.rnn import LSTMClassifier
@@ -191,6 +191,14 @@ def test_nothing_fitting_and_missing_files_are_clear_errors(sst_ckpt, tmp_path):
     dm.setup()
     with pytest.raises(CheckpointError, match="no weight of the checkpoint fits Linear"):
         init.load_weights(torch.nn.Linear(3, 2), dm)
+
+
+def test_init_keys_are_checked():
+    with pytest.raises(ConfigError, match="init_keep_sparsity='yes' is not valid; use true or false"):
+        from_config(None, "yes")
+    with pytest.raises(ConfigError, match="init_keep_sparsity=true needs init_from=PATH"):
+        from_config(None, True)
+    assert from_config(None, False) is None
 
 
 def prune_half(ckpt_path: Path, out: Path) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from bigmodel import checkpoint
 from bigmodel.checkpoint import CheckpointError
+from bigmodel.config import ConfigError
 
 log = logging.getLogger("bigmodel")
 SPARSE_FRACTION = 0.1  # a weight matrix with at least this share of exact zeros counts as pruned
@@ -78,12 +79,23 @@ class Report:
         log.log(level, line)
 
 
+def from_config(init_from: str | None, keep_sparsity: object = False) -> "InitFrom | None":
+    """The top-level `init_from` / `init_keep_sparsity` keys, checked."""
+    if not isinstance(keep_sparsity, bool):
+        raise ConfigError(f"init_keep_sparsity={keep_sparsity!r} is not valid; use true or false")
+    if not init_from:
+        if keep_sparsity:
+            raise ConfigError("init_keep_sparsity=true needs init_from=PATH (the pruned checkpoint to fine-tune)")
+        return None
+    return InitFrom(str(init_from), keep_sparsity=keep_sparsity)
+
+
 class InitFrom:
     """A checkpoint to start from. Call reuse_vocabulary(datamodule) before its setup(), then
     load_weights(model, datamodule) on the freshly built model."""
 
-    def __init__(self, path: str) -> None:
-        self.path = str(resolve_path(path))
+    def __init__(self, path: str, keep_sparsity: bool = False) -> None:
+        self.path, self.keep_sparsity = str(resolve_path(path)), keep_sparsity
         try:
             self.ckpt = checkpoint.load(self.path)
         except CheckpointError as e:

@@ -99,7 +99,7 @@ def train(cfg: DictConfig) -> float | None:
     warn_single_process(cfg)
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
-    init = finetune.InitFrom(cfg.init_from) if cfg.get("init_from") else None  # weights to start from
+    init = finetune.from_config(cfg.get("init_from"), cfg.get("init_keep_sparsity", False))  # weights to start from
     datamodule = instantiate(cfg.data)
     if init:
         init.reuse_vocabulary(datamodule)  # the checkpoint's words keep their ids; new words are appended
@@ -112,7 +112,7 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
     if init:
         report = init.load_weights(model, datamodule, resolved)
-        if keeper := finetune.keep_sparsity(report, model, cfg.get("init_keep_sparsity", False)):
+        if keeper := finetune.keep_sparsity(report, model, init.keep_sparsity):
             callbacks["keep_sparsity"] = keeper
 
     optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
