@@ -12,8 +12,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel import checkpoint, distributed, rundir
+from bigmodel import checkpoint, distributed, finetune, rundir
 from bigmodel.config import ConfigError, TrainerConfig, check_targets, require
+from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
 from bigmodel.trainer import Trainer
@@ -106,15 +107,24 @@ def train(cfg: DictConfig) -> float | None:
     rundir.prepare(output_dir(cfg), checkpoint_dir(cfg), ckpt_path)  # before anything is written
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+    init = finetune.from_config(cfg.get("init_from"), cfg.get("init_keep_sparsity", False))  # weights to start from
     datamodule = instantiate(cfg.data)
+    if init:
+        init.reuse_vocabulary(datamodule)  # the checkpoint's words keep their ids; new words are appended
     datamodule.setup()
     model_args = datamodule.model_args()
     model = instantiate(cfg.model, **model_args)
     log.info(f"model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    if cfg.model.get("pretrained_vectors"):
+        load_pretrained_vectors(model, datamodule, cfg.model.pretrained_vectors)
+    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
+    if init:
+        report = init.load_weights(model, datamodule, resolved)
+        if keeper := finetune.keep_sparsity(report, model, init.keep_sparsity):
+            callbacks["keep_sparsity"] = keeper
 
     optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
     extras = {"config": resolved, "model_args": model_args,
               "data": datamodule.state_dict()}
     logger = build_logger(cfg, distributed.info()[0] == 0)

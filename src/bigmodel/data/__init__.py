@@ -10,6 +10,11 @@ A data module is any object with this shape (no base class to inherit):
                                  Train order depends only on (seed, epoch); `skip_batches` resumes mid-epoch.
     metrics() -> Metrics         the metrics that fit this data (see bigmodel.metrics)
     state_dict() -> dict         what inference needs later (label names, vocabulary, tokenizer)
+
+and optionally, for `init_from`:
+
+    reuse_vocabulary(state) -> bool   before setup(): start from a checkpoint's saved vocabulary (its
+                                      state_dict()), appending new tokens; False if it has none that fits
 """
 
 from typing import Any, Iterable, Protocol

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bigmodel.config import ConfigError
 from bigmodel.data.errors import DataError
 from bigmodel.data.loading import ResumableSampler
 from bigmodel.data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_state
@@ -68,7 +69,8 @@ def read_chunks(path: Path):
         raise DataError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
 
 
-def build_tokenizer(files: list[Path], kind: str, encoding: str) -> CharTokenizer | BPETokenizer:
+def build_tokenizer(files: list[Path], kind: str, encoding: str, base_chars: str = "") -> CharTokenizer | BPETokenizer:
+    """BPE, or the corpus's characters: `base_chars` (a checkpoint's, in their order) then the new ones sorted."""
     if kind == "bpe":
         return BPETokenizer(encoding)
     if kind != "char":
@@ -77,9 +79,10 @@ def build_tokenizer(files: list[Path], kind: str, encoding: str) -> CharTokenize
     for f in files:
         for text in read_chunks(f):
             chars.update(text)
-    if len(chars) > 65536:
-        raise DataError(f"{len(chars)} distinct characters do not fit uint16 token ids")
-    return CharTokenizer("".join(sorted(chars)))
+    ordered = base_chars + "".join(sorted(chars - set(base_chars)))
+    if len(ordered) > 65536:
+        raise DataError(f"{len(ordered)} distinct characters do not fit uint16 token ids")
+    return CharTokenizer(ordered)
 
 
 def write_tokens(files: list[Path], tok: CharTokenizer | BPETokenizer, path: Path) -> int:
@@ -101,18 +104,20 @@ def write_tokens(files: list[Path], tok: CharTokenizer | BPETokenizer, path: Pat
     return n
 
 
-def cache_tokens(files: list[Path], kind: str, encoding: str, cache_dir: str) -> tuple[np.memmap, dict]:
+def cache_tokens(files: list[Path], kind: str, encoding: str, cache_dir: str,
+                 base_chars: str = "") -> tuple[np.memmap, dict]:
     """Tokens of all `files` as a read-only uint16 memmap, and the tokenizer's state.
 
-    The cache key is the tokenizer choice and each file's path, size and modification time."""
-    sig = [kind, encoding if kind == "bpe" else ""] + [
+    The cache key is the tokenizer choice (and base characters) and each file's path, size and
+    modification time."""
+    sig = [kind, encoding if kind == "bpe" else base_chars] + [
         f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
     key = hashlib.sha1("\n".join(sig).encode()).hexdigest()[:16]
     folder = Path(cache_dir).expanduser() / "lm_tokens" / f"{files[0].stem}-{kind}-{key}"
     meta_path, bin_path = folder / "meta.json", folder / "tokens.bin"
     if not meta_path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        tok = build_tokenizer(files, kind, encoding)
+        tok = build_tokenizer(files, kind, encoding, base_chars)
         log.info(f"tokenizing {len(files)} file(s) ({kind}) into {folder}")
         n = write_tokens(files, tok, bin_path)
         meta = {"tokenizer": tok.state_dict(), "num_tokens": n, "files": [str(f) for f in files]}
@@ -169,14 +174,19 @@ class LMData:
         self.epoch_blocks = epoch_blocks  # training blocks per epoch; None = every start offset once
         self.splits: dict[str, np.ndarray] = {}
         self.tokenizer: CharTokenizer | BPETokenizer | None = None
+        self.base_chars = ""  # a checkpoint's characters, kept first in their order (reuse_vocabulary)
 
     def setup(self) -> None:
         if self.splits:
             return
         if self.fetch is not None:
             self.fetch()
-        tokens, tok_state = cache_tokens(find_files(self.files), self.kind, self.encoding, self.cache_dir)
+        tokens, tok_state = cache_tokens(find_files(self.files), self.kind, self.encoding, self.cache_dir,
+                                         self.base_chars)
         self.tokenizer = tokenizer_from_state(tok_state)
+        if self.base_chars:
+            new = self.tokenizer.chars[len(self.base_chars):]
+            log.info(f"characters: {len(self.base_chars)} from the checkpoint + {len(new)} new {new!r}")
         n = len(tokens)
         n_test = int(n * self.test_fraction)
         n_val = int(n * self.val_fraction)
@@ -211,6 +221,23 @@ class LMData:
 
     def state_dict(self) -> dict:
         return {"tokenizer": self.tokenizer.state_dict(), "block_size": self.block_size}
+
+    def reuse_vocabulary(self, state: dict) -> bool:
+        """Tokenize as a checkpoint did (call before setup; for `init_from`): char-level keeps its
+        characters' ids and appends the corpus's new characters; BPE uses its encoding."""
+        tok = state.get("tokenizer")
+        if not tok:
+            return False
+        if tok["kind"] != self.kind:
+            raise ConfigError(f"init_from: the checkpoint's tokenizer is {tok['kind']!r}, "
+                              f"data.tokenizer={self.kind!r}: set data.tokenizer={tok['kind']} so its token ids "
+                              "keep their meaning")
+        if tok["kind"] == "char":
+            self.base_chars = tok["chars"]
+        elif tok["encoding"] != self.encoding:
+            raise ConfigError(f"init_from: the checkpoint's BPE encoding is {tok['encoding']!r}, "
+                              f"data.encoding={self.encoding!r}: set data.encoding={tok['encoding']}")
+        return True
 
     def loader(self, split: str, *, epoch: int = 0, skip_batches: int = 0, rank: int = 0,
                world_size: int = 1, device: torch.device | None = None) -> TokenBatches:

@@ -83,6 +83,7 @@ class TextClassificationData:
         self.batch_size, self.eval_batch_size, self.bucket_pool = batch_size, eval_batch_size, bucket_pool
         self.num_workers, self.seed = num_workers, seed
         self.vocab: Vocab | None = None
+        self.base_tokens: list[str] | None = None  # a checkpoint's vocabulary to extend (reuse_vocabulary)
         self.class_names: list[str] = []
         self.datasets: dict[str, list[tuple[torch.Tensor, int]]] = {}
 
@@ -95,6 +96,8 @@ class TextClassificationData:
             self.vocab = Vocab.build((text for _, text in splits["train"]), min_freq=self.min_freq,
                                      max_size=self.max_size, tokenizer=self.tokenizer, lowercase=self.lowercase,
                                      max_length=self.max_length)
+            if self.base_tokens is not None:
+                self.vocab = self._extend(self.base_tokens, self.vocab)
         elif class_names != self.class_names:
             raise DataError(f"the data's labels {class_names} differ from the checkpoint's {self.class_names}")
         for split, examples in splits.items():
@@ -116,6 +119,24 @@ class TextClassificationData:
         """Use a checkpoint's vocabulary and labels (call before setup): `bigmodel eval` then encodes
         text exactly as training did, even if the training file has changed since."""
         self.vocab, self.class_names = Vocab.from_state(state["vocab"]), list(state["class_names"])
+
+    def reuse_vocabulary(self, state: dict) -> bool:
+        """Start from a checkpoint's vocabulary (call before setup; for `init_from`): its words keep
+        their ids, and setup() appends the training words it lacks, so embedding rows fit their words.
+        The labels come from this data."""
+        if "vocab" not in state:
+            return False
+        self.base_tokens = list(state["vocab"]["tokens"])
+        return True
+
+    def _extend(self, base: list[str], built: Vocab) -> Vocab:
+        """`base` then the words of `built` it lacks (most frequent first), at most max_size words in all."""
+        known = set(base)
+        new = [t for t in built.itos if t not in known]
+        if self.max_size is not None:
+            new = new[: max(self.max_size + 2 - len(base), 0)]
+        log.info(f"vocabulary: {len(base) - 2:,} words from the checkpoint + {len(new):,} new training words")
+        return Vocab.from_state({**built.state_dict(), "tokens": base + new})
 
     def loader(self, split: str, *, epoch: int = 0, skip_batches: int = 0, rank: int = 0,
                world_size: int = 1, device: torch.device | None = None) -> DataLoader:

@@ -49,14 +49,21 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class LSTMClassifier(nn.Module):
+    """pretrained_vectors: a word-vector file that train.py copies into `embed` for the data's
+    vocabulary (the model has no vocabulary; a checkpoint already holds the vectors, so the file is
+    not read again at eval or predict time). freeze_embeddings: the word vectors do not train."""
+
     def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
                  embed_dim: PositiveInt = 128, hidden_size: PositiveInt = 128, n_layer: PositiveInt = 1,
                  bidirectional: bool = True, dropout: Fraction = 0.5, embed_dropout: Fraction = 0.0,
-                 word_dropout: Fraction = 0.0, pooling: Pooling | str = Pooling.max) -> None:
+                 word_dropout: Fraction = 0.0, pooling: Pooling | str = Pooling.max,
+                 pretrained_vectors: str | None = None, freeze_embeddings: bool = False) -> None:
         super().__init__()
         self.pooling = Pooling(pooling)
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_idx)
         small_embedding_init(self.embed)
+        self.pretrained_vectors = pretrained_vectors  # the wiring fills `embed` from it (see data/vectors.py)
+        self.embed.weight.requires_grad_(not freeze_embeddings)
         self.word_dropout = WordDropout(word_dropout)
         self.embed_dropout = nn.Dropout(embed_dropout)
         # dropout between stacked LSTM layers (PyTorch applies it to every layer's output but the last)

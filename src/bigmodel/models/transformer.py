@@ -71,16 +71,21 @@ class Block(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
+    """pretrained_vectors / freeze_embeddings: as for LSTMClassifier (word vectors of hidden_size)."""
+
     def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
                  hidden_size: Annotated[int, Range(ge=1), MultipleOf("n_head")] = 128, n_layer: PositiveInt = 2,
                  n_head: PositiveInt = 4,
                  ffn_size: PositiveInt | None = None, dropout: Fraction = 0.1, embed_dropout: Fraction = 0.0,
                  word_dropout: Fraction = 0.0, max_length: PositiveInt = 512,
-                 positions: Positions | str = Positions.learned, pooling: Pooling | str = Pooling.mean) -> None:
+                 positions: Positions | str = Positions.learned, pooling: Pooling | str = Pooling.mean,
+                 pretrained_vectors: str | None = None, freeze_embeddings: bool = False) -> None:
         super().__init__()
         self.positions, self.pooling, self.max_length = Positions(positions), Pooling(pooling), max_length
         self.embed = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_idx)
         small_embedding_init(self.embed)
+        self.pretrained_vectors = pretrained_vectors  # the wiring fills `embed` from it (see data/vectors.py)
+        self.embed.weight.requires_grad_(not freeze_embeddings)
         n_pos = max_length + (self.pooling == Pooling.cls)
         if self.positions == Positions.learned:
             self.pos = nn.Parameter(torch.randn(n_pos, hidden_size) * 0.02)
