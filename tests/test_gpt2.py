@@ -101,7 +101,7 @@ def test_model_init_from_gpt2_takes_sizes_from_config_json_and_rebuilds_without_
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(pretrained_path=None), "needs model.pretrained_path=DIR: .*huggingface-cli download"),
+    (dict(pretrained_path=None), "needs model.pretrained_path=DIR: .*hf download openai-community/gpt2"),
     (dict(pretrained_path="{tmp}/nowhere"), "has no config.json"),
     (dict(vocab_size=65), "the data's vocabulary has 65 tokens, the checkpoint's 300; use data.tokenizer=bpe"),
     (dict(block_size=64), "model.block_size=64 is longer than the checkpoint's 32 positions"),
@@ -137,3 +137,27 @@ def test_generate_from_a_gpt2_folder_continues_like_transformers_greedy(tmp_path
                   "num_samples=1", f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == f"--- sample 1/1\n{prompt}{tok.decode(expected.tolist())}\n"
+
+
+@pytest.mark.slow
+def test_train_from_gpt2_weights_then_generate_without_the_folder(tmp_path):
+    """The training path end to end, offline: a char corpus and a random GPT-2 of the same vocabulary
+    size stand in for GPT-2's BPE and weights (tiktoken's vocabulary would need a download here)."""
+    corpus = "the theme of the hat is the heat\n" * 60
+    (tmp_path / "data" / "text").mkdir(parents=True)
+    (tmp_path / "data" / "text" / "t.txt").write_text(corpus)
+    hf_gpt2(tmp_path / "gpt2", vocab_size=len(set(corpus)))
+    run = tmp_path / "run"
+    out = run_cli("train", "model=gpt", "model.init_from=gpt2", f"model.pretrained_path={tmp_path}/gpt2",
+                  "model.block_size=16", "data=text_lm", "trainer=debug", "data.batch_size=8",
+                  "callbacks.text_sample.max_new_tokens=10", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert "model.init_from=gpt2: 2 layers, 4 heads, width 32, block_size 16 of 32 positions" in log
+    import shutil
+
+    shutil.rmtree(tmp_path / "gpt2")  # the checkpoint rebuilds the architecture by itself
+    gen = run_cli("generate", f"ckpt_path={run}/checkpoints/last.pt", "prompt=the ", "max_new_tokens=20",
+                  "num_samples=1", "stop=zz", f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert gen.stdout.startswith("--- sample 1/1\nthe ") and len(gen.stdout.splitlines()[1]) >= 4

@@ -7,16 +7,19 @@ they are transposed into nn.Linear's (out, in). The output head is tied to the t
 """
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 
 from bigmodel.config import ConfigError
 
+log = logging.getLogger("bigmodel")
 SIZES = {"gpt2": None, "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280), "gpt2-xl": (48, 1600)}
 WHERE = ("a folder with a Hugging Face GPT-2 checkpoint (config.json and model.safetensors or "
-         "pytorch_model.bin); nothing is downloaded at run time: get one with `huggingface-cli download "
-         "openai-community/gpt2 --local-dir DIR` (or gpt2-medium / -large / -xl), or "
+         "pytorch_model.bin); nothing is downloaded at run time: get one with `hf download "
+         "openai-community/gpt2 config.json model.safetensors vocab.json --local-dir DIR` (or gpt2-medium, "
+         "-large, -xl), or "
          "GPT2LMHeadModel.from_pretrained('gpt2').save_pretrained(DIR)")
 GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # config.json activation -> GPT's gelu
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -102,6 +105,8 @@ def architecture(init_from: str, path: str | Path | None, vocab_size: int, block
     if block_size > args["block_size"]:
         raise ConfigError(f"model.block_size={block_size} is longer than the checkpoint's {args['block_size']} "
                           f"positions; use model.block_size <= {args['block_size']}")
+    log.info(f"model.init_from={init_from}: {args['n_layer']} layers, {args['n_head']} heads, width "
+             f"{args['n_embd']}, block_size {block_size} of {args['block_size']} positions, from {path}")
     return args | {"block_size": block_size, "bias": True}
 
 
