@@ -128,3 +128,43 @@ def test_generate_options_are_checked_in_the_cli(tmp_path, override, message):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     errors = [line for line in (out.stdout + out.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("max_new_tokens", -5, "max_new_tokens=-5 is not valid: use an integer >= 1"),
+    ("max_new_tokens", 2.5, "max_new_tokens=2.5 is not valid"),
+    ("num_samples", 0, "num_samples=0 is not valid: use an integer >= 1"),
+    ("temperature", "abc", "temperature='abc' is not valid: use a number >= 0"),
+    ("temperature", float("nan"), "temperature=nan is not valid"),
+    ("top_k", 0, "top_k=0 is not valid: use null (no limit) or an integer from 1"),
+    ("top_p", 0.0, "top_p=0.0 is not valid: use a number in (0, 1]"),
+    ("repetition_penalty", 0, "repetition_penalty=0 is not valid: use a number > 0"),
+    ("stop", [""], "stop=[''] is not valid: use a non-empty string or a list of them"),
+    ("stop", 5, "stop=5 is not valid"),
+    ("cache", "maybe", "cache='maybe' is not valid: use true"),
+    ("precision", 16, "precision=16 is not valid: use 32 (float32) or bf16"),
+    ("ckpt_path", None, "ckpt_path is required"),
+])
+def test_every_generate_option_is_checked_before_loading(key, value, message):
+    from omegaconf import OmegaConf
+
+    from bigmodel.config import ConfigError
+    from bigmodel.generate import check_options
+
+    good = dict(ckpt_path="x.pt", max_new_tokens=5, temperature=0.8, top_k=None, top_p=1.0, repetition_penalty=1.0,
+                stop=[], cache=True, num_samples=1, seed=0, device="cpu", precision=32, num_threads=1)
+    check_options(OmegaConf.create(good))
+    with pytest.raises(ConfigError) as e:
+        check_options(OmegaConf.create(good | {key: value}))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_one_line():
+    from bigmodel.config import ConfigError
+    from bigmodel.generate import resolve_device
+
+    with pytest.raises(ConfigError, match="device=cuda, but torch sees no CUDA GPU here: use device=cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device='gpu' is not valid: use auto, cpu or cuda"):
+        resolve_device("gpu")
