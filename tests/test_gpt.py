@@ -159,3 +159,17 @@ def test_top_k_holds_at_every_generated_position():
     logits = model(out[:, :-1])[0]  # (15, V): the logits each new token was drawn from
     ranks = (logits > logits.gather(1, out[0, 1:, None])).sum(1)
     assert (ranks < 2).all()
+
+
+def test_checkpoints_saved_before_the_gpt2_keys_still_resume():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from bigmodel.checkpoint import CheckpointError, check_resumable
+
+    now = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "model" / "gpt.yaml"))
+    before = {k: v for k, v in now.items() if k not in ("init_from", "pretrained_path")}  # an older gpt.yaml
+    check_resumable({"config": {"model": before}}, {"model": now}, "last.pt")
+    with pytest.raises(CheckpointError, match="model.init_from"):
+        check_resumable({"config": {"model": before}}, {"model": now | {"init_from": "gpt2"}}, "last.pt")
