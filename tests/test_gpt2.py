@@ -161,3 +161,16 @@ def test_train_from_gpt2_weights_then_generate_without_the_folder(tmp_path):
                   "num_samples=1", "stop=zz", f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert gen.stdout.startswith("--- sample 1/1\nthe ") and len(gen.stdout.splitlines()[1]) >= 4
+
+
+def test_broken_weight_files_are_one_line(tmp_path):
+    hf_gpt2(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ConfigError, match="model.safetensors: cannot be read"):
+        load_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="has neither model.safetensors nor pytorch_model.bin"):
+        load_pretrained(tmp_path)
+    torch.save({"h.0.ln_1.weight": torch.ones(32)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="no wte.weight"):
+        load_pretrained(tmp_path)

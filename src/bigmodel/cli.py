@@ -75,10 +75,17 @@ def run_app(command: str, argv: list[str]) -> None:
     user_errors = _user_errors()
 
     def job(cfg) -> object:
+        from hydra.errors import InstantiationException
+
         try:
             return task(cfg)
         except user_errors as e:  # the user's data, files or settings: one clear line, no traceback
             logging.getLogger("bigmodel").error(f"error: {e}")
+            sys.exit(1)
+        except InstantiationException as e:  # a constructor refused a setting (e.g. model.init_from)
+            if not isinstance(e.__cause__, user_errors):
+                raise
+            logging.getLogger("bigmodel").error(f"error: {e.__cause__}")
             sys.exit(1)
 
     register_schemas()

@@ -27,7 +27,7 @@ RENAME = {"ln_1": "ln1", "ln_2": "ln2", "attn.c_attn": "attn.qkv", "attn.c_proj"
           "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
 
 
-def read_config(path: str | Path | None, init_from: str = "gpt2") -> dict:
+def read_config(path: str | Path | None, init_from: str = "gpt2", key: str = "model.pretrained_path") -> dict:
     """GPT arguments (vocab_size, n_positions as block_size, n_layer, n_head, n_embd, gelu, norm_eps)."""
     if init_from not in SIZES:
         raise ConfigError(f"model.init_from={init_from!r} is not valid; use one of {list(SIZES)} (or null)")
@@ -35,7 +35,7 @@ def read_config(path: str | Path | None, init_from: str = "gpt2") -> dict:
         raise ConfigError(f"model.init_from={init_from} needs model.pretrained_path=DIR: {WHERE}")
     file = Path(path).expanduser() / "config.json"
     if not file.is_file():
-        raise ConfigError(f"pretrained_path={str(path)!r} has no config.json: it should be {WHERE}")
+        raise ConfigError(f"{key}={str(path)!r} has no config.json: it should be {WHERE}")
     try:
         hf = json.loads(file.read_text(encoding="utf-8"))
         args = {"vocab_size": int(hf["vocab_size"]), "block_size": int(hf["n_positions"]),
@@ -53,7 +53,7 @@ def read_config(path: str | Path | None, init_from: str = "gpt2") -> dict:
     return args | {"gelu": GELU[activation]}
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def read_weights(path: str | Path, key: str = "model.pretrained_path") -> dict[str, torch.Tensor]:
     """The checkpoint's tensors: model.safetensors (safetensors package) or pytorch_model.bin (tensors only)."""
     folder = Path(path).expanduser()
     if (folder / "model.safetensors").is_file():
@@ -62,14 +62,17 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         except ImportError:
             raise ConfigError("reading model.safetensors needs the safetensors package: "
                               "pip install 'bigmodel[gpt2]' (or pip install safetensors)") from None
-        return load_file(str(folder / "model.safetensors"))
+        try:
+            return load_file(str(folder / "model.safetensors"))
+        except Exception as e:  # truncated or not a safetensors file
+            raise ConfigError(f"{folder / 'model.safetensors'}: cannot be read ({type(e).__name__}: {e})") from None
     if (folder / "pytorch_model.bin").is_file():
         try:
             return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
         except Exception as e:  # a foreign pickle is refused by weights_only, without running it
             raise ConfigError(f"{folder / 'pytorch_model.bin'}: not a tensors-only checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    raise ConfigError(f"pretrained_path={str(path)!r} has neither model.safetensors nor pytorch_model.bin: "
+    raise ConfigError(f"{key}={str(path)!r} has neither model.safetensors nor pytorch_model.bin: "
                       f"it should be {WHERE}")
 
 
@@ -91,6 +94,8 @@ def convert(hf: dict[str, torch.Tensor], block_size: int) -> dict[str, torch.Ten
             name = f"blocks.{layer}.{rest}"
         name = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight"}.get(name, name)
         state[name] = tensor.contiguous()
+    if "tok_emb.weight" not in state or "pos_emb.weight" not in state:
+        raise ConfigError("the GPT-2 checkpoint has no wte.weight / wpe.weight: not GPT-2 weights")
     state["pos_emb.weight"] = state["pos_emb.weight"][:block_size]
     state["lm_head.weight"] = state["tok_emb.weight"]
     return state
@@ -110,14 +115,16 @@ def architecture(init_from: str, path: str | Path | None, vocab_size: int, block
     return args | {"block_size": block_size, "bias": True}
 
 
-def load_pretrained(path: str | Path, block_size: int | None = None):
+def load_pretrained(path: str | Path, block_size: int | None = None, key: str = "ckpt_path"):
     """A GPT in eval mode with the weights of the GPT-2 checkpoint in `path` (all its positions by default)."""
     from bigmodel.models.gpt import GPT
 
-    args = read_config(path)
+    args = read_config(path, key=key)
     args["block_size"] = block_size or args["block_size"]
+    from bigmodel.checkpoint import load_model_state
+
     model = GPT(**args)
-    model.load_state_dict(convert(read_weights(path), args["block_size"]))
+    load_model_state(model, convert(read_weights(path, key), args["block_size"]), str(path))  # misfits in one line
     return model.eval()
 
 
