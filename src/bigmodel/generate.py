@@ -5,8 +5,8 @@ as they are produced. Sampling uses its own seeded generator, so a seed gives th
 """
 
 import logging
-from contextlib import nullcontext
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
