@@ -86,7 +86,8 @@ def save_lm_checkpoint(path, model):
 
 def gen_cfg(ckpt, **kw):
     base = dict(ckpt_path=str(ckpt), prompt="ROMEO:", prompt_file=None, max_new_tokens=40, temperature=0.8,
-                top_k=5, num_samples=2, seed=1, device="cpu", precision=32, num_threads=0)
+                top_k=5, top_p=1.0, repetition_penalty=1.0, stop=[], cache=True, num_samples=2, seed=1,
+                device="cpu", precision=32, num_threads=0)
     return OmegaConf.create(base | kw)
 
 

@@ -159,3 +159,30 @@ def test_top_k_holds_at_every_generated_position():
     logits = model(out[:, :-1])[0]  # (15, V): the logits each new token was drawn from
     ranks = (logits > logits.gather(1, out[0, 1:, None])).sum(1)
     assert (ranks < 2).all()
+
+
+def test_checkpoints_saved_before_the_gpt2_keys_still_resume():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from bigmodel.checkpoint import CheckpointError, check_resumable
+
+    now = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "model" / "gpt.yaml"))
+    before = {k: v for k, v in now.items() if k not in ("init_from", "pretrained_path")}  # an older gpt.yaml
+    check_resumable({"config": {"model": before}}, {"model": now}, "last.pt")
+    with pytest.raises(CheckpointError, match="model.init_from"):
+        check_resumable({"config": {"model": before}}, {"model": now | {"init_from": "gpt2"}}, "last.pt")
+
+
+def test_init_from_gpt2_without_its_folder_is_one_line_in_the_cli(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "data" / "text").mkdir(parents=True)
+    (tmp_path / "data" / "text" / "a.txt").write_text("to be or not to be\n" * 100)
+    out = run_cli("train", "model=gpt", "model.init_from=gpt2", "model.block_size=16", "data=text_lm",
+                  "trainer=debug", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "InstantiationException" not in out.stderr
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "model.init_from=gpt2 needs model.pretrained_path=DIR" in errors[0]
+    assert "hf download openai-community/gpt2" in errors[0]

@@ -94,6 +94,8 @@ def run_app(command: str, argv: list[str]) -> None:
     user_errors = _user_errors()
 
     def job(cfg) -> object:
+        from hydra.errors import InstantiationException
+
         try:
             return task(cfg)
         except Exception as e:
@@ -104,6 +106,11 @@ def run_app(command: str, argv: list[str]) -> None:
             if message is None:
                 raise
             logging.getLogger("bigmodel").error(f"error: {message}")  # one clear line, no traceback
+            sys.exit(1)
+        except InstantiationException as e:  # a constructor refused a setting (e.g. model.init_from)
+            if not isinstance(e.__cause__, user_errors):
+                raise
+            logging.getLogger("bigmodel").error(f"error: {e.__cause__}")
             sys.exit(1)
 
     register_schemas()

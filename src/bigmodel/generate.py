@@ -5,16 +5,17 @@ as they are produced. Sampling uses its own seeded generator, so a seed gives th
 """
 
 import logging
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bigmodel import checkpoint
-from bigmodel.data.errors import DataError
+from bigmodel.config import ConfigError
 from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
 
@@ -23,32 +24,47 @@ log = logging.getLogger("bigmodel")
 
 def sample_text(model: torch.nn.Module, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float,
                 top_k: int | None, generator: torch.Generator, device: torch.device,
-                on_text: Callable[[str], None] | None = None, autocast=nullcontext) -> str:
-    """The prompt and its continuation as text; `on_text` receives each new piece as it appears."""
+                on_text: Callable[[str], None] | None = None, autocast=nullcontext, top_p: float = 1.0,
+                repetition_penalty: float = 1.0, stop: Sequence[str] = (), use_cache: bool = True) -> str:
+    """The prompt and its continuation as text; `on_text` receives each new piece as it appears.
+
+    Generation ends early at the first of the `stop` strings in the new text, which is cut before it;
+    text that could be the start of a stop string is held back until that is decided."""
     ids = tokenizer.encode(prompt) if prompt else tokenizer.start_ids()
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    hold = max((len(s) for s in stop), default=1) - 1
     new: list[int] = []
-    shown = ""
+    text = shown = ""
     was_training = model.training
     model.eval()
     try:
         with autocast():
-            for tok in model.stream(idx, max_new_tokens, temperature, top_k, generator):
+            for tok in model.stream(idx, max_new_tokens, temperature, top_k, generator, top_p=top_p,
+                                    repetition_penalty=repetition_penalty, use_cache=use_cache):
                 new.append(int(tok[0, 0]))
                 text = tokenizer.decode(new)
-                if on_text is not None and not text.endswith("\ufffd"):  # wait for whole UTF-8 characters
-                    on_text(text[len(shown):])
-                    shown = text
+                cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    text = text[:cut]
+                    break
+                ready = len(text) - hold
+                if on_text is not None and ready > len(shown) and not text[:ready].endswith("\ufffd"):
+                    on_text(text[len(shown):ready])  # whole UTF-8 characters only
+                    shown = text[:ready]
     finally:
         model.train(was_training)
-    text = tokenizer.decode(new)
     if on_text is not None and len(text) > len(shown):
         on_text(text[len(shown):])
     return (prompt if prompt else "") + text
 
 
 def load_for_generation(ckpt_path: str, device: torch.device):
-    """(model in eval mode on device, tokenizer) from a checkpoint written by `bigmodel train`."""
+    """(model in eval mode on device, tokenizer) from a checkpoint written by `bigmodel train`, or
+    from a folder holding a Hugging Face GPT-2 checkpoint (config.json and its weights)."""
+    if Path(ckpt_path).expanduser().is_dir():
+        from bigmodel.models.gpt2 import load_pretrained, pretrained_tokenizer
+
+        return load_pretrained(ckpt_path).to(device), pretrained_tokenizer(ckpt_path)
     ckpt = checkpoint.load(ckpt_path)
     data = ckpt.get("data") or {}
     if "tokenizer" not in data:
@@ -61,28 +77,83 @@ def load_for_generation(ckpt_path: str, device: torch.device):
     return model.to(device).eval(), tokenizer_from_state(data["tokenizer"])
 
 
+RANGES = {  # key -> (type, test, what is valid)
+    "max_new_tokens": (int, lambda v: v >= 1, "an integer >= 1"),
+    "temperature": (float, lambda v: v >= 0, "a number >= 0 (0 = always the most likely token)"),
+    "top_k": (int, lambda v: v >= 1, "null (no limit) or an integer from 1 to the vocabulary size"),
+    "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)"),
+    "repetition_penalty": (float, lambda v: v > 0, "a number > 0 (1 = off, > 1 makes repeats less likely)"),
+    "num_samples": (int, lambda v: v >= 1, "an integer >= 1"),
+    "num_threads": (int, lambda v: v >= 0, "an integer >= 0 (0 = torch's default)"),
+    "seed": (int, lambda v: True, "an integer"),
+}
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Every sampling option in range, before the model is loaded: one line naming the key otherwise."""
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("ckpt_path is required: a checkpoint from `bigmodel train` (model=gpt), or a "
+                          "folder with a Hugging Face GPT-2 checkpoint (config.json + model.safetensors)")
+    for key, (kind, ok, valid) in RANGES.items():
+        v = cfg.get(key)
+        if key == "top_k" and v is None:
+            continue
+        typed = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
+        if not typed or not ok(v):  # NaN fails every comparison
+            raise ConfigError(f"{key}={v!r} is not valid: use {valid}")
+    if str(cfg.precision) not in ("32", "fp32", "bf16"):
+        raise ConfigError(f"precision={cfg.precision!r} is not valid: use 32 (float32) or bf16")
+    if not isinstance(cfg.get("cache"), bool):
+        raise ConfigError(f"cache={cfg.get('cache')!r} is not valid: use true (reuse keys and values) or false")
+    stop_strings(cfg.get("stop"))
+
+
+def stop_strings(stop) -> list[str]:
+    """`stop` as a list of strings (one string, a list, or null for none); a typed "\\n" is a newline."""
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, (list, ListConfig)) or not all(isinstance(s, str) and s for s in stops):
+        raise ConfigError(f"stop={stop!r} is not valid: use a non-empty string or a list of them, e.g. "
+                          "stop='[\"\\n\\n\", THE END]'")
+    return [s.replace("\\n", "\n") for s in stops]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not valid: use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but torch sees no CUDA GPU here: use device=cpu (or auto)")
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def check_top_k(top_k: int | None, vocab_size: int) -> None:
+    if top_k is not None and top_k > vocab_size:
+        raise ConfigError(f"top_k={top_k} is larger than this model's vocabulary of {vocab_size} tokens: "
+                          f"use 1 to {vocab_size}, or null for no limit")
+
+
 def generate(cfg: DictConfig) -> list[str]:
     """Print `num_samples` continuations of the prompt; returns them."""
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(str(cfg.device))
+    check_options(cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     model, tokenizer = load_for_generation(cfg.ckpt_path, device)
     prompt = read_text(Path(cfg.prompt_file), "utf-8", key=None) if cfg.prompt_file else str(cfg.prompt)
     prompt = prompt.replace("\\n", "\n")  # a typed "\n" on the command line means a newline
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise DataError(f"top_k={cfg.top_k} must be >= 1 (or null for no limit)")
+    check_top_k(cfg.top_k, model.vocab_size)
     tokenizer.encode(prompt)  # an unknown character fails here, before anything is printed
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    bf16 = cfg.precision == "bf16"
+    bf16 = str(cfg.precision) == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    options = dict(max_new_tokens=cfg.max_new_tokens, temperature=float(cfg.temperature), top_k=cfg.top_k,
+                   top_p=float(cfg.top_p), repetition_penalty=float(cfg.repetition_penalty),
+                   stop=stop_strings(cfg.stop), use_cache=cfg.cache)
     samples = []
     for i in range(int(cfg.num_samples)):
         print(f"--- sample {i + 1}/{cfg.num_samples}", flush=True)
         print(prompt, end="", flush=True)
-        text = sample_text(model, tokenizer, prompt, max_new_tokens=int(cfg.max_new_tokens),
-                           temperature=float(cfg.temperature), top_k=cfg.top_k, generator=generator,
-                           device=device, autocast=autocast,
-                           on_text=lambda piece: print(piece, end="", flush=True))
+        text = sample_text(model, tokenizer, prompt, generator=generator, device=device, autocast=autocast,
+                           on_text=lambda piece: print(piece, end="", flush=True), **options)
         print(flush=True)
         samples.append(text)
     return samples

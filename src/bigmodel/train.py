@@ -114,6 +114,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.setup()
     model_args = datamodule.model_args()
     model = instantiate(cfg.model, **model_args)
+    model_args = {**model_args, **getattr(model, "saved_args", {})}  # e.g. a GPT-2's sizes: checkpoints rebuild it without its files
     log.info(f"model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
     if cfg.model.get("pretrained_vectors"):
         load_pretrained_vectors(model, datamodule, cfg.model.pretrained_vectors)
