@@ -72,6 +72,10 @@ DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full disk, a quota,
 def user_message(e: BaseException, user_errors: tuple[type[BaseException], ...]) -> str | None:
     """The one line to print for an error caused by the user's data, files, settings or disk; None
     for anything else (a bug, which keeps its traceback)."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(e, InstantiationException) and e.__cause__ is not None:  # a constructor refused a setting
+        e = e.__cause__
     if isinstance(e, user_errors):
         return str(e)
     if isinstance(e, OSError) and e.errno in DISK_ERRORS:
@@ -94,8 +98,6 @@ def run_app(command: str, argv: list[str]) -> None:
     user_errors = _user_errors()
 
     def job(cfg) -> object:
-        from hydra.errors import InstantiationException
-
         try:
             return task(cfg)
         except Exception as e:
@@ -106,11 +108,6 @@ def run_app(command: str, argv: list[str]) -> None:
             if message is None:
                 raise
             logging.getLogger("bigmodel").error(f"error: {message}")  # one clear line, no traceback
-            sys.exit(1)
-        except InstantiationException as e:  # a constructor refused a setting (e.g. model.init_from)
-            if not isinstance(e.__cause__, user_errors):
-                raise
-            logging.getLogger("bigmodel").error(f"error: {e.__cause__}")
             sys.exit(1)
 
     register_schemas()
