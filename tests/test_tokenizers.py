@@ -47,6 +47,7 @@ def test_exact_tokens(tokenizer, text):
     if tokenizer == Tokenizer.jieba:
         pytest.importorskip("jieba")
     assert tokenize(text, tokenizer) == EXPECTED[tokenizer][text]
+    assert tokenize(text, tokenizer.value) == EXPECTED[tokenizer][text]  # the config's string works too
 
 
 def test_words_keeps_case_when_asked_and_splits_cjk_punctuation_and_rare_blocks():

@@ -38,7 +38,8 @@ class Tokenizer(Enum):
     jieba = "jieba"  # Chinese word segmentation (pip install 'bigmodel[zh]'): "质量很好" -> 质量 很 好
 
 
-def tokenize(text: str, tokenizer: Tokenizer = Tokenizer.whitespace, lowercase: bool = True) -> list[str]:
+def tokenize(text: str, tokenizer: Tokenizer | str = Tokenizer.whitespace, lowercase: bool = True) -> list[str]:
+    tokenizer = Tokenizer(tokenizer)
     if lowercase:
         text = text.lower()
     if tokenizer == Tokenizer.whitespace:
