@@ -20,6 +20,7 @@ from bigmodel.data.errors import DataError
 from bigmodel.data.images import seeded_split
 from bigmodel.data.loading import make_loader
 from bigmodel.data.text_files import Example, Raw, read_csv_rows, read_label_lines, to_examples
+from bigmodel.data.tokenizers import unknown_warning
 from bigmodel.data.vocab import Tokenizer, Vocab
 from bigmodel.metrics import Classification
 from bigmodel.ranges import Fraction, NonNegativeInt, PositiveInt
@@ -105,6 +106,10 @@ class TextClassificationData:
             self.datasets[split] = items if split == "train" else sorted(items, key=lambda it: len(it[0]))
         sizes = ", ".join(f"{s} {len(d)}" for s, d in self.datasets.items())
         log.info(f"text data: {sizes} examples, {len(self.class_names)} classes, vocabulary {len(self.vocab)}")
+        warning = unknown_warning([ids.tolist() for ids, _ in self.datasets.get("val", [])], self.vocab.unk_idx,
+                                  self.vocab.tokenizer)
+        if warning:
+            log.warning(warning)
 
     def model_args(self) -> dict:
         return {"vocab_size": len(self.vocab), "num_classes": len(self.class_names), "pad_idx": self.vocab.pad_idx}

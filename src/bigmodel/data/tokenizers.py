@@ -1,16 +1,84 @@
-"""Tokenizers for language-model data: characters, or GPT-2 BPE through tiktoken (optional).
+"""Tokenizers: text -> tokens for the classifiers' vocabulary, and text <-> ids for language models.
 
-Both turn text into ids below 65536 (token caches hold uint16) and back, and save themselves as a
-small dict that travels in the checkpoint, so `bigmodel generate` reads text exactly as training did.
+Text classification (`Tokenizer`, `tokenize`): `whitespace` for pre-tokenized text, `words` for raw
+text (words and punctuation; every CJK character is a token of its own), `chars` (every non-space
+character), `jieba` (Chinese word segmentation, the optional `zh` extra). The choice is saved with
+the vocabulary, so `bigmodel predict` splits text exactly as training did.
+
+Language models: characters, or GPT-2 BPE through tiktoken (optional). Both turn text into ids below
+65536 (token caches hold uint16) and back, and save themselves as a small dict that travels in the
+checkpoint, so `bigmodel generate` reads text exactly as training did.
 """
+
+import logging
+import re
+from enum import Enum
 
 import numpy as np
 
 from bigmodel.data.errors import DataError
 
 
+# CJK ideographs (BERT's basic tokenizer rule: the CJK Unified Ideographs blocks, extensions A-H and the
+# compatibility ideographs) and the CJK Symbols and Punctuation block (less its ideographic space
+# U+3000, which is white space). Kana and Hangul are not in it: they stay words, as in BERT.
+_CJK = ("\u3001-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+        "\U00020000-\U0002ebef\U0002f800-\U0002fa1f\U00030000-\U000323af")
+# one CJK character | a word (letters/digits/_ but no CJK, with an inner apostrophe) | one punctuation mark.
+# Without CJK characters in the text this is exactly `\w+(?:'\w+)?|[^\w\s]`, the English rule.
+_WORDS = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+(?:'[^\\W{_CJK}]+)?|[^\\w\\s]")
+
+
+class Tokenizer(Enum):
+    """How a classifier's text is split into vocabulary tokens (`data.tokenizer`)."""
+
+    whitespace = "whitespace"  # the text is already tokenized (SST, TREC): split on white space
+    words = "words"  # raw text: "it's good." -> it's good . ; "很好 ok" -> 很 好 ok
+    chars = "chars"  # every non-space character: "很好 ok" -> 很 好 o k
+    jieba = "jieba"  # Chinese word segmentation (pip install 'bigmodel[zh]'): "质量很好" -> 质量 很 好
+
+
+def tokenize(text: str, tokenizer: Tokenizer | str = Tokenizer.whitespace, lowercase: bool = True) -> list[str]:
+    tokenizer = Tokenizer(tokenizer)
+    if lowercase:
+        text = text.lower()
+    if tokenizer == Tokenizer.whitespace:
+        return text.split()
+    if tokenizer == Tokenizer.words:
+        return _WORDS.findall(text)
+    if tokenizer == Tokenizer.chars:
+        return [c for c in text if not c.isspace()]
+    return [t for t in _jieba().lcut(text) if not t.isspace()]
+
+
+def _jieba():
+    try:
+        import jieba
+    except ImportError:
+        raise DataError("data.tokenizer=jieba needs the jieba package: pip install 'bigmodel[zh]' "
+                        "(or pip install jieba), or use data.tokenizer=chars") from None
+    jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict ..." lines on every start
+    return jieba
+
+
+def unknown_warning(ids: list[list[int]], unk_idx: int, tokenizer: Tokenizer, split: str = "validation") -> str | None:
+    """A warning when more than a third of the tokens of `ids` are `<unk>`, with the option to try."""
+    total = sum(len(x) for x in ids)
+    unknown = sum(x.count(unk_idx) for x in ids)
+    if not total or unknown * 3 <= total:
+        return None
+    hint = {Tokenizer.whitespace: "data.tokenizer=words for raw (untokenized) text, or data.tokenizer=chars "
+                                  "for Chinese/Japanese text",
+            Tokenizer.words: "data.tokenizer=chars (or jieba) for text written without spaces between words, "
+                             "or a smaller data.min_freq",
+            Tokenizer.chars: "a smaller data.min_freq or data.max_size=null",
+            Tokenizer.jieba: "data.tokenizer=chars, or a smaller data.min_freq"}[tokenizer]
+    return (f"{unknown / total:.0%} of the {split} tokens are <unk> (not in the training vocabulary): "
+            f"try {hint}")
+
+
 class CharTokenizer:
-    """One token per character of a fixed vocabulary (the sorted characters of the corpus)."""
+    """LM: one token per character of a fixed vocabulary (the sorted characters of the corpus)."""
 
     def __init__(self, chars: str) -> None:
         self.chars = chars

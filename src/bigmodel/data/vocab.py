@@ -1,28 +1,16 @@
-"""Word-level tokenization and the vocabulary built from a training split.
+"""The vocabulary built from a training split (tokenization is in tokenizers.py).
 
 The vocabulary is fitted on training text only (so validation and test words the model never saw
 map to `<unk>`, as they would for a real user) and saved with the checkpoint as plain Python
 types, so `bigmodel predict` encodes text exactly as training did.
 """
 
-import re
 from collections import Counter
-from enum import Enum
 from typing import Any, Iterable
 
+from bigmodel.data.tokenizers import Tokenizer, tokenize  # noqa: F401 (Tokenizer is imported from here too)
+
 PAD, UNK = "<pad>", "<unk>"
-_WORDS = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an inner apostrophe) and single punctuation marks
-
-
-class Tokenizer(Enum):
-    whitespace = "whitespace"  # the text is already tokenized (SST, TREC): split on white space
-    words = "words"  # raw text: split words from punctuation, "it's good." -> it's good .
-
-
-def tokenize(text: str, tokenizer: Tokenizer = Tokenizer.whitespace, lowercase: bool = True) -> list[str]:
-    if lowercase:
-        text = text.lower()
-    return text.split() if tokenizer == Tokenizer.whitespace else _WORDS.findall(text)
 
 
 class Vocab:
