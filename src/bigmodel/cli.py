@@ -24,6 +24,7 @@ USAGE = """usage: bigmodel <command> [key=value ...] [-m] [--help]
 commands:
 {commands}
   tensorboard  open TensorBoard on the runs folder (--logdir DIR, default $BIGMODEL_LOG_DIR or ./logs)
+  runs         a table of the runs: status, best val metric, test metric, steps ([name] --sort KEY --csv --logdir DIR)
 
 `bigmodel <command> --help` lists the config groups (model, data, optimizer, scheduler, trainer,
 logger, callbacks, experiment, debug, ...) with their choices and the composed config.
@@ -138,8 +139,12 @@ def dispatch(argv: list[str]) -> None:
     command, rest = argv[0], argv[1:]
     if command == "tensorboard":
         return tensorboard(rest)
+    if command == "runs":
+        from bigmodel import runs
+
+        return runs.main(rest)
     if command not in COMMANDS:
-        sys.exit(f"bigmodel: unknown command {command!r}; valid: {', '.join([*COMMANDS, 'tensorboard'])}")
+        sys.exit(f"bigmodel: unknown command {command!r}; valid: {', '.join([*COMMANDS, 'tensorboard', 'runs'])}")
     if command == "train":
         from bigmodel.launch import prepare
 
