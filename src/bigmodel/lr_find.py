@@ -161,7 +161,8 @@ def lr_find(cfg: DictConfig) -> float:
     suggestion = suggest(sweep.lrs, sweep.smoothed, opts.skip_start)
     folder = Path(output_dir(cfg))
     write_curve(folder, sweep, suggestion)
-    stopped = f"stopped early at lr={sweep.lrs[-1]:.3g} (the loss diverged)" if sweep.diverged else "full range"
+    early = len(sweep.losses) < opts.num_steps
+    stopped = f"stopped early at lr={sweep.lrs[-1]:.3g} (the loss diverged)" if early else "the full range"
     log.info(f"lr_find: {len(sweep.losses)} steps from lr={sweep.lrs[0]:.3g} to {sweep.lrs[-1]:.3g}, {stopped}; "
              f"curve in {folder}")
     print(f"suggested optimizer.lr={suggestion:.3g}")
