@@ -65,3 +65,21 @@ def test_optuna_search_killed_and_rerun_continues_its_study(tmp_path):
     assert len([p for p in sweeps[1].iterdir() if p.name.isdigit()]) == 4 - len(done_before)
     assert (sweeps[1] / "optimization_results.yaml").is_file()
     assert "trial recorded as failed" in text or all(t.state == TrialState.COMPLETE for t in trials[len(before):])
+
+
+@pytest.mark.slow
+def test_a_search_whose_every_trial_fails_ends_with_the_failed_jobs_not_a_traceback(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    write_fake_cifar10(tmp_path / "data" / "cifar10")
+    args = [*TINY, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "data.batch_size=abc"]
+    for attempt in range(2):  # the re-run finds the study done, still without a best trial
+        out = run_cli("train", *args, cwd=tmp_path)
+        text = out.stdout + out.stderr
+        assert out.returncode == 1 and "Traceback" not in text and "ValueError" not in text, text[-3000:]
+        assert "no trial of study" in text and "succeeded, so there is no best trial" in text
+    assert "2 job(s) failed" in text or "running 0 more" in text
+    (db,) = (tmp_path / "logs" / "cnn-cifar10" / "optuna").glob("*.db")
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]

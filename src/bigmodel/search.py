@@ -17,6 +17,7 @@ is marked FAIL with the user attribute `interrupted` on the next start and does 
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,11 @@ class FailedTrialMessage(logging.Filter):
 
 
 class ResumableStudy(Callback):
-    """Points the Optuna sweeper at a study that survives the sweep, and runs only its missing trials."""
+    """Points the Optuna sweeper at a study that survives the sweep, and runs only its missing trials.
+    A search in which no trial succeeded has no best trial: it ends with the sweep's list of failed
+    jobs and status 1 (the sweeper would fail with Optuna's ValueError instead)."""
+
+    study: Any = None  # set when the sweeper is Optuna's; jobs run in this process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.sweeper
@@ -100,17 +105,47 @@ class ResumableStudy(Callback):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created ...": said below
         study = optuna.create_study(study_name=name, storage=storage, directions=directions(sweeper), load_if_exists=True)
         stale = close_interrupted(study)
-        done = sum(counted(t) for t in study.get_trials(deepcopy=False))
-        failed = sum(counted(t) and t.state.name == "FAIL" for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counted(t) for t in trials)
+        failed = sum(counted(t) and t.state.name == "FAIL" for t in trials)
         todo = max(0, int(sweeper.n_trials) - done)
         if done or stale:
             log.info(f"optuna: resuming study {name!r} ({storage}): {done} trial(s) done ({failed} failed), "
                      f"{stale} cut short by an earlier stop; running {todo} more of n_trials={sweeper.n_trials}")
         else:
             log.info(f"optuna: study {name!r} in {storage}; re-run the same command to continue it")
+        self.study, self.storage, self.todo, self.launched = study, storage, todo, 0
+        self.succeeded = any(t.state.name == "COMPLETE" for t in trials)
+        if todo == 0:
+            self.check_some_succeeded(config)
         with read_write(config), open_dict(config):
             sweeper.study_name, sweeper.storage, sweeper.n_trials = name, storage, todo
-            trials = len(study.get_trials(deepcopy=False))
             if trials and sweeper.get("sampler") and sweeper.sampler.get("seed") is not None:
-                sweeper.sampler.seed = int(sweeper.sampler.seed) + trials  # not the first run's draws again
+                sweeper.sampler.seed = int(sweeper.sampler.seed) + len(trials)  # not the first run's draws again
         logging.getLogger(SWEEPER_LOGGER).addFilter(FailedTrialMessage())
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if self.study is None:
+            return
+        from hydra.core.utils import JobStatus
+
+        self.launched += 1
+        self.succeeded |= job_return.status == JobStatus.COMPLETED and job_return._return_value is not None
+        if self.launched >= self.todo:
+            self.check_some_succeeded(config)
+
+    def check_some_succeeded(self, config: DictConfig) -> None:
+        """Without a single successful trial, end as a sweep with failed jobs does (one line each, status 1)."""
+        if self.succeeded:
+            return
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # told after the batch
+            self.study.tell(t.number, state=TrialState.FAIL)
+        log.error(f"optuna: no trial of study {self.study.study_name!r} succeeded, so there is no best trial; fix what "
+                  "made them fail (each job's error.txt), then re-run with a higher hydra.sweeper.n_trials, or "
+                  f"start over by deleting the study ({self.storage})")
+        from bigmodel.launch import SweepCallback
+
+        SweepCallback().on_multirun_end(config)  # lists the failed jobs and exits with status 1
+        sys.exit(1)
