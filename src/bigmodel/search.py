@@ -17,6 +17,7 @@ is marked FAIL with the user attribute `interrupted` on the next start and does 
 import hashlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ class ResumableStudy(Callback):
     A search in which no trial succeeded has no best trial: it ends with the sweep's list of failed
     jobs and status 1 (the sweeper would fail with Optuna's ValueError instead)."""
 
-    study: Any = None  # set when the sweeper is Optuna's; jobs run in this process
+    pid: int | None = None  # the process that runs the sweeper (set when it is Optuna's)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = config.hydra.sweeper
@@ -114,7 +115,8 @@ class ResumableStudy(Callback):
                      f"{stale} cut short by an earlier stop; running {todo} more of n_trials={sweeper.n_trials}")
         else:
             log.info(f"optuna: study {name!r} in {storage}; re-run the same command to continue it")
-        self.study, self.storage, self.todo, self.launched = study, storage, todo, 0
+        # plain values only: a launcher may pickle the callbacks (submitit), and only this process counts jobs
+        self.pid, self.study_name, self.storage, self.todo, self.launched = os.getpid(), name, storage, todo, 0
         self.succeeded = any(t.state.name == "COMPLETE" for t in trials)
         if todo == 0:
             self.check_some_succeeded(config)
@@ -125,7 +127,7 @@ class ResumableStudy(Callback):
         logging.getLogger(SWEEPER_LOGGER).addFilter(FailedTrialMessage())
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if self.study is None:
+        if self.pid != os.getpid():
             return
         from hydra.core.utils import JobStatus
 
@@ -138,11 +140,13 @@ class ResumableStudy(Callback):
         """Without a single successful trial, end as a sweep with failed jobs does (one line each, status 1)."""
         if self.succeeded:
             return
+        import optuna
         from optuna.trial import TrialState
 
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # told after the batch
-            self.study.tell(t.number, state=TrialState.FAIL)
-        log.error(f"optuna: no trial of study {self.study.study_name!r} succeeded, so there is no best trial; fix what "
+        study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # told after the batch
+            study.tell(t.number, state=TrialState.FAIL)
+        log.error(f"optuna: no trial of study {self.study_name!r} succeeded, so there is no best trial; fix what "
                   "made them fail (each job's error.txt), then re-run with a higher hydra.sweeper.n_trials, or "
                   f"start over by deleting the study ({self.storage})")
         from bigmodel.launch import SweepCallback
