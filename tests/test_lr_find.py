@@ -78,7 +78,8 @@ def test_lr_find_writes_the_curve_and_suggests_an_lr_in_the_swept_range(tmp_path
     assert 1e-5 <= float(value) <= 1e-2
     folder = run_folder(tmp_path)
     rows = list(csv.DictReader(open(folder / "lr_find.csv")))
-    assert len(rows) == 20 and float(rows[0]["lr"]) == pytest.approx(1e-5) and float(rows[-1]["lr"]) == pytest.approx(1e-2)
+    assert len(rows) == 20
+    assert float(rows[0]["lr"]) == pytest.approx(1e-5) and float(rows[-1]["lr"]) == pytest.approx(1e-2)
     assert (folder / "lr_find.png").stat().st_size > 1000
     events = EventAccumulator(str(folder / "tensorboard"))
     events.Reload()

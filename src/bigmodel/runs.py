@@ -134,7 +134,8 @@ def row(run: Path, log_dir: Path) -> dict[str, Any]:
     config = _read_yaml(run / ".hydra" / "config.yaml") or _read_yaml(run / "config.yaml") or {}
     config = config if isinstance(config, dict) else {}
     overrides = _read_yaml(run / ".hydra" / "overrides.yaml")
-    ckpt = ((config.get("callbacks") or {}).get("model_checkpoint") or {}) if isinstance(config.get("callbacks"), dict) else {}
+    callbacks = config.get("callbacks") if isinstance(config.get("callbacks"), dict) else {}
+    ckpt = callbacks.get("model_checkpoint") or {}
     monitor, mode = str(ckpt.get("monitor", "val/loss")), str(ckpt.get("mode", "min"))
     metrics = read_metrics(run)
     test_key = "test/" + monitor.split("/", 1)[-1]

@@ -104,7 +104,8 @@ class ResumableStudy(Callback):
 
         name, storage = study_location(config)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created ...": said below
-        study = optuna.create_study(study_name=name, storage=storage, directions=directions(sweeper), load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions(sweeper),
+                                    load_if_exists=True)
         stale = close_interrupted(study)
         trials = study.get_trials(deepcopy=False)
         done = sum(counted(t) for t in trials)
