@@ -15,6 +15,7 @@ COMMANDS = {  # name -> (config name, "module:function", one-line help)
     "eval": ("eval", "bigmodel.train:evaluate", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
     "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
+    "lr_find": ("lr_find", "bigmodel.lr_find:lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
 
 FREE_TEXT = {"predict": "text", "generate": "prompt"}  # command -> the key whose value is free text
@@ -24,6 +25,7 @@ USAGE = """usage: bigmodel <command> [key=value ...] [-m] [--help]
 commands:
 {commands}
   tensorboard  open TensorBoard on the runs folder (--logdir DIR, default $BIGMODEL_LOG_DIR or ./logs)
+  runs         a table of the runs: status, best val metric, test metric, steps ([name] --sort KEY --csv --logdir DIR)
 
 `bigmodel <command> --help` lists the config groups (model, data, optimizer, scheduler, trainer,
 logger, callbacks, experiment, debug, ...) with their choices and the composed config.
@@ -138,8 +140,12 @@ def dispatch(argv: list[str]) -> None:
     command, rest = argv[0], argv[1:]
     if command == "tensorboard":
         return tensorboard(rest)
+    if command == "runs":
+        from bigmodel import runs
+
+        return runs.main(rest)
     if command not in COMMANDS:
-        sys.exit(f"bigmodel: unknown command {command!r}; valid: {', '.join([*COMMANDS, 'tensorboard'])}")
+        sys.exit(f"bigmodel: unknown command {command!r}; valid: {', '.join([*COMMANDS, 'tensorboard', 'runs'])}")
     if command == "train":
         from bigmodel.launch import prepare
 
