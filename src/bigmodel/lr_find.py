@@ -25,11 +25,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel import finetune
 from bigmodel.config import ConfigError, NonFinite, check_targets
-from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.optim import param_groups
-from bigmodel.train import build_logger, output_dir, seed_everything, trainer_config
+from bigmodel.train import build, build_logger, output_dir, seed_everything, trainer_config
 from bigmodel.trainer import Trainer
 
 log = logging.getLogger("bigmodel")
@@ -118,22 +116,6 @@ def write_curve(folder: Path, sweep: LRSweep, suggestion: float) -> None:
     plt.close(fig)
 
 
-def build(cfg: DictConfig, resolved: dict) -> tuple[object, torch.nn.Module]:
-    """The data module and model `bigmodel train` starts from: with init_from's weights and
-    vocabulary, and pretrained vectors, as in bigmodel.train.train."""
-    init = finetune.from_config(cfg.get("init_from"), cfg.get("init_keep_sparsity", False))
-    datamodule = instantiate(cfg.data)
-    if init:
-        init.reuse_vocabulary(datamodule)
-    datamodule.setup()
-    model = instantiate(cfg.model, **datamodule.model_args())
-    if cfg.model.get("pretrained_vectors"):
-        load_pretrained_vectors(model, datamodule, cfg.model.pretrained_vectors)
-    if init:
-        init.load_weights(model, datamodule, resolved)
-    return datamodule, model
-
-
 def lr_find(cfg: DictConfig) -> float:
     """Run the range test on the train config `cfg`; returns (and prints) the suggested optimizer.lr."""
     opts = cfg.lr_find
@@ -143,7 +125,7 @@ def lr_find(cfg: DictConfig) -> float:
     config = dataclasses.replace(trainer_config(cfg), max_steps=opts.num_steps, val_check_interval=opts.num_steps + 1,
                                  on_nonfinite=NonFinite.stop)
     check_targets(resolved)
-    datamodule, model = build(cfg, resolved)
+    datamodule, model, _, _ = build(cfg, resolved)  # as `bigmodel train` starts (init_from, vectors)
     optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
     sweep = LRSweep(opts.min_lr, opts.max_lr, opts.num_steps, opts.beta, opts.diverge)
     logger = build_logger(cfg, True)

@@ -96,17 +96,10 @@ def build_logger(cfg: DictConfig, is_global_zero: bool) -> LoggerGroup:
     return LoggerGroup(loggers)
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
-    seed_everything(cfg.seed)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
-    check_targets(resolved)  # wrong types, unknown keys and out-of-range values, named, before any work
-    warn_single_process(cfg)
-    ckpt_path = resolve_ckpt_path(cfg)
-    rundir.prepare(output_dir(cfg), checkpoint_dir(cfg), ckpt_path)  # before anything is written
-    if HydraConfig.initialized() and distributed.info()[0] == 0:
-        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+def build(cfg: DictConfig, resolved: dict[str, Any]) -> tuple[Any, torch.nn.Module, dict[str, Any], Any]:
+    """The data module and model a run starts from (init_from's vocabulary and weights, pretrained
+    vectors), the model's constructor args for checkpoints, and the callback that keeps a pruned
+    checkpoint's zeros at zero (None when not asked for)."""
     init = finetune.from_config(cfg.get("init_from"), cfg.get("init_keep_sparsity", False))  # weights to start from
     datamodule = instantiate(cfg.data)
     if init:
@@ -118,11 +111,28 @@ def train(cfg: DictConfig) -> float | None:
     log.info(f"model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
     if cfg.model.get("pretrained_vectors"):
         load_pretrained_vectors(model, datamodule, cfg.model.pretrained_vectors)
-    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
+    keeper = None
     if init:
         report = init.load_weights(model, datamodule, resolved)
-        if keeper := finetune.keep_sparsity(report, model, init.keep_sparsity):
-            callbacks["keep_sparsity"] = keeper
+        keeper = finetune.keep_sparsity(report, model, init.keep_sparsity)
+    return datamodule, model, model_args, keeper
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
+    seed_everything(cfg.seed)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
+    check_targets(resolved)  # wrong types, unknown keys and out-of-range values, named, before any work
+    warn_single_process(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    rundir.prepare(output_dir(cfg), checkpoint_dir(cfg), ckpt_path)  # before anything is written
+    if HydraConfig.initialized() and distributed.info()[0] == 0:
+        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+    datamodule, model, model_args, keeper = build(cfg, resolved)
+    callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
+    if keeper:
+        callbacks["keep_sparsity"] = keeper
 
     optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
