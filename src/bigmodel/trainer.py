@@ -348,10 +348,10 @@ class Trainer:
 
     def save_checkpoint(self, path: str, eval_weights: bool = False) -> None:
         """`eval_weights`: the model entry holds the weights evaluation uses (best.pt with callbacks.ema)."""
-        with self.eval_weights() if eval_weights else nullcontext():
+        with self.eval_weights() if eval_weights else nullcontext():  # saved inside: the state holds views
             state = self.state_dict()  # every rank takes part (FSDP gathers shards here)
-        if self.is_global_zero:
-            checkpoint.save(state, path)  # a full disk: one line naming the file
+            if self.is_global_zero:
+                checkpoint.save(state, path)  # a full disk: one line naming the file
 
     def load_checkpoint(self, path: str) -> None:
         ckpt = checkpoint.load(path)
