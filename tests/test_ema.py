@@ -121,3 +121,32 @@ def test_use_for_eval_false_evaluates_the_weights(tmp_path):
     best = checkpoint.load(tmp_path / "best.pt")["model"]
     for n, p in trainer.model.named_parameters():
         assert torch.equal(best[n], p), n
+
+
+def test_train_with_ema_and_plateau_tests_the_averaged_best(compose_train, tmp_path):
+    """`bigmodel train callbacks=ema scheduler=plateau`: the summary is in the run folder, best.pt holds
+    the average, and the test metrics are those of best.pt as `bigmodel eval` measures them."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bigmodel.train import evaluate, train
+    from conftest import compose_cfg, write_fake_cifar10
+
+    write_fake_cifar10(tmp_path / "data" / "cifar10")
+    (tmp_path / "run").mkdir()
+    cfg = compose_train([f"paths.data_dir={tmp_path}/data", "data.download=false", "data.val_size=20",
+                         "trainer=debug", "trainer.max_steps=6", "trainer.limit_train_batches=-1",
+                         "trainer.val_check_interval=2", "trainer.device=cpu", "logger=none", "callbacks=ema",
+                         "callbacks.ema.decay=0.9", "scheduler=plateau", "scheduler.patience=0",
+                         "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=max",
+                         "model.stem_width=4", "model.widths=[8]", "optimized_metric=test/loss"])
+    test_loss = train(cfg)
+    GlobalHydra.instance().clear()
+    run = tmp_path / "run"
+    assert "total params" in (run / "model_summary.txt").read_text()
+    best = checkpoint.load(run / "checkpoints" / "best.pt")
+    assert best["callbacks"]["ema"]["swapped"] and best["progress"]["global_step"] < 6  # not the final average
+    assert best["scheduler"]["monitor"] == "val/loss"
+    ev = compose_cfg("eval", [f"ckpt_path={run}/checkpoints/best.pt", "trainer=debug", "trainer.device=cpu"],
+                     tmp_path / "eval")
+    GlobalHydra.instance().clear()
+    assert evaluate(ev)["test/loss"] == pytest.approx(test_loss, rel=1e-6)
