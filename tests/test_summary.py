@@ -55,3 +55,14 @@ def test_written_to_the_run_folder_at_the_first_batch(tmp_path):
         n = sum(p.numel() for p in child.parameters())
         assert cells[2:] == [type(child).__name__, f"{n:,}", f"{n:,}", str(list(out.shape))], row
     assert f"{sum(p.numel() for p in model.parameters()):,} total params" in lines
+
+
+def test_nested_outputs_show_each_shape():
+    lstm = nn.LSTM(3, 4, batch_first=True)
+    rows = summarize(nn.Sequential(lstm), (torch.randn(2, 5, 3),))  # Sequential holds one child: the LSTM
+    assert rows[0].output == "([2, 5, 4], ([1, 2, 4], [1, 2, 4]))"
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 5, 3), [5, 2], batch_first=True)
+    model = nn.Module()
+    model.lstm = lstm
+    model.forward = lambda x: model.lstm(x)
+    assert summarize(model, (packed,))[0].output == "(packed [7, 4], ([1, 2, 4], [1, 2, 4]))"

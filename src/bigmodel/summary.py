@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from bigmodel.distributed import is_sharded
 
@@ -33,6 +34,8 @@ class Row:
 def _shape(out) -> str:
     if isinstance(out, torch.Tensor):
         return str(list(out.shape))
+    if isinstance(out, PackedSequence):  # the packed tokens (sum of lengths, features)
+        return f"packed {list(out.data.shape)}"
     if isinstance(out, (tuple, list)) and out:
         return "(" + ", ".join(_shape(o) for o in out) + ")"
     return "-"
