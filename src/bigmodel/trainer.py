@@ -10,8 +10,8 @@ import math
 import os
 import sys
 import time
-from contextlib import ExitStack, nullcontext
-from typing import Any, Callable, Iterable
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -267,14 +267,15 @@ class Trainer:
             self.logger.log_image("train/inputs", grid, 0)
 
     # ---------------------------------------------------------------- evaluation
-    def eval_weights(self) -> ExitStack:
+    @contextmanager
+    def eval_weights(self) -> Iterator[None]:
         """The weights evaluation uses: each callback's `eval_weights(trainer)` context (an average of
         the weights, callbacks.ema) holds for its duration; without one, the model's own."""
-        stack = ExitStack()
-        for cb in self.callbacks.values():
-            if hasattr(cb, "eval_weights"):
-                stack.enter_context(cb.eval_weights(self))
-        return stack
+        with ExitStack() as stack:
+            for cb in self.callbacks.values():
+                if hasattr(cb, "eval_weights"):
+                    stack.enter_context(cb.eval_weights(self))
+            yield
 
     @torch.no_grad()
     def evaluate(self, split: str = "val", eval_weights: bool = True) -> dict[str, float]:
