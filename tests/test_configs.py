@@ -54,7 +54,7 @@ def test_optimizer_and_scheduler_configs(compose_train, option, scheduler):
         sched = instantiate(cfg.scheduler)(opt, 100)
         for _ in range(10):
             opt.step()
-            sched.step()
+            sched.step(1.0) if hasattr(sched, "monitor") else sched.step()  # plateau: at validation, on a metric
         assert 0 <= opt.param_groups[0]["lr"] <= cfg.optimizer.lr
 
 

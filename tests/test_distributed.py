@@ -190,3 +190,29 @@ def test_devices_from_a_config_file_warns_in_one_process(compose_train, caplog, 
     with pytest.raises(SystemExit):
         launch.maybe_launch(["++trainer.devices=2"])  # the ++ form starts torchrun too
     assert "--nproc_per_node=2" in started[0] and started[0][-1] == "++trainer.devices=2"
+
+
+EMA_RUN = ["callbacks=ema", "callbacks.ema.decay=0.9", "trainer.val_check_interval=2"]  # a validation mid-run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_ema_under_two_processes_matches_one_process(tmp_path, strategy):
+    """callbacks.ema with 2 processes: the same average and weights as one process, also after the
+    average was swapped in for a validation mid-run (FSDP: each rank averages its shards)."""
+    write_corpus(tmp_path / "one")
+    ref = run_cli("train", *GPT_SMALL, *EMA_RUN, f"data.batch_size={GLOBAL_BATCH}", cwd=tmp_path / "one")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    write_corpus(tmp_path / "two")
+    out = run_torchrun("train", *GPT_SMALL, *EMA_RUN, f"data.batch_size={GLOBAL_BATCH // 2}",
+                       f"trainer.strategy={strategy}", "callbacks.text_sample.max_new_tokens=4", cwd=tmp_path / "two")
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = checkpoint.load(only_run_dir(tmp_path / "one") / "checkpoints" / "last.pt")
+    b = checkpoint.load(only_run_dir(tmp_path / "two") / "checkpoints" / "last.pt")
+    assert b["callbacks"]["ema"]["updates"] == 4 and not b["callbacks"]["ema"]["swapped"]
+    for name, t in a["model"].items():
+        torch.testing.assert_close(b["model"][name], t, rtol=0, atol=1e-6, msg=name)
+    for name, t in a["callbacks"]["ema"]["average"].items():
+        assert b["callbacks"]["ema"]["average"][name].shape == t.shape, name  # full tensors, not shards
+        torch.testing.assert_close(b["callbacks"]["ema"]["average"][name], t, rtol=0, atol=1e-6, msg=name)
+    assert val_loss(out.stdout) == pytest.approx(val_loss(ref.stdout), abs=1e-4)  # evaluated on the average

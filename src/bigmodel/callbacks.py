@@ -1,9 +1,11 @@
 """Small duck-typed callbacks. The trainer calls whichever of these hooks an object defines:
 
-    on_fit_start(trainer)
+    on_fit_start(trainer)                           after a resumed checkpoint is loaded
+    on_train_batch_start(trainer, batch)            before each (micro-)batch's forward
     on_train_batch_end(trainer, loss: float)        after each optimizer step
     on_validation_end(trainer, metrics: dict)       metrics carry the "val/" prefix
     on_fit_end(trainer)                             also after an interrupt (SIGINT/SIGTERM)
+    eval_weights(trainer)                           a context manager: the weights evaluation and best.pt use
     state_dict() / load_state_dict(state)           saved in and restored from checkpoints: plain
                                                     values only (str/int/float/bool/None, lists, dicts)
 """
@@ -35,7 +37,8 @@ def _check_mode(mode: str) -> str:
 
 
 class ModelCheckpoint:
-    """Writes `last.pt` after every validation and at the end, and `best.pt` when `monitor` improves."""
+    """Writes `last.pt` after every validation and at the end, and `best.pt` when `monitor` improves.
+    `best.pt` holds the weights that were evaluated (the average, with callbacks.ema)."""
 
     def __init__(self, dirpath: str, monitor: str = "val/loss", mode: Literal["min", "max"] = "min",
                  save_last: bool = True, save_best: bool = True) -> None:
@@ -53,7 +56,7 @@ class ModelCheckpoint:
         value = metrics[self.monitor]
         if self.save_best and _improved(value, self.best, self.mode):
             self.best = value
-            trainer.save_checkpoint(self.best_path)
+            trainer.save_checkpoint(self.best_path, eval_weights=True)
         if self.save_last:
             trainer.save_checkpoint(self.last_path)
 
@@ -61,7 +64,7 @@ class ModelCheckpoint:
         if self.save_last:
             trainer.save_checkpoint(self.last_path)
         if self.save_best and not Path(self.best_path).exists():
-            trainer.save_checkpoint(self.best_path)  # no validation ran: the final weights are the best known
+            trainer.save_checkpoint(self.best_path, eval_weights=True)  # no validation ran: the final weights are the best known
 
     def state_dict(self) -> dict:
         return {"best": self.best}

@@ -1,11 +1,17 @@
-"""Optimizer parameter groups and learning-rate schedules (stepped once per optimizer step)."""
+"""Optimizer parameter groups and learning-rate schedules.
+
+Schedules are stepped once per optimizer step, except one that names a `monitor` (plateau): the
+trainer steps it once per validation, with that metric.
+"""
 
 import math
+from typing import Annotated, Literal
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-from bigmodel.ranges import NonNegativeInt, PositiveFloat, PositiveInt, Probability
+from bigmodel.config import ConfigError
+from bigmodel.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -45,3 +51,24 @@ def step(optimizer: torch.optim.Optimizer, total_steps: int, step_size: Positive
          gamma: PositiveFloat = 0.1) -> LambdaLR:
     """Multiply the learning rate by `gamma` every `step_size` optimizer steps."""
     return LambdaLR(optimizer, lambda s: gamma ** (s // step_size))
+
+
+def plateau(optimizer: torch.optim.Optimizer, total_steps: int, monitor: str = "val/loss",
+            mode: Literal["min", "max"] = "min", factor: Annotated[float, Range(gt=0, lt=1)] = 0.1,
+            patience: NonNegativeInt = 10, threshold: NonNegativeFloat = 1e-4, cooldown: NonNegativeInt = 0,
+            min_lr: NonNegativeFloat = 0.0) -> ReduceLROnPlateau:
+    """Multiply the learning rate by `factor` once `monitor` has not improved (by a relative `threshold`)
+    for `patience` validations in a row; then wait `cooldown` validations. Stepped at each validation."""
+    if mode not in ("min", "max"):
+        raise ConfigError(f"scheduler.mode={mode!r} is not valid; use 'min' or 'max'")
+    scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold,
+                                  cooldown=cooldown, min_lr=min_lr)
+    scheduler.monitor = monitor  # a plain str: saved with the rest of its state_dict()
+    return scheduler
+
+
+def check_monitor(scheduler, names: list[str]) -> None:
+    """A scheduler stepped on a metric must name one that validation logs (checked before training)."""
+    monitor = getattr(scheduler, "monitor", None)
+    if monitor is not None and monitor not in names:
+        raise ConfigError(f"scheduler.monitor={monitor!r} is not a logged metric; valid: {sorted(names)}")

@@ -148,10 +148,11 @@ def train(cfg: DictConfig) -> float | None:
         log.info("interrupted: not testing; resume with ckpt_path=auto (or the run's checkpoints/last.pt)")
     elif cfg.test:
         best = getattr(callbacks.get("model_checkpoint"), "best_path", None)
-        if best and Path(best).is_file():
+        tested_best = bool(best and Path(best).is_file())
+        if tested_best:  # best.pt holds the weights validation used (the average, with callbacks.ema)
             checkpoint.load_model_state(trainer.model, checkpoint.load(best)["model"], best)
             log.info(f"testing the best checkpoint {best}")
-        metrics |= trainer.evaluate("test")
+        metrics |= trainer.evaluate("test", eval_weights=not tested_best)
         log.info("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/")))
         if hasattr(trainer.metrics, "table"):
             log.info("confusion matrix (test):\n" + trainer.metrics.table())

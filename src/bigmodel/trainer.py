@@ -10,8 +10,8 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
-from typing import Any, Callable, Iterable
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from bigmodel import checkpoint, distributed
 from bigmodel.config import ConfigError, NonFinite, Precision, TrainerConfig
 from bigmodel.data.errors import DataError
+from bigmodel.optim import check_monitor
 from bigmodel.profiling import make_profiler
 from bigmodel.runtime import GracefulStop, as_args, resolve_device, to_device
 
@@ -113,6 +114,7 @@ class Trainer:
         self.total_steps = self._total_steps()
         if self.scheduler_factory is not None:
             self.scheduler = self.scheduler_factory(self.optimizer, self.total_steps)
+            check_monitor(self.scheduler, self.metric_names("val"))
         if ckpt_path:
             self.load_checkpoint(ckpt_path)
             self._check_steps_left(ckpt_path)
@@ -162,6 +164,7 @@ class Trainer:
                 batch = next(batches, None)
             if batch is None:
                 break
+            self.call("on_train_batch_start", batch)
             if self.global_step == 0 and self.batch_in_epoch == 0:
                 self._log_inputs(batch[0])
             self.batch_in_epoch += 1
@@ -229,8 +232,8 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             overflowed = scale is not None and self.scaler.get_scale() < scale  # fp16: the step was skipped
-            if self.scheduler is not None and not overflowed:
-                self.scheduler.step()
+            if self.scheduler is not None and not overflowed and not hasattr(self.scheduler, "monitor"):
+                self.scheduler.step()  # a scheduler with a monitor steps at validation instead
         self.global_step += 1
         self.profiler.step()
         self.window["loss"] += loss
@@ -264,9 +267,20 @@ class Trainer:
             self.logger.log_image("train/inputs", grid, 0)
 
     # ---------------------------------------------------------------- evaluation
+    @contextmanager
+    def eval_weights(self) -> Iterator[None]:
+        """The weights evaluation uses: each callback's `eval_weights(trainer)` context (an average of
+        the weights, callbacks.ema) holds for its duration; without one, the model's own."""
+        with ExitStack() as stack:
+            for cb in self.callbacks.values():
+                if hasattr(cb, "eval_weights"):
+                    stack.enter_context(cb.eval_weights(self))
+            yield
+
     @torch.no_grad()
-    def evaluate(self, split: str = "val") -> dict[str, float]:
-        """Loss and metrics over `split`, reduced across processes; logged with the split's prefix."""
+    def evaluate(self, split: str = "val", eval_weights: bool = True) -> dict[str, float]:
+        """Loss and metrics over `split`, reduced across processes; logged with the split's prefix.
+        `eval_weights=False`: the model's weights as they are, even where a callback would swap in others."""
         limit = self.config.limit_val_batches if split == "val" else self.config.limit_test_batches
         was_training = self.model.training
         self.model.eval()
@@ -274,17 +288,18 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         loader = self.datamodule.loader(split, rank=self.rank, world_size=self.world_size, device=self.device)
-        for i, batch in enumerate(loader):
-            if 0 <= limit <= i:
-                break
-            args, targets = self._prepare(batch)
-            with self.autocast():
-                logits = self.forward_model(*args)
-                loss = self.loss_fn(logits, targets)
-            n = (targets != -100).sum()
-            loss_sum += loss.double() * n
-            count += n
-            self.metrics.update(logits.float(), targets)
+        with self.eval_weights() if eval_weights else nullcontext():
+            for i, batch in enumerate(loader):
+                if 0 <= limit <= i:
+                    break
+                args, targets = self._prepare(batch)
+                with self.autocast():
+                    logits = self.forward_model(*args)
+                    loss = self.loss_fn(logits, targets)
+                n = (targets != -100).sum()
+                loss_sum += loss.double() * n
+                count += n
+                self.metrics.update(logits.float(), targets)
         distributed.all_reduce_sum([loss_sum, count, *self.metrics.state()], self.device)
         self.model.train(was_training)
         if count.item() == 0:  # never report a loss and metrics of nothing as if measured
@@ -305,6 +320,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         metrics = self.evaluate("val")
         self.last_val_step, self.last_metrics = self.global_step, metrics
+        if hasattr(self.scheduler, "monitor"):  # scheduler=plateau: before checkpoints save its state
+            self.scheduler.step(metrics[self.scheduler.monitor])
         self.print(f"epoch {self.epoch} step {self.global_step}: "
                    + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         self.call("on_validation_end", metrics)
@@ -330,10 +347,12 @@ class Trainer:
         checkpoint.check_plain(state)  # on every rank, before anything is written
         return state
 
-    def save_checkpoint(self, path: str) -> None:
-        state = self.state_dict()  # every rank takes part (FSDP gathers shards here)
-        if self.is_global_zero:
-            checkpoint.save(state, path)  # a full disk: one line naming the file
+    def save_checkpoint(self, path: str, eval_weights: bool = False) -> None:
+        """`eval_weights`: the model entry holds the weights evaluation uses (best.pt with callbacks.ema)."""
+        with self.eval_weights() if eval_weights else nullcontext():  # saved inside: the state holds views
+            state = self.state_dict()  # every rank takes part (FSDP gathers shards here)
+            if self.is_global_zero:
+                checkpoint.save(state, path)  # a full disk: one line naming the file
 
     def load_checkpoint(self, path: str) -> None:
         ckpt = checkpoint.load(path)
