@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev  # optional extras to install too: make test EXTRAS=dev,bpe,slurm,optuna
+EXTRAS ?= dev  # optional extras to install too: make test EXTRAS=dev,bpe,zh,plot (README lists them)
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(strip $(EXTRAS)))
 ARGS   ?=
