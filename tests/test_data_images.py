@@ -44,9 +44,31 @@ def test_augmentation_is_a_crop_and_flip_and_reproducible():
     a = augment_batch(x, Augment(crop_padding=2), torch.Generator().manual_seed(0))
     b = augment_batch(x, Augment(crop_padding=2), torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == x.shape
-    no_pad = augment_batch(x, Augment(crop_padding=0, hflip=True), torch.Generator().manual_seed(1))
-    for i in range(2):
-        assert torch.equal(no_pad[i], x[i]) or torch.equal(no_pad[i], x[i].flip(2))
+
+
+def test_flips_happen_to_about_half_the_images():
+    x = torch.arange(64 * 2 * 4 * 5, dtype=torch.float).view(64, 2, 4, 5)  # no image equals its mirror
+    out = augment_batch(x, Augment(crop_padding=0, hflip=True), torch.Generator().manual_seed(1))
+    flipped = [torch.equal(out[i], x[i].flip(2)) for i in range(64)]
+    kept = [torch.equal(out[i], x[i]) for i in range(64)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image is itself or its mirror, nothing else
+    assert 16 <= sum(flipped) <= 48  # a fair coin per image: 64 flips land in [16, 48] but for ~1e-4
+    assert not augment_batch(x, Augment(crop_padding=0, hflip=False), torch.Generator()).ne(x).any()
+
+
+def test_crops_shift_pixels_by_up_to_the_padding():
+    p, (h, w) = 2, (5, 6)
+    x = torch.arange(32 * h * w, dtype=torch.float).view(32, 1, h, w) + 1  # every pixel distinct and > 0
+    out = augment_batch(x, Augment(crop_padding=p, pad_mode="constant", hflip=False), torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    shifts = []
+    for i in range(32):
+        found = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                 if torch.equal(out[i, 0], padded[i, 0, dy : dy + h, dx : dx + w])]
+        assert len(found) == 1, i  # each output is one window of the padded image
+        shifts.append(found[0])
+    assert len(set(shifts)) >= 10  # 25 offsets are possible: crops really move, and not all alike
+    assert {dy for dy, _ in shifts} == set(range(2 * p + 1)) and {dx for _, dx in shifts} == set(range(2 * p + 1))
 
 
 def test_image_batches_resume_mid_epoch():
