@@ -6,23 +6,17 @@ import pytest
 import torch
 
 from bigmodel.config import NonFinite, Precision, Profiler
-from bigmodel.models.cnn import CNN
-from bigmodel.trainer import Trainer
 from helpers import make_trainer
 
 
-def test_overfits_one_small_batch():
-    torch.manual_seed(0)
-    model = CNN(num_classes=4, in_channels=3, stem_width=8, widths=(16, 32))
-    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.02
-    assert (model(x).argmax(1) == y).all()
+def test_trainer_overfits_one_small_batch():
+    """One batch of 16, seen 100 times through Trainer.fit: the loss falls >10x and every label is learned."""
+    trainer = make_trainer(n=16, batch_size=16, augment=False, bn=False, lr=0.05, max_steps=100,
+                           limit_val_batches=1)
+    trainer.fit()
+    losses = [v for _, v in trainer.logger.curve("train/loss")]
+    assert len(losses) == 100 and losses[-1] < min(0.2, losses[0] / 10)
+    assert trainer.evaluate("train")["train/acc"] == 1.0
 
 
 def test_fit_logs_named_metrics_and_learns():
@@ -114,19 +108,46 @@ def test_no_training_batches_is_a_clear_error():
         make_trainer(max_steps=3, limit_train_batches=0).fit()  # would loop forever looking for step 1
 
 
-def test_fp16_autocast_with_gradscaler_on_cpu():
-    trainer = make_trainer(max_steps=4, precision=Precision.fp16, limit_val_batches=1)
+class InfGradAt:
+    """A gradient hook that turns the gradient into inf on the `n`-th backward pass (an fp16 overflow)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self, grad):
+        self.calls += 1
+        return torch.full_like(grad, float("inf")) if self.calls == self.n else grad
+
+
+class Record:
+    """Keeps (global_step, scale, lr, weights) after every optimizer step."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, loss):
+        weights = [p.detach().clone() for p in trainer.model.parameters()]
+        self.rows.append((trainer.global_step, trainer.scaler.get_scale(), trainer.optimizer.param_groups[0]["lr"], weights))
+
+
+def test_fp16_step_skipped_by_the_gradscaler_does_not_advance_the_schedule():
+    trainer = make_trainer(max_steps=5, precision=Precision.fp16, limit_val_batches=1, bn=False, lr=0.4)
     seen = []
-    trainer.model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    lrs = []
-    trainer.callbacks["lr"] = type("LR", (), {"on_train_batch_end": lambda self, t, loss: lrs.append(
-        (t.scaler.get_scale(), t.optimizer.param_groups[0]["lr"]))})()
+    trainer.model[-1].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer.model[-1].weight.register_hook(InfGradAt(3))  # the 3rd optimizer step overflows
+    rec = Record()
+    trainer.callbacks["record"] = rec
     trainer.fit()
-    assert trainer.scaler.is_enabled() and torch.float16 in seen and trainer.global_step == 4
+    assert trainer.scaler.is_enabled() and torch.float16 in seen and trainer.global_step == 5
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in trainer.model.parameters())
-    for (scale0, lr0), (scale1, lr1) in zip(lrs, lrs[1:]):
-        if scale1 < scale0:  # the scaler skipped that step (inf grads): the schedule waits for a real one
-            assert lr1 == lr0
+    scales = [r[1] for r in rec.rows]
+    assert scales == [2.0**16] * 2 + [2.0**15] * 3  # the overflow halves the scale, once
+    # cosine, warm-up 2, 5 steps, lr 0.4: after k real steps 0.4 * factor(k); step 3 was not a real one
+    factor = [1 / 3, 2 / 3, 1.0, 0.5 * (1 + math.cos(math.pi / 3)), 0.5 * (1 + math.cos(2 * math.pi / 3))]
+    assert [r[2] for r in rec.rows] == pytest.approx([0.4 * factor[k] for k in (1, 2, 2, 3, 4)])
+    for a, b in zip(rec.rows[1][3], rec.rows[2][3]):
+        assert torch.equal(a, b)  # the skipped step left the weights alone
+    assert not all(torch.equal(a, b) for a, b in zip(rec.rows[2][3], rec.rows[3][3]))
 
 
 def test_bf16_autocast_on_cpu():
@@ -200,5 +221,58 @@ def test_compiled_model_checkpoint_loads_uncompiled(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_trainer_is_a_plain_class():
-    assert Trainer.__mro__ == (Trainer, object)
+class Hooks:
+    """A duck-typed callback defining only some hooks; records each call with its arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, trainer):
+        self.calls.append(("fit_start", trainer.global_step))
+
+    def on_train_batch_end(self, trainer, loss):
+        assert isinstance(loss, float) and math.isfinite(loss)
+        self.calls.append(("batch", trainer.global_step))
+
+    def on_validation_end(self, trainer, metrics):
+        self.calls.append(("val", trainer.global_step, sorted(metrics)))
+
+    def on_fit_end(self, trainer):
+        self.calls.append(("fit_end", trainer.global_step))
+
+
+def test_hooks_are_called_in_order_with_their_arguments():
+    hooks = Hooks()
+    trainer = make_trainer(max_steps=5, val_check_interval=2, limit_val_batches=1, callbacks={"h": hooks, "none": object()})
+    trainer.fit()
+    names = ["val/acc", "val/f1", "val/loss", "val/precision", "val/recall"]
+    assert hooks.calls == [("fit_start", 0), ("batch", 1), ("batch", 2), ("val", 2, names), ("batch", 3),
+                           ("batch", 4), ("val", 4, names), ("batch", 5), ("val", 5, names), ("fit_end", 5)]
+
+
+def test_limit_val_batches_evaluates_exactly_that_many_batches():
+    trainer = make_trainer(n=128, limit_val_batches=2)  # val: 64 images in batches of 16
+    metrics = trainer.evaluate("val")
+    assert trainer.metrics.total.item() == 2 * 16
+    images, labels = next(iter(trainer.datamodule.loader("val", device=trainer.device)))
+    trainer.model.eval()
+    with torch.no_grad():
+        first = torch.nn.functional.cross_entropy(trainer.model(images), labels)
+    second_images, second_labels = list(trainer.datamodule.loader("val", device=trainer.device))[1]
+    with torch.no_grad():
+        second = torch.nn.functional.cross_entropy(trainer.model(second_images), second_labels)
+    assert metrics["val/loss"] == pytest.approx((first.item() + second.item()) / 2, rel=1e-5)
+    trainer.config.limit_val_batches = -1  # everything
+    trainer.evaluate("val")
+    assert trainer.metrics.total.item() == 64
+
+
+def test_lr_at_each_step_follows_the_warmup_and_cosine():
+    from bigmodel.callbacks import LearningRateMonitor
+
+    trainer = make_trainer(max_steps=6, lr=0.3, callbacks={"lr": LearningRateMonitor(every_n_steps=1)},
+                           limit_val_batches=1)
+    trainer.fit()
+    # warm-up of 2 steps: (k+1)/3; then cosine over the remaining 4 steps down to 0
+    factor = [2 / 3, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)]
+    assert trainer.logger.curve("lr") == [(s, pytest.approx(0.3 * f)) for s, f in enumerate(factor, 1)]
