@@ -58,3 +58,15 @@ def test_param_groups_decay_matrices_only():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert [p.shape for p in decay["params"]] == [(4, 3, 3, 3), (2, 4)]
     assert [p.shape for p in no_decay["params"]] == [(4,), (4,), (2,)]  # conv bias, bn bias, linear bias
+
+
+def test_schedule_defaults():
+    # onecycle: 20% warm-up (2 of 10 steps), then down to 0; a warm-up of at least one step
+    assert lrs(lambda o, n: onecycle(o, n), total=10) == pytest.approx([0.5, 1.0] + [k / 8 for k in range(8, -1, -1)])
+    assert lrs(lambda o, n: onecycle(o, n), total=3)[:2] == pytest.approx([1.0, 1.0])  # int(0.6) = 0 -> 1 step
+    # step: x0.1 every 1000 steps
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = step(opt, 5000)
+    assert [sched.lr_lambdas[0](s) for s in (0, 999, 1000, 2500)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    # cosine: no warm-up, down to 0
+    assert lrs(lambda o, n: cosine(o, n), total=2) == pytest.approx([1.0, 0.5, 0.0])
