@@ -70,3 +70,13 @@ def test_schedule_defaults():
     assert [sched.lr_lambdas[0](s) for s in (0, 999, 1000, 2500)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
     # cosine: no warm-up, down to 0
     assert lrs(lambda o, n: cosine(o, n), total=2) == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_schedules_with_one_step_after_warmup_and_past_the_end():
+    assert lrs(lambda o, n: cosine(o, n), total=1) == pytest.approx([1.0, 0.0])
+    assert lrs(lambda o, n: cosine(o, n, warmup_steps=2, min_lr_ratio=0.1), total=3) == pytest.approx([1 / 3, 2 / 3, 1.0, 0.1])
+    assert lrs(lambda o, n: onecycle(o, n, warmup_frac=0.5), total=2) == pytest.approx([1.0, 1.0, 0.0])
+    # stepped past total_steps (e.g. resumed with a larger max_steps): the floor, not a new cycle
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cos, one = cosine(opt, 4, min_lr_ratio=0.2).lr_lambdas[0], onecycle(opt, 4, final_ratio=0.2).lr_lambdas[0]
+    assert [cos(s) for s in (4, 6, 8)] == pytest.approx([0.2] * 3) and [one(s) for s in (4, 6)] == pytest.approx([0.2] * 2)
