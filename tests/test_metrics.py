@@ -70,3 +70,54 @@ def test_confusion_image_is_normalized_by_true_class():
         expected = torch.tensor([1 - f, 1 - 0.6 * f, 1 - 0.2 * f]).view(3, 1, 1).expand(3, 2, 2)
         torch.testing.assert_close(cell, expected)
     assert torch.equal(confusion_image(torch.zeros(2, 2, dtype=torch.long)), torch.ones(3, 24, 24))  # no rows: white
+
+
+def test_confusion_table_text_exactly():
+    m = Classification(2, ["short", "a_very_long_name"])
+    m.update(onehot_logits([0] * 12 + [1], 2), torch.tensor([0] * 12 + [1]))
+    # names cut to 10 characters; columns as wide as the widest name or count, plus one
+    assert m.table().splitlines() == [  # width 11 = len("a_very_lon") + 1
+        "true\\pred" + " " * 8 + "short" + " a_very_lon",
+        "short" + " " * 6 + " " * 9 + "12" + " " * 10 + "0",
+        "a_very_lon" + " " + " " * 10 + "0" + " " * 10 + "1",
+    ]
+
+
+class ImageLog:
+    def __init__(self):
+        self.images = []
+
+    def log_image(self, tag, image, step):
+        self.images.append((tag, image, step))
+
+
+def test_report_logs_the_confusion_image_up_to_100_classes():
+    m = Classification(3)
+    m.update(onehot_logits([0, 2, 2], 3), torch.tensor([0, 1, 2]))
+    log = ImageLog()
+    m.report(log, "val", 5)
+    [(tag, image, step)] = log.images
+    assert tag == "val/confusion_matrix" and step == 5 and torch.equal(image, confusion_image(m.confusion))
+    for n, logged in ((100, 1), (101, 0)):
+        log = ImageLog()
+        Classification(n).report(log, "test", 1)
+        assert len(log.images) == logged, n
+    log = ImageLog()
+    Classification(3, detailed=False).report(log, "val", 1)
+    assert log.images == []
+
+
+def test_language_model_counts_exactly_and_caps_perplexity():
+    m = LanguageModel()
+    assert (m.nll.dtype, m.correct.dtype, m.total.dtype) == (torch.float64, torch.long, torch.long)  # summed across ranks
+    m.update(torch.tensor([[[math.log(4.0), 0.0]]]), torch.tensor([[0]]))  # one token, p = 4/5
+    assert math.isclose(m.compute()["ppl"], 5 / 4, rel_tol=1e-6) and m.compute()["acc"] == 1.0
+    m.reset()
+    m.update(torch.tensor([[[200.0, 0.0]]]), torch.tensor([[1]]))  # nll 200: exp would overflow
+    assert m.compute()["ppl"] == math.exp(50.0)
+
+
+def test_confusion_image_rows_of_one_sample():
+    img = confusion_image(torch.tensor([[0, 1], [0, 0]]), cell=1)  # row 0: one sample, predicted 1
+    torch.testing.assert_close(img[:, 0, 1], torch.tensor([0.0, 0.4, 0.8]))  # a full cell: dark blue
+    torch.testing.assert_close(img[:, 0, 0], torch.ones(3))
