@@ -121,3 +121,17 @@ def test_confusion_image_rows_of_one_sample():
     img = confusion_image(torch.tensor([[0, 1], [0, 0]]), cell=1)  # row 0: one sample, predicted 1
     torch.testing.assert_close(img[:, 0, 1], torch.tensor([0.0, 0.4, 0.8]))  # a full cell: dark blue
     torch.testing.assert_close(img[:, 0, 0], torch.ones(3))
+
+
+def test_classification_small_counts_by_hand():
+    m = Classification(3)
+    assert m.class_names == ["0", "1", "2"]  # default names: the indices
+    m.update(onehot_logits([1, 1, 0, 0, 2], 3), torch.tensor([0, 1, 1, 1, 2]))
+    out = m.compute()
+    # precision by class 0/2, 1/2, 1/1; recall 0/1, 1/3, 1/1 (class 2: a single sample); f1 0, 0.4, 1
+    assert out["acc"] == 2 / 5
+    assert math.isclose(out["precision"], 1.5 / 3) and math.isclose(out["recall"], (1 / 3 + 1) / 3)
+    assert math.isclose(out["f1"], 1.4 / 3)
+    one = Classification(2)
+    one.update(onehot_logits([1], 2), torch.tensor([1]))
+    assert one.compute()["acc"] == 1.0
