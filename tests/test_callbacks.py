@@ -64,21 +64,22 @@ def test_early_stopped_run_is_still_tested(compose_train, tmp_path):
 
 
 class FakeTrainer:
-    """Records which checkpoint paths are written at which step, with a stand-in for the weights."""
+    """Records which checkpoint files are written at which step, what is printed and stop requests."""
 
     def __init__(self):
         self.global_step, self.saved = 0, []
+        self.printed, self.should_stop = [], False
 
     def save_checkpoint(self, path):
         self.saved.append((path.rsplit("/", 1)[-1], self.global_step))
 
     def print(self, msg):
-        pass
+        self.printed.append(msg)
 
 
 @pytest.mark.parametrize("mode,values,best_steps", [
     ("max", [0.5, 0.3, 0.7, 0.7, 0.6], [1, 3]),  # ties are no improvement
-    ("min", [2.0, 1.0, 1.5, 0.5, 3.0], [1, 2, 4]),
+    ("min", [2.0, 1.0, 1.5, 0.5, 0.5, 3.0], [1, 2, 4]),
     ("min", [float("nan"), 2.0, float("nan"), 1.0], [2, 4]),  # a NaN is never the best
 ])
 def test_best_is_written_only_when_the_monitor_improves(mode, values, best_steps):
@@ -147,3 +148,53 @@ def test_early_stopping_and_best_survive_a_stop_and_resume(tmp_path):
     assert b["callbacks"]["model_checkpoint"]["best"] == a["callbacks"]["model_checkpoint"]["best"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_callback_defaults():
+    cb, es = ModelCheckpoint("ck"), EarlyStopping()
+    assert (cb.monitor, cb.mode, cb.save_last, cb.save_best, cb.best) == ("val/loss", "min", True, True, None)
+    assert cb.best_path == "ck/best.pt" and cb.last_path == "ck/last.pt"
+    assert (es.monitor, es.mode, es.patience, es.min_delta) == ("val/loss", "min", 5, 0.0)
+    assert es.state_dict() == {"best": None, "bad_evals": 0}
+    assert LearningRateMonitor().every_n_steps == 10
+
+
+def feed(stopper, values):
+    """Validations with these values; the step at which the stopper asked to stop (None if never)."""
+    fake = FakeTrainer()
+    for step, v in enumerate(values, 1):
+        fake.global_step = step
+        stopper.on_validation_end(fake, {"val/m": v})
+        if fake.should_stop:
+            return step, fake.printed
+    return None, fake.printed
+
+
+def test_early_stopping_counts_stalls_by_mode_and_min_delta():
+    assert feed(EarlyStopping("val/m", "min", patience=1), [3.0, 2.0, 1.0])[0] is None  # improving: never
+    assert feed(EarlyStopping("val/m", "max", patience=1), [3.0, 2.0, 1.0])[0] == 2
+    assert feed(EarlyStopping("val/m", "min", patience=2), [1.0, 1.0, 0.5, 0.5, 0.5])[0] == 5  # a tie stalls
+    assert feed(EarlyStopping("val/m", "min", patience=2, min_delta=0.1), [1.0, 0.95, 0.92, 0.5])[0] == 3
+    step, printed = feed(EarlyStopping("val/m", "max", patience=2), [float("nan"), float("nan"), 1.0])
+    assert step == 2 and printed == ["early stopping: val/m has not improved for 2 evaluations"]
+
+
+def test_a_monitor_missing_at_validation_is_named():
+    for cb, key in ((ModelCheckpoint("ck", monitor="val/m"), "model_checkpoint"),
+                    (EarlyStopping(monitor="val/m"), "early_stopping")):
+        with pytest.raises(ConfigError, match=f"^callbacks.{key}.monitor='val/m' is not a logged metric; valid: \\['val/x'\\]$"):
+            cb.on_validation_end(FakeTrainer(), {"val/x": 1.0})
+
+
+def test_lr_monitor_logs_the_first_group_every_n_steps():
+    from helpers import RecordingLogger
+
+    fake = FakeTrainer()
+    fake.logger = RecordingLogger()
+    fake.optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+                                      {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2}])
+    mon = LearningRateMonitor(every_n_steps=3)
+    for step in range(1, 8):
+        fake.global_step = step
+        mon.on_train_batch_end(fake, 1.0)
+    assert fake.logger.rows == [(3, "lr", 0.1), (6, "lr", 0.1)]
