@@ -7,6 +7,7 @@ import torch
 
 from bigmodel import checkpoint
 from bigmodel.callbacks import ModelCheckpoint
+from bigmodel.checkpoint import CheckpointError, check_resumable, config_diff, load_model_state, newest
 from helpers import StopAt, make_trainer
 
 
@@ -135,3 +136,65 @@ def test_ckpt_path_auto_picks_own_folder_then_newest_else_fresh(compose_train, t
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
     assert resolve_ckpt_path(cfg) is None  # a sweep job never takes a sibling's or another run's checkpoint
+
+
+# ---------------------------------------------------------------- checkpoint.py helpers on their own
+def test_wrapped_model_prefixes_are_stripped():
+    src = torch.nn.Linear(2, 3)
+    for prefix in ("module.", "_orig_mod.", "_orig_mod.module."):  # DDP, torch.compile, both
+        dst = torch.nn.Linear(2, 3)
+        load_model_state(dst, {prefix + k: v for k, v in src.state_dict().items()})
+        assert torch.equal(dst.weight, src.weight) and torch.equal(dst.bias, src.bias), prefix
+
+
+def test_any_one_kind_of_mismatch_is_refused_with_a_short_list():
+    model = torch.nn.Linear(2, 3)
+    state = model.state_dict()
+    with pytest.raises(CheckpointError, match=r"does not fit this model: missing \['bias'\]$"):
+        load_model_state(model, {"weight": state["weight"]})
+    with pytest.raises(CheckpointError, match=r"does not fit this model: unexpected \['extra'\]$"):
+        load_model_state(model, {**state, "extra": torch.zeros(1)})
+    many = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(7)])
+    with pytest.raises(CheckpointError, match=r"missing \['0.weight', '1.weight', '2.weight', '3.weight', "
+                                              r"'4.weight'\] \.\.\.$"):
+        load_model_state(many, {})
+    few = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(5)])
+    with pytest.raises(CheckpointError, match=r"'4.weight'\]$"):
+        load_model_state(few, {})
+
+
+def test_config_diff_names_each_changed_leaf():
+    assert config_diff({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}}, "m") == [("m.b.c", 2, 3)]
+    assert config_diff({"a": 1}, {"a": 1, "b": 2}, "m") == [("m.b", None, 2)]  # keys of either side
+    assert config_diff({"a": 1}, None, "m") == [("m", {"a": 1}, None)]
+    assert config_diff({1: "x", "b": 2}, {1: "y", "b": 3}, "m") == [("m.1", "x", "y"), ("m.b", 2, 3)]  # mixed keys
+
+
+def test_check_resumable_needs_both_configs_and_lists_every_difference():
+    saved = {"config": {"model": {"widths": [8]}, "optimizer": {"_target_": "SGD"}}}
+    check_resumable(saved, None, "p")  # nothing to compare with
+    check_resumable({}, {"model": {"widths": [16]}}, "p")
+    with pytest.raises(CheckpointError, match=r"^ckpt_path='p' does not fit this run: model.widths: \[8\] in the "
+                                              r"checkpoint, \[16\] now; optimizer: SGD in the checkpoint, AdamW now$"):
+        check_resumable(saved, {"model": {"widths": [16]}, "optimizer": {"_target_": "AdamW"}}, "p")
+
+
+def test_newest_goes_by_write_time_not_name(tmp_path):
+    a, b = (tmp_path / r / "checkpoints" / "last.pt" for r in ("a", "b"))
+    for p, t in ((a, 2_000), (b, 1_000)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"")
+        os.utime(p, (t, t))
+    assert newest(tmp_path) == a
+    with pytest.raises(CheckpointError, match=f"under {str(tmp_path / 'x')!r} to resume from"):
+        newest(tmp_path / "x")
+
+
+def test_rng_state_round_trip():
+    import random
+
+    state = checkpoint.rng_state()
+    first = (random.random(), torch.rand(3))
+    checkpoint.set_rng_state(state)
+    again = (random.random(), torch.rand(3))
+    assert first[0] == again[0] and torch.equal(first[1], again[1])
