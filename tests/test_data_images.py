@@ -25,6 +25,44 @@ def test_sampler_shards_and_resumes():
     assert padded == [[0, 2, 4], [1, 3, 0]]
 
 
+def test_sampler_lengths_limits_and_order():
+    assert list(ResumableSampler(4, shuffle=False, seed=0)) == [0, 1, 2, 3]
+    assert list(ResumableSampler(7, shuffle=True, seed=7, epoch=5)) == torch.randperm(
+        7, generator=torch.Generator().manual_seed(7 + 5)).tolist()  # the order depends on seed + epoch only
+    s = ResumableSampler(10, shuffle=False, seed=0, rank=1, world_size=3, skip=1)
+    assert (len(s), list(s)) == (3, [4, 7, 0])  # 4 per rank (padded), one skipped
+    assert len(ResumableSampler(10, shuffle=False, seed=0, skip=12)) == 0
+    limited = ResumableSampler(10, shuffle=True, seed=1, limit=4)
+    full = list(ResumableSampler(10, shuffle=True, seed=1))
+    assert list(limited) == full[:4] and len(limited) == 4  # the first 4 of the epoch's order
+    assert len(ResumableSampler(10, shuffle=True, seed=1, limit=40)) == 10
+
+
+def test_make_loader_batches_resumes_and_passes_its_options():
+    from bigmodel.data.loading import default_workers, make_loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = make_loader(data, batch_size=3, shuffle=False, seed=0, skip_batches=1, drop_last=True,
+                         collate_fn=lambda items: [int(i) for (i,) in items])
+    assert list(loader) == [[3, 4, 5], [6, 7, 8]]  # batches after the first; the last partial one dropped
+    assert loader.num_workers == 0 and loader.prefetch_factor is None and not loader.pin_memory
+    two = make_loader(data, batch_size=4, shuffle=True, seed=2, epoch=1, rank=1, world_size=2)
+    order = list(ResumableSampler(10, shuffle=True, seed=2, epoch=1))
+    assert [b[0].tolist() for b in two] == [order[1::2][:4], order[1::2][4:]]
+    workers = make_loader(data, batch_size=4, shuffle=False, seed=0, num_workers=1)
+    assert workers.prefetch_factor == 4 and not workers.persistent_workers
+    assert [b[0].tolist() for b in workers] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert 0 <= default_workers() <= 8
+
+
+def test_default_workers_leaves_one_core(monkeypatch):
+    from bigmodel.data import loading
+
+    for cores, workers in ((None, 0), (1, 0), (2, 1), (5, 4), (64, 8)):
+        monkeypatch.setattr(loading.os, "cpu_count", lambda: cores)
+        assert loading.default_workers() == workers, cores
+
+
 def test_each_rank_draws_its_own_augmentation():
     images = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(1, 8, 8, 3).repeat(4, 1, 1, 1)  # 4 equal images
     labels = torch.zeros(4, dtype=torch.long)
