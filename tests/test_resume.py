@@ -198,3 +198,49 @@ def test_rng_state_round_trip():
     checkpoint.set_rng_state(state)
     again = (random.random(), torch.rand(3))
     assert first[0] == again[0] and torch.equal(first[1], again[1])
+
+
+def test_save_atomic_makes_folders_and_writes_beside_the_target(tmp_path, monkeypatch):
+    target = tmp_path / "a" / "b" / "last.pt"
+    checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "v": 1}, target)  # folders made on the way
+    assert checkpoint.load(target)["v"] == 1
+    during = []
+
+    def look_then_fail(obj, f):
+        during.extend(sorted(os.listdir(target.parent)))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", look_then_fail)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({}, target)
+    # the temporary file sits beside the target (so the rename is atomic), hidden, named after it
+    assert len(during) == 2 and during[1] == "last.pt"
+    assert during[0].startswith(".last.pt.") and during[0].endswith(".tmp")
+    assert os.listdir(target.parent) == ["last.pt"]  # and is removed when writing fails
+
+
+def test_load_errors_name_the_file_and_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match=f"^ckpt_path={str(tmp_path / 'none.pt')!r}: no such file$"):
+        checkpoint.load(tmp_path / "none.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError, match=f"^ckpt_path={str(bad)!r} is not a readable checkpoint \\((?!NoneType)\\w+: "):
+        checkpoint.load(bad)
+    for name, obj in (("list.pt", [1, 2]), ("other.pt", {"format": 99})):
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"^ckpt_path={str(tmp_path / name)!r} is not a bigmodel checkpoint "
+                                                  f"\\(format {checkpoint.FORMAT_VERSION}\\)$"):
+            checkpoint.load(tmp_path / name)
+
+
+def test_mismatch_lists_are_cut_at_five():
+    many = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(6)])
+    extra = {f"x{i}": torch.zeros(1) for i in range(6)}
+    full = dict(many.state_dict())
+    with pytest.raises(CheckpointError, match=r"unexpected \['x0', 'x1', 'x2', 'x3', 'x4'\] \.\.\.$"):
+        load_model_state(many, {**full, **extra})
+    with pytest.raises(CheckpointError, match=r"unexpected \['x0', 'x1', 'x2', 'x3', 'x4'\]$"):
+        load_model_state(many, {**full, **{k: v for k, v in extra.items() if k != "x5"}})
+    wrong = {k: torch.zeros(2, 1) for k in full}
+    with pytest.raises(CheckpointError, match=r"shape mismatch ([0-9]\.weight: checkpoint \(2, 1\) vs model \(1, 1\)(; |$)){5}$"):
+        load_model_state(many, wrong)
