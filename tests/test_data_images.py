@@ -55,6 +55,19 @@ def test_make_loader_batches_resumes_and_passes_its_options():
     assert 0 <= default_workers() <= 8
 
 
+def test_make_loader_leaves_the_global_rng_alone_and_pins_only_with_cuda():
+    from bigmodel.data.loading import make_loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(6))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for _ in make_loader(data, batch_size=2, shuffle=True, seed=1):
+        pass
+    assert torch.equal(torch.get_rng_state(), before)  # a resumed run's RNG stream is not shifted
+    pinned = make_loader(data, batch_size=2, shuffle=False, seed=0, pin_memory=True).pin_memory
+    assert pinned == torch.cuda.is_available()
+
+
 def test_default_workers_leaves_one_core(monkeypatch):
     from bigmodel.data import loading
 
