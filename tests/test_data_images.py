@@ -27,6 +27,7 @@ def test_sampler_shards_and_resumes():
 
 def test_sampler_lengths_limits_and_order():
     assert list(ResumableSampler(4, shuffle=False, seed=0)) == [0, 1, 2, 3]
+    assert list(ResumableSampler(9, shuffle=True, seed=3)) == list(ResumableSampler(9, shuffle=True, seed=3, epoch=0))
     assert list(ResumableSampler(7, shuffle=True, seed=7, epoch=5)) == torch.randperm(
         7, generator=torch.Generator().manual_seed(7 + 5)).tolist()  # the order depends on seed + epoch only
     s = ResumableSampler(10, shuffle=False, seed=0, rank=1, world_size=3, skip=1)
@@ -53,6 +54,8 @@ def test_make_loader_batches_resumes_and_passes_its_options():
     assert workers.prefetch_factor == 4 and not workers.persistent_workers
     assert [b[0].tolist() for b in workers] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert 0 <= default_workers() <= 8
+    first = [b[0].tolist() for b in make_loader(data, batch_size=10, shuffle=True, seed=4)]
+    assert first == [[int(i) for i in ResumableSampler(10, shuffle=True, seed=4, epoch=0)]]  # epoch 0 by default
 
 
 def test_make_loader_leaves_the_global_rng_alone_and_pins_only_with_cuda():

@@ -126,6 +126,7 @@ def test_confusion_image_rows_of_one_sample():
 def test_classification_small_counts_by_hand():
     m = Classification(3)
     assert m.class_names == ["0", "1", "2"]  # default names: the indices
+    assert all(t.dtype == torch.long for t in m.state())  # exact counts, summed across ranks
     m.update(onehot_logits([1, 1, 0, 0, 2], 3), torch.tensor([0, 1, 1, 1, 2]))
     out = m.compute()
     # precision by class 0/2, 1/2, 1/1; recall 0/1, 1/3, 1/1 (class 2: a single sample); f1 0, 0.4, 1

@@ -154,7 +154,9 @@ def test_any_one_kind_of_mismatch_is_refused_with_a_short_list():
         load_model_state(model, {"weight": state["weight"]})
     with pytest.raises(CheckpointError, match=r"does not fit this model: unexpected \['extra'\]$"):
         load_model_state(model, {**state, "extra": torch.zeros(1)})
-    many = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(7)])
+    with pytest.raises(CheckpointError, match=r"^checkpoint '' does not fit this model"):  # no path given
+        load_model_state(model, {})
+    many = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(6)])
     with pytest.raises(CheckpointError, match=r"missing \['0.weight', '1.weight', '2.weight', '3.weight', "
                                               r"'4.weight'\] \.\.\.$"):
         load_model_state(many, {})
