@@ -246,3 +246,59 @@ def test_mismatch_lists_are_cut_at_five():
     wrong = {k: torch.zeros(2, 1) for k in full}
     with pytest.raises(CheckpointError, match=r"shape mismatch ([0-9]\.weight: checkpoint \(2, 1\) vs model \(1, 1\)(; |$)){5}$"):
         load_model_state(many, wrong)
+
+
+# ---------------------------------------------------------------- Trainer.state_dict / load_checkpoint
+def test_resume_checks_the_config_and_names_the_file(tmp_path):
+    trainer = make_trainer(max_steps=2, callbacks=_ckpt(tmp_path))
+    trainer.checkpoint_extras = {"config": {"model": {"widths": [8]}, "optimizer": {"_target_": "SGD"}}}
+    trainer.fit()
+    path = str(tmp_path / "last.pt")
+    other = make_trainer()
+    other.checkpoint_extras = {"config": {"model": {"widths": [16]}, "optimizer": {"_target_": "SGD"}}}
+    with pytest.raises(CheckpointError, match=f"^ckpt_path={path!r} does not fit this run: model.widths"):
+        other.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=f"^checkpoint {path!r} does not fit this model"):
+        make_trainer(bn=False).load_checkpoint(path)
+    one_group = make_trainer()
+    one_group.optimizer = torch.optim.SGD(one_group.model.parameters(), lr=0.1)  # the checkpoint has two groups
+    with pytest.raises(CheckpointError, match=f"^checkpoint {path!r}: optimizer state does not fit optimizer=SGD \\("):
+        one_group.load_checkpoint(path)
+
+
+def test_resume_into_fewer_parts_and_the_message(tmp_path, caplog):
+    trainer = make_trainer(max_steps=3, callbacks=_ckpt(tmp_path))
+    trainer.fit()
+    bare = make_trainer(max_steps=5)
+    bare.scheduler_factory = None  # no scheduler, no callbacks: their saved states are skipped
+    with caplog.at_level("INFO", logger="bigmodel"):
+        bare.fit(ckpt_path=str(tmp_path / "last.pt"))
+    assert bare.global_step == 5 and bare.scheduler is None
+    assert f"resumed from {tmp_path / 'last.pt'} at epoch 0, step 3" in caplog.text
+    no_opt = make_trainer()
+    no_opt.optimizer, no_opt.scheduler = None, None
+    state = no_opt.state_dict()
+    assert state["optimizer"] is None and state["scheduler"] is None
+
+
+def test_fp16_resume_restores_the_loss_scale(tmp_path):
+    from bigmodel.config import Precision
+    from test_trainer import InfGradAt
+
+    first = make_trainer(max_steps=6, precision=Precision.fp16, bn=False, callbacks={**_ckpt(tmp_path), "stop": StopAt(2)})
+    first.model[-1].weight.register_hook(InfGradAt(1))  # one overflow: the scale halves
+    first.fit()
+    assert first.scaler.get_scale() == 2.0**15
+    resumed = make_trainer(max_steps=6, precision=Precision.fp16, bn=False)
+    resumed.load_checkpoint(str(tmp_path / "last.pt"))
+    assert resumed.scaler.get_scale() == 2.0**15 and resumed.global_step == 2
+
+
+def test_a_stop_request_finishes_the_step_then_stops(caplog):
+    trainer = make_trainer(max_steps=5)
+    with caplog.at_level("INFO", logger="bigmodel"):
+        trainer._request_stop("SIGTERM")
+    assert trainer.should_stop is True and trainer.interrupted is True
+    assert "received SIGTERM: finishing this step, then saving last.pt" in caplog.text
+    trainer.fit()
+    assert trainer.global_step == 0  # stopped before any step: nothing to finish
