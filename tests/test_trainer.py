@@ -1,6 +1,7 @@
 """The training loop: fitting, accumulation, clipping, precision, non-finite losses, profiler."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -276,3 +277,14 @@ def test_lr_at_each_step_follows_the_warmup_and_cosine():
     # warm-up of 2 steps: (k+1)/3; then cosine over the remaining 4 steps down to 0
     factor = [2 / 3, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)]
     assert trainer.logger.curve("lr") == [(s, pytest.approx(0.3 * f)) for s, f in enumerate(factor, 1)]
+
+
+def test_validation_line_and_metric_names(caplog):
+    trainer = make_trainer(max_steps=2, limit_val_batches=1)
+    assert trainer.metric_names() == ["val/loss", "val/acc", "val/precision", "val/recall", "val/f1"]
+    assert trainer.metric_names("test")[0] == "test/loss"
+    with caplog.at_level("INFO", logger="bigmodel"):
+        trainer.fit()
+    v = r"[0-9]+\.[0-9]{4}"
+    assert re.search(f"epoch 0 step 2: val/loss={v}  val/acc={v}  val/precision={v}  val/recall={v}  val/f1={v}$",
+                     caplog.text, re.M)
