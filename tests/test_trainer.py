@@ -193,8 +193,10 @@ def test_simple_profiler_reports_phases(caplog):
     trainer = make_trainer(max_steps=3, profiler=Profiler.simple)
     with caplog.at_level("INFO", logger="bigmodel"):
         trainer.fit()
-    text = caplog.text
-    assert "profile:" in text and all(p in text for p in ("forward", "backward", "optimizer", "data"))
+    table = caplog.text.split("profile:\n", 1)[1].splitlines()
+    assert table[0].split() == ["phase", "calls", "mean", "ms", "total", "s", "share"]
+    calls = {row.split()[0]: int(row.split()[1]) for row in table[1:5]}
+    assert calls == {"data": 3, "forward": 3, "backward": 3, "optimizer": 3}  # one of each per step
 
 
 def test_torch_profiler_writes_a_trace(tmp_path):
@@ -288,3 +290,34 @@ def test_validation_line_and_metric_names(caplog):
     v = r"[0-9]+\.[0-9]{4}"
     assert re.search(f"epoch 0 step 2: val/loss={v}  val/acc={v}  val/precision={v}  val/recall={v}  val/f1={v}$",
                      caplog.text, re.M)
+
+
+def test_max_steps_of_one_and_epochs_limited_by_batches():
+    one = make_trainer(max_steps=1, max_epochs=3, limit_val_batches=1)
+    one.fit()
+    assert one.global_step == 1
+    two = make_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1)
+    two.fit()
+    assert two.global_step == 6 and two.epoch == 2  # 3 batches an epoch, not 4
+    assert [t for t in two.logger.images if t.startswith("train/")] == ["train/inputs"]  # once, at the first batch
+
+
+def test_a_loader_shorter_than_its_len_ends_the_epoch_not_the_run():
+    trainer = make_trainer(max_epochs=2, limit_val_batches=1)
+    real = trainer.datamodule.loader
+
+    class Short:
+        """Claims 2 more batches than it yields."""
+
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader) + 2
+
+        def __iter__(self):
+            return iter(self.loader)
+
+    trainer.datamodule.loader = lambda split, **kw: Short(real(split, **kw)) if split == "train" else real(split, **kw)
+    trainer.fit()
+    assert trainer.global_step == 2 * 8 and trainer.epoch == 2
