@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bigmodel.config import NonFinite, Precision, Profiler
-from helpers import make_trainer
+from helpers import StopAt, make_trainer
 
 
 def test_trainer_overfits_one_small_batch():
@@ -321,3 +321,34 @@ def test_a_loader_shorter_than_its_len_ends_the_epoch_not_the_run():
     trainer.datamodule.loader = lambda split, **kw: Short(real(split, **kw)) if split == "train" else real(split, **kw)
     trainer.fit()
     assert trainer.global_step == 2 * 8 and trainer.epoch == 2
+
+
+def test_accumulated_step_logs_the_mean_of_its_micro_batch_losses():
+    trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, bn=False, augment=False, lr=0.0,
+                           limit_val_batches=1)  # lr 0: the weights stay, so the losses can be recomputed
+    batches = list(trainer.datamodule.loader("train", epoch=0))
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(trainer.model(x), y).item() for x, y in batches[:6]]
+    trainer.fit()
+    expected = [(losses[2 * k] + losses[2 * k + 1]) / 2 for k in range(3)]
+    assert [v for _, v in trainer.logger.curve("train/loss")] == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_epoch_that_ends_exactly_at_max_steps_counts_as_done():
+    trainer = make_trainer(max_steps=8, limit_val_batches=1)  # 8 batches an epoch
+    trainer.fit()
+    assert (trainer.global_step, trainer.epoch, trainer.batch_in_epoch) == (8, 1, 0)
+
+
+def test_a_signal_during_training_marks_the_run_interrupted():
+    class Signal:
+        def on_train_batch_end(self, trainer, loss):
+            if trainer.global_step == 2:
+                trainer._request_stop("SIGINT")
+
+    trainer = make_trainer(max_steps=6, limit_val_batches=1, callbacks={"sig": Signal()})
+    trainer.fit()
+    assert trainer.global_step == 2 and trainer.interrupted is True and trainer.should_stop is True
+    stopper = make_trainer(max_steps=6, limit_val_batches=1, callbacks={"stop": StopAt(2)})
+    stopper.fit()
+    assert stopper.global_step == 2 and stopper.interrupted is False  # a callback's stop is not a signal
