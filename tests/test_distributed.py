@@ -133,7 +133,7 @@ def test_ddp_two_gloo_processes_match_one_process_fast(tmp_path, one_thread):
 
     from helpers import ddp_worker, make_trainer
 
-    config = dict(bn=False, augment=False, max_steps=3, lr=0.5, accumulate_grad_batches=2)  # ranks sync on the last micro-batch
+    config = dict(bn=False, augment=False, max_steps=3, lr=0.5, accumulate_grad_batches=2)  # syncs once a step
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
