@@ -78,7 +78,8 @@ class NaNAt:
 def test_nonfinite_loss_stops_with_clear_error():
     trainer = make_trainer(max_steps=5, on_nonfinite=NonFinite.stop)
     trainer.loss_fn = NaNAt(3)
-    with pytest.raises(FloatingPointError, match="non-finite loss .* step 3"):
+    with pytest.raises(FloatingPointError, match=r"^non-finite loss nan at step 3 \(epoch 0\); set trainer.on_nonfinite="
+                                                 r"skip to drop such steps, or lower optimizer.lr$"):
         trainer.fit()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
@@ -352,3 +353,38 @@ def test_a_signal_during_training_marks_the_run_interrupted():
     stopper = make_trainer(max_steps=6, limit_val_batches=1, callbacks={"stop": StopAt(2)})
     stopper.fit()
     assert stopper.global_step == 2 and stopper.interrupted is False  # a callback's stop is not a signal
+
+
+def test_train_accuracy_skips_ignored_targets_and_throughput_counts_samples(monkeypatch):
+    import types
+
+    import bigmodel.trainer as trainer_module
+
+    trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, bn=False, augment=False, lr=0.0,
+                           limit_val_batches=1)
+    real = trainer.datamodule.loader
+
+    def with_ignored(split, **kw):  # the first target of every train batch is ignored (-100)
+        for x, y in real(split, **kw):
+            yield x, (torch.cat([torch.tensor([-100]), y[1:]]) if split == "train" else y)
+
+    trainer.datamodule.loader = lambda split, **kw: (list(with_ignored(split, **kw)) if split == "train"
+                                                     else real(split, **kw))
+    batches = trainer.datamodule.loader("train", epoch=0)[:6]
+    with torch.no_grad():
+        hits = [((trainer.model(x).argmax(-1) == y) & (y != -100)).sum().item() for x, y in batches]
+    clock = iter(range(100))
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    trainer.fit()
+    expected = [(hits[2 * k] + hits[2 * k + 1]) / 14 for k in range(3)]  # 2 batches of 8, one ignored in each
+    assert [v for _, v in trainer.logger.curve("train/acc")] == pytest.approx(expected)
+    assert [v for _, v in trainer.logger.curve("perf/samples_per_sec")] == [16.0] * 3  # 16 samples, 1 "second" apart
+
+
+def test_fp16_clipping_measures_the_unscaled_gradient_norm():
+    fp16 = make_trainer(max_steps=2, precision=Precision.fp16, gradient_clip_val=1e-3, bn=False, limit_val_batches=1)
+    fp16.fit()
+    plain = make_trainer(max_steps=2, gradient_clip_val=1e-3, bn=False, limit_val_batches=1)
+    plain.fit()
+    got, ref = (t.logger.curve("train/grad_norm")[0][1] for t in (fp16, plain))
+    assert got == pytest.approx(ref, rel=0.05)  # the same first step, in half precision: not 65536x
