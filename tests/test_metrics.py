@@ -136,3 +136,10 @@ def test_classification_small_counts_by_hand():
     one = Classification(2)
     one.update(onehot_logits([1], 2), torch.tensor([1]))
     assert one.compute()["acc"] == 1.0
+
+
+def test_undetailed_metrics_keep_accuracy_only():
+    m = Classification(3, detailed=False)
+    m.update(onehot_logits([0, 1, 1], 3), torch.tensor([0, 1, 2]))
+    assert m.compute() == {"acc": 2 / 3}
+    assert m.table() == "(no confusion matrix: detailed=false)"  # not a 1x1 matrix under the first class name
