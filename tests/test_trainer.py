@@ -84,11 +84,12 @@ def test_nonfinite_loss_stops_with_clear_error():
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_nonfinite_loss_skip_drops_the_step():
+def test_nonfinite_loss_skip_drops_the_step(caplog):
     trainer = make_trainer(max_steps=4, on_nonfinite=NonFinite.skip, limit_val_batches=1)
     trainer.loss_fn = NaNAt(2)
-    trainer.fit()
-    assert trainer.global_step == 4
+    with caplog.at_level("INFO", logger="bigmodel"):
+        trainer.fit()
+    assert trainer.global_step == 4 and "skipping step 2: non-finite loss nan" in caplog.text
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert all(math.isfinite(v) for _, v in trainer.logger.curve("train/loss"))
 
@@ -98,7 +99,9 @@ def test_nonfinite_skip_gives_up_when_every_step_is_nan():
 
     trainer = make_trainer(max_steps=5, on_nonfinite=NonFinite.skip, limit_val_batches=1)
     trainer.loss_fn = lambda logits, targets: logits.sum() * float("nan")
-    with pytest.raises(FloatingPointError, match=f"{MAX_SKIPS_IN_A_ROW} steps in a row"):
+    with pytest.raises(FloatingPointError, match=f"^{MAX_SKIPS_IN_A_ROW} steps in a row had a non-finite loss \\(last at "
+                                                 f"step 1\\): the weights or the data hold NaN/inf; lower optimizer.lr "
+                                                 "or check the data$"):
         trainer.fit()  # a run whose every step is skipped would otherwise never end
     assert trainer.global_step == 0
 
@@ -388,3 +391,46 @@ def test_fp16_clipping_measures_the_unscaled_gradient_norm():
     plain.fit()
     got, ref = (t.logger.curve("train/grad_norm")[0][1] for t in (fp16, plain))
     assert got == pytest.approx(ref, rel=0.05)  # the same first step, in half precision: not 65536x
+
+
+class NaNOn:
+    """A cross-entropy that is NaN on the given calls (1-based)."""
+
+    def __init__(self, calls):
+        self.bad, self.calls = set(calls), 0
+
+    def __call__(self, logits, targets):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+        return loss * float("nan") if self.calls in self.bad else loss
+
+
+def test_skips_in_a_row_reset_after_a_good_step(monkeypatch):
+    import bigmodel.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_SKIPS_IN_A_ROW", 3)
+    trainer = make_trainer(max_steps=3, on_nonfinite=NonFinite.skip, limit_val_batches=1)
+    trainer.loss_fn = NaNOn([1, 2, 4, 5, 7, 8])  # never 3 in a row
+    trainer.fit()
+    assert trainer.global_step == 3
+
+
+def test_fp16_skipped_nan_step_backs_off_the_loss_scale():
+    trainer = make_trainer(max_steps=3, precision=Precision.fp16, on_nonfinite=NonFinite.skip, limit_val_batches=1,
+                           bn=False)  # this model never overflows on its own: 2 ** 16 stays until the NaN
+    trainer.loss_fn = NaNOn([2])
+    trainer.fit()
+    assert trainer.global_step == 3 and trainer.scaler.get_scale() == 2.0**15
+
+
+def test_logged_train_loss_is_the_mean_over_the_log_window():
+    trainer = make_trainer(max_steps=4, log_every_n_steps=2, bn=False, augment=False, lr=0.0, limit_val_batches=1)
+    batches = list(trainer.datamodule.loader("train", epoch=0))[:4]
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(trainer.model(x), y).item() for x, y in batches]
+        hits = [(trainer.model(x).argmax(-1) == y).sum().item() for x, y in batches]
+    trainer.fit()
+    assert trainer.logger.curve("train/loss") == [(2, pytest.approx((losses[0] + losses[1]) / 2, rel=1e-5)),
+                                                  (4, pytest.approx((losses[2] + losses[3]) / 2, rel=1e-5))]
+    assert [v for _, v in trainer.logger.curve("train/acc")] == pytest.approx([(hits[0] + hits[1]) / 16,
+                                                                              (hits[2] + hits[3]) / 16])
