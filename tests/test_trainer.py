@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bigmodel.config import NonFinite, Precision, Profiler
-from helpers import StopAt, make_trainer
+from helpers import RecordingLogger, StopAt, make_trainer
 
 
 def test_trainer_overfits_one_small_batch():
@@ -434,3 +434,34 @@ def test_logged_train_loss_is_the_mean_over_the_log_window():
                                                   (4, pytest.approx((losses[2] + losses[3]) / 2, rel=1e-5))]
     assert [v for _, v in trainer.logger.curve("train/acc")] == pytest.approx([(hits[0] + hits[1]) / 16,
                                                                               (hits[2] + hits[3]) / 16])
+
+
+class ImageLogger(RecordingLogger):
+    def log_image(self, tag, image, step):
+        super().log_image(tag, image, step)
+        self.grids = getattr(self, "grids", []) + [(tag, image, step)]
+
+
+def test_input_grid_shows_the_first_16_images_each_scaled_to_0_1():
+    trainer = make_trainer(max_steps=1, batch_size=32, limit_val_batches=1)
+    trainer.logger = ImageLogger()
+    trainer.fit()
+    [(tag, grid, step)] = [g for g in trainer.logger.grids if g[0] == "train/inputs"]
+    # 16 images of 8x8 in rows of 8 with 2-pixel borders: 2 rows -> 2 + 2 * 10 high, 2 + 8 * 10 wide
+    assert step == 0 and grid.shape == (3, 22, 82)
+    for r in range(2):
+        for c in range(8):
+            cell = grid[:, 2 + 10 * r : 10 + 10 * r, 2 + 10 * c : 10 + 10 * c]
+            assert cell.min().item() == 0.0 and cell.max().item() == 1.0  # each image stretched on its own
+
+
+def test_only_image_batches_on_rank_zero_make_an_input_grid():
+    trainer = make_trainer()
+    for x in (torch.zeros(4, 3), torch.zeros(4, 2, 8, 8), torch.zeros(4, 8, 8)):  # tokens, 2 channels, no channels
+        trainer._log_inputs(x)
+    assert trainer.logger.images == []
+    trainer._log_inputs(torch.rand(4, 1, 8, 8))  # grey images are fine
+    assert trainer.logger.images == ["train/inputs"]
+    trainer.is_global_zero = False
+    trainer._log_inputs(torch.rand(4, 3, 8, 8))
+    assert trainer.logger.images == ["train/inputs"]
