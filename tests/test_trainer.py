@@ -109,7 +109,8 @@ def test_nonfinite_skip_gives_up_when_every_step_is_nan():
 def test_no_training_batches_is_a_clear_error():
     from bigmodel.data.errors import DataError
 
-    with pytest.raises(DataError, match="no training batches.*limit_train_batches=0"):
+    with pytest.raises(DataError, match=r"^no training batches: the train split is empty or smaller than one batch "
+                                        r"\(data.batch_size\), or trainer.limit_train_batches=0$"):
         make_trainer(max_steps=3, limit_train_batches=0).fit()  # would loop forever looking for step 1
 
 
@@ -465,3 +466,19 @@ def test_only_image_batches_on_rank_zero_make_an_input_grid():
     trainer.is_global_zero = False
     trainer._log_inputs(torch.rand(4, 3, 8, 8))
     assert trainer.logger.images == ["train/inputs"]
+
+
+def test_each_epoch_trains_on_that_epochs_order():
+    trainer = make_trainer(max_epochs=2, limit_val_batches=1)
+    seen = []
+
+    def recording_loss(logits, targets):
+        seen.append(targets.clone())
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    trainer.loss_fn = recording_loss
+    trainer.fit()
+    expected = [y for epoch in (0, 1) for _, y in trainer.datamodule.loader("train", epoch=epoch)]
+    train_seen = seen[:8] + seen[9:17]  # one validation batch after each epoch
+    assert len(seen) == 8 + 1 + 8 + 1 and all(torch.equal(a, b) for a, b in zip(train_seen, expected))
+    assert not torch.equal(torch.cat(expected[:8]), torch.cat(expected[8:]))  # epochs are shuffled differently
