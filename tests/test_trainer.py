@@ -482,3 +482,12 @@ def test_each_epoch_trains_on_that_epochs_order():
     train_seen = seen[:8] + seen[9:17]  # one validation batch after each epoch
     assert len(seen) == 8 + 1 + 8 + 1 and all(torch.equal(a, b) for a, b in zip(train_seen, expected))
     assert not torch.equal(torch.cat(expected[:8]), torch.cat(expected[8:]))  # epochs are shuffled differently
+
+
+def test_schedule_length_follows_steps_or_epochs():
+    by_epochs = make_trainer(max_epochs=1, accumulate_grad_batches=2, limit_val_batches=1)
+    by_epochs.fit()
+    assert by_epochs.total_steps == by_epochs.global_step == 4  # 8 batches, 2 per optimizer step
+    one = make_trainer(max_steps=1, max_epochs=3, limit_val_batches=1)
+    one.fit()
+    assert one.total_steps == 1
