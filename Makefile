@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(strip $(EXTRAS)))
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-fast tensorboard bench clean
+.PHONY: install train test test-fast mutate tensorboard bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,14 @@ test: $(STAMP)  ## the whole suite, slow end-to-end tests included
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; results: docs/MUTATION.md).
+# Slow, so not part of CI. MODULES narrows it: make mutate MODULES="optim losses"
+MODULES ?= losses optim metrics callbacks checkpoint data.loading trainer
+mutate:
+	$(MAKE) install EXTRAS=dev,mutate
+	for m in $(MODULES); do OMP_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run "bigmodel.$$m.*" || exit 1; done
+	$(BIN)/mutmut results
+
 tensorboard: $(STAMP)
 	$(BIN)/bigmodel tensorboard
 
@@ -34,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_overhead.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache mutants

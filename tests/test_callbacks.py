@@ -61,3 +61,140 @@ def test_early_stopped_run_is_still_tested(compose_train, tmp_path):
     test_acc = train(cfg)
     assert load(str(tmp_path / "run" / "checkpoints" / "last.pt"))["progress"]["global_step"] == 3  # 1 best + 2 stalls
     assert test_acc is not None and 0.0 <= test_acc <= 1.0
+
+
+class FakeTrainer:
+    """Records which checkpoint files are written at which step, what is printed and stop requests."""
+
+    def __init__(self):
+        self.global_step, self.saved = 0, []
+        self.printed, self.should_stop = [], False
+
+    def save_checkpoint(self, path):
+        self.saved.append((path.rsplit("/", 1)[-1], self.global_step))
+
+    def print(self, msg):
+        self.printed.append(msg)
+
+
+@pytest.mark.parametrize("mode,values,best_steps", [
+    ("max", [0.5, 0.3, 0.7, 0.7, 0.6], [1, 3]),  # ties are no improvement
+    ("min", [2.0, 1.0, 1.5, 0.5, 0.5, 3.0], [1, 2, 4]),
+    ("min", [float("nan"), 2.0, float("nan"), 1.0], [2, 4]),  # a NaN is never the best
+])
+def test_best_is_written_only_when_the_monitor_improves(mode, values, best_steps):
+    cb, fake = ModelCheckpoint("ck", monitor="val/m", mode=mode), FakeTrainer()
+    for step, v in enumerate(values, 1):
+        fake.global_step = step
+        cb.on_validation_end(fake, {"val/m": v})
+    assert [s for name, s in fake.saved if name == "best.pt"] == best_steps
+    assert [s for name, s in fake.saved if name == "last.pt"] == list(range(1, len(values) + 1))
+    assert cb.best == values[best_steps[-1] - 1]
+
+
+class Snapshots:
+    """At every validation: (step, monitored value, weights)."""
+
+    def __init__(self, monitor):
+        self.monitor, self.rows = monitor, []
+
+    def on_validation_end(self, trainer, metrics):
+        self.rows.append((trainer.global_step, metrics[self.monitor],
+                          {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+
+
+def test_best_pt_holds_the_weights_and_step_of_the_best_validation(tmp_path):
+    snaps = Snapshots("val/loss")
+    cb = ModelCheckpoint(str(tmp_path), monitor="val/loss", mode="min")
+    trainer = make_trainer(max_steps=6, val_check_interval=1, callbacks={"snap": snaps, "model_checkpoint": cb})
+    trainer.fit()
+    losses = [v for _, v, _ in snaps.rows]
+    best_i = losses.index(min(losses))
+    assert best_i < len(losses) - 1  # the last validation was not the best: best.pt must differ from last.pt
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["progress"]["global_step"] == snaps.rows[best_i][0]
+    assert best["callbacks"]["model_checkpoint"]["best"] == min(losses)
+    for k, v in snaps.rows[best_i][2].items():
+        assert torch.equal(best["model"][k], v), k
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert last["progress"]["global_step"] == 6
+
+
+def _stoppers(folder):
+    return {"model_checkpoint": ModelCheckpoint(str(folder), monitor="val/loss", mode="min"),
+            "early_stopping": EarlyStopping(monitor="val/loss", mode="min", patience=3, min_delta=0.02)}
+
+
+def test_early_stopping_and_best_survive_a_stop_and_resume(tmp_path):
+    """Interrupted while the monitor stalls, then resumed: it stops at the same step, with the same best.pt."""
+    from helpers import StopAt
+
+    cfg = dict(max_steps=40, val_check_interval=1)
+    straight = make_trainer(callbacks=_stoppers(tmp_path / "a"), **cfg)
+    straight.fit()
+    stop_step, best_step = straight.global_step, torch.load(tmp_path / "a" / "best.pt", weights_only=False)["progress"]["global_step"]
+    assert stop_step < 40 and straight.callbacks["early_stopping"].bad_evals == 3
+    interrupt = stop_step - 1  # two stalled validations already counted, the best lies before
+    assert best_step < interrupt
+
+    first = make_trainer(callbacks={**_stoppers(tmp_path / "b"), "stop": StopAt(interrupt)}, **cfg)
+    first.fit()
+    assert first.global_step == interrupt and first.callbacks["early_stopping"].bad_evals == 2
+    resumed = make_trainer(callbacks=_stoppers(tmp_path / "b"), model_seed=7, **cfg)
+    resumed.fit(ckpt_path=str(tmp_path / "b" / "last.pt"))
+    assert resumed.global_step == stop_step
+    a, b = (torch.load(tmp_path / d / "best.pt", weights_only=False) for d in "ab")
+    assert b["progress"]["global_step"] == best_step
+    assert b["callbacks"]["model_checkpoint"]["best"] == a["callbacks"]["model_checkpoint"]["best"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_callback_defaults():
+    cb, es = ModelCheckpoint("ck"), EarlyStopping()
+    assert (cb.monitor, cb.mode, cb.save_last, cb.save_best, cb.best) == ("val/loss", "min", True, True, None)
+    assert cb.best_path == "ck/best.pt" and cb.last_path == "ck/last.pt"
+    assert (es.monitor, es.mode, es.patience, es.min_delta) == ("val/loss", "min", 5, 0.0)
+    assert es.state_dict() == {"best": None, "bad_evals": 0}
+    assert LearningRateMonitor().every_n_steps == 10
+
+
+def feed(stopper, values):
+    """Validations with these values; the step at which the stopper asked to stop (None if never)."""
+    fake = FakeTrainer()
+    for step, v in enumerate(values, 1):
+        fake.global_step = step
+        stopper.on_validation_end(fake, {"val/m": v})
+        if fake.should_stop:
+            return step, fake.printed
+    return None, fake.printed
+
+
+def test_early_stopping_counts_stalls_by_mode_and_min_delta():
+    assert feed(EarlyStopping("val/m", "min", patience=1), [3.0, 2.0, 1.0])[0] is None  # improving: never
+    assert feed(EarlyStopping("val/m", "max", patience=1), [3.0, 2.0, 1.0])[0] == 2
+    assert feed(EarlyStopping("val/m", "min", patience=2), [1.0, 1.0, 0.5, 0.5, 0.5])[0] == 5  # a tie stalls
+    assert feed(EarlyStopping("val/m", "min", patience=2, min_delta=0.1), [1.0, 0.95, 0.92, 0.5])[0] == 3
+    step, printed = feed(EarlyStopping("val/m", "max", patience=2), [float("nan"), float("nan"), 1.0])
+    assert step == 2 and printed == ["early stopping: val/m has not improved for 2 evaluations"]
+
+
+def test_a_monitor_missing_at_validation_is_named():
+    for cb, key in ((ModelCheckpoint("ck", monitor="val/m"), "model_checkpoint"),
+                    (EarlyStopping(monitor="val/m"), "early_stopping")):
+        with pytest.raises(ConfigError, match=f"^callbacks.{key}.monitor='val/m' is not a logged metric; valid: \\['val/x'\\]$"):
+            cb.on_validation_end(FakeTrainer(), {"val/x": 1.0})
+
+
+def test_lr_monitor_logs_the_first_group_every_n_steps():
+    from helpers import RecordingLogger
+
+    fake = FakeTrainer()
+    fake.logger = RecordingLogger()
+    fake.optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+                                      {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2}])
+    mon = LearningRateMonitor(every_n_steps=3)
+    for step in range(1, 8):
+        fake.global_step = step
+        mon.on_train_batch_end(fake, 1.0)
+    assert fake.logger.rows == [(3, "lr", 0.1), (6, "lr", 0.1)]

@@ -1,5 +1,6 @@
 """`bigmodel` as a user runs it: subprocesses on a small fake CIFAR-10 in torchvision's format."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -34,12 +35,31 @@ def test_train_on_fake_cifar_writes_a_complete_run(tmp_path):
     scalars, images = scalar_tags(run_dir)
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "perf/samples_per_sec"} <= scalars
     assert {"train/inputs", "val/confusion_matrix"} <= images
-    assert "train/loss" in (run_dir / "csv" / "metrics.csv").read_text()
+
+    # values: 80 train images / batch 16 = 5 steps an epoch; validation after each epoch
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    curve = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in ("train/loss", "val/acc", "lr")}
+    assert [s for s, _ in curve["train/loss"]] == list(range(1, 11))
+    assert [s for s, _ in curve["val/acc"]] == [5, 10]
+    # AdamW lr 1e-3, cosine with 100 warm-up steps: after k steps the lr is 1e-3 * (k + 1) / 101
+    assert curve["lr"] == [(k, pytest.approx(1e-3 * (k + 1) / 101, rel=1e-6)) for k in range(1, 11)]
+    rows = [r.split(",") for r in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[1:]]
+    csv_loss = [(int(s), float(v)) for s, k, v in rows if k == "train/loss"]
+    assert csv_loss == [(s, pytest.approx(v, rel=1e-5)) for s, v in curve["train/loss"]]  # the same numbers
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    assert last["progress"]["global_step"] == 10
+    best_step, best_acc = max(curve["val/acc"], key=lambda sv: (sv[1], -sv[0]))  # the first of the highest
+    assert best["progress"]["global_step"] == best_step
+    assert best["callbacks"]["model_checkpoint"]["best"] == pytest.approx(best_acc, rel=1e-6)
 
     ev = run_cli("eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "trainer.progress_bar=false",
                  f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr[-3000:]
-    assert "test/acc=" in ev.stdout and "true\\pred" in ev.stdout
+    assert "true\\pred" in ev.stdout
+    test_acc = re.findall(r"test/acc=([0-9.]+)", (run_dir / "train.log").read_text())
+    assert test_acc and re.findall(r"test/acc=([0-9.]+)", ev.stdout) == test_acc[-1:]  # the run tested best.pt
 
 
 @pytest.mark.slow

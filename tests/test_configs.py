@@ -37,11 +37,50 @@ def test_model_configs_build(compose_train, option):
     assert isinstance(model, torch.nn.Module) and sum(p.numel() for p in model.parameters()) > 0
 
 
+def write_small_data(data: Path) -> None:
+    """A few examples of every kind, where each shipped data config looks for them by default."""
+    from conftest import write_fake_cifar10
+    from test_data_images import write_image_folder
+
+    write_fake_cifar10(data / "cifar10", n_train=50, n_test=20)
+    write_image_folder(data / "images", n=5)
+    words = "the cat sat on a mat and the dog ran off".split()
+    text = "\n".join(" ".join(words[(i + j) % len(words)] for j in range(8)) for i in range(60))
+    for name, n_classes in (("sst2", 2), ("sst5", 5), ("trec", 6)):
+        (data / name).mkdir(parents=True)
+        for split in ("train", "dev", "test"):
+            rows = [f"{i % n_classes} {words[i % len(words)]} {words[(3 * i) % len(words)]}" for i in range(24)]
+            (data / name / f"{split}.txt").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    (data / "text_csv").mkdir()
+    (data / "text_csv" / "train.csv").write_text("text,label\n" + "".join(f"{w} {w},{w[0]}\n" for w in words * 3))
+    for folder, name in (("text", "a.txt"), ("tinyshakespeare", "input.txt")):
+        (data / folder).mkdir()
+        (data / folder / name).write_text(text)
+
+
 @pytest.mark.parametrize("option", options("data"))
-def test_data_configs_instantiate(compose_train, option):
-    dm = instantiate(compose_train([f"data={option}"]).data)
-    for method in ("setup", "model_args", "loader", "metrics", "state_dict"):
-        assert callable(getattr(dm, method)), method
+def test_data_configs_build_loaders_that_fit_the_model_args(compose_train, tmp_path, option):
+    """Each shipped data config, on a few examples of its kind: set-up, model sizes, one train batch
+    within those sizes, metrics and a checkpointable state."""
+    write_small_data(tmp_path / "data")
+    cfg = compose_train([f"data={option}", f"paths.data_dir={tmp_path}/data", "data.batch_size=4"])
+    extra = {k: v for k, v in {"download": False, "val_size": 10, "block_size": 8}.items() if k in cfg.data}
+    dm = instantiate(cfg.data, **extra)
+    dm.setup()
+    args = dm.model_args()
+    x, y = next(iter(dm.loader("train")))
+    x = x[0] if isinstance(x, (tuple, list)) else x  # text classification: (tokens, lengths)
+    assert y.shape[0] == x.shape[0] == 4
+    if "vocab_size" in args:
+        assert x.dtype == torch.long and 0 <= x.min() and x.max() < args["vocab_size"]
+    else:
+        assert x.shape[1] == args["in_channels"] and x.dtype == torch.float32
+    n_out = args.get("num_classes", args.get("vocab_size"))
+    assert 0 <= y.min() and y.max() < n_out
+    metrics = dm.metrics()
+    metrics.update(torch.nn.functional.one_hot(y, n_out).float(), y)  # perfect predictions
+    assert metrics.compute()["acc"] == 1.0
+    assert dm.state_dict()
 
 
 @pytest.mark.parametrize("option", options("optimizer"))
@@ -63,9 +102,14 @@ def test_component_configs_instantiate(compose_train, group):
     for option in options(group):
         cfg = compose_train([f"{group}={option}"])
         node = cfg[group]
-        objs = [instantiate(node)] if "_target_" in node else [instantiate(c) for c in node.values()]
-        for obj in objs:
-            assert obj is not None
+        nodes = [node] if "_target_" in node else list(node.values())
+        for sub in nodes:
+            obj = instantiate(sub)
+            module, name = sub._target_.rsplit(".", 1)
+            assert type(obj).__module__ == module and type(obj).__name__ == name
+            for key, value in sub.items():  # each configured value reached the object
+                if not key.startswith("_") and hasattr(obj, key):
+                    assert getattr(obj, key) == value, f"{group}={option}: {key}"
             if hasattr(obj, "close"):
                 obj.close()
 
@@ -73,8 +117,19 @@ def test_component_configs_instantiate(compose_train, group):
 @pytest.mark.parametrize("option", options("trainer") + ["debug=fast"])
 def test_trainer_configs_validate(compose_train, option):
     override = option if "=" in option else f"trainer={option}"
-    tcfg = trainer_config(compose_train([override]))
-    assert tcfg.max_epochs >= 1
+    cfg = compose_train([override])
+    tcfg = trainer_config(cfg)
+    for key, value in cfg.trainer.items():  # every composed value reaches the typed config
+        assert getattr(tcfg, key) == value, key
+    if "=" not in option:  # and each value written in the file itself (enums by their value)
+        from omegaconf import OmegaConf
+
+        own = OmegaConf.load(CONFIGS / "trainer" / f"{option}.yaml")
+        for key, value in own.items():
+            if key != "defaults":
+                got = getattr(tcfg, key)
+                assert getattr(got, "value", got) == value, key
+    assert tcfg.max_epochs >= 1 and tcfg.accumulate_grad_batches >= 1
 
 
 @pytest.mark.parametrize("option", options("experiment"))

@@ -25,6 +25,60 @@ def test_sampler_shards_and_resumes():
     assert padded == [[0, 2, 4], [1, 3, 0]]
 
 
+def test_sampler_lengths_limits_and_order():
+    assert list(ResumableSampler(4, shuffle=False, seed=0)) == [0, 1, 2, 3]
+    assert list(ResumableSampler(9, shuffle=True, seed=3)) == list(ResumableSampler(9, shuffle=True, seed=3, epoch=0))
+    assert list(ResumableSampler(7, shuffle=True, seed=7, epoch=5)) == torch.randperm(
+        7, generator=torch.Generator().manual_seed(7 + 5)).tolist()  # the order depends on seed + epoch only
+    s = ResumableSampler(10, shuffle=False, seed=0, rank=1, world_size=3, skip=1)
+    assert (len(s), list(s)) == (3, [4, 7, 0])  # 4 per rank (padded), one skipped
+    assert len(ResumableSampler(10, shuffle=False, seed=0, skip=12)) == 0
+    limited = ResumableSampler(10, shuffle=True, seed=1, limit=4)
+    full = list(ResumableSampler(10, shuffle=True, seed=1))
+    assert list(limited) == full[:4] and len(limited) == 4  # the first 4 of the epoch's order
+    assert len(ResumableSampler(10, shuffle=True, seed=1, limit=40)) == 10
+
+
+def test_make_loader_batches_resumes_and_passes_its_options():
+    from bigmodel.data.loading import default_workers, make_loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = make_loader(data, batch_size=3, shuffle=False, seed=0, skip_batches=1, drop_last=True,
+                         collate_fn=lambda items: [int(i) for (i,) in items])
+    assert list(loader) == [[3, 4, 5], [6, 7, 8]]  # batches after the first; the last partial one dropped
+    assert loader.num_workers == 0 and loader.prefetch_factor is None and not loader.pin_memory
+    two = make_loader(data, batch_size=4, shuffle=True, seed=2, epoch=1, rank=1, world_size=2)
+    order = list(ResumableSampler(10, shuffle=True, seed=2, epoch=1))
+    assert [b[0].tolist() for b in two] == [order[1::2][:4], order[1::2][4:]]
+    workers = make_loader(data, batch_size=4, shuffle=False, seed=0, num_workers=1)
+    assert workers.prefetch_factor == 4 and not workers.persistent_workers
+    assert [b[0].tolist() for b in workers] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert 0 <= default_workers() <= 8
+    first = [b[0].tolist() for b in make_loader(data, batch_size=10, shuffle=True, seed=4)]
+    assert first == [[int(i) for i in ResumableSampler(10, shuffle=True, seed=4, epoch=0)]]  # epoch 0 by default
+
+
+def test_make_loader_leaves_the_global_rng_alone_and_pins_only_with_cuda():
+    from bigmodel.data.loading import make_loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(6))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for _ in make_loader(data, batch_size=2, shuffle=True, seed=1):
+        pass
+    assert torch.equal(torch.get_rng_state(), before)  # a resumed run's RNG stream is not shifted
+    pinned = make_loader(data, batch_size=2, shuffle=False, seed=0, pin_memory=True).pin_memory
+    assert pinned == torch.cuda.is_available()
+
+
+def test_default_workers_leaves_one_core(monkeypatch):
+    from bigmodel.data import loading
+
+    for cores, workers in ((None, 0), (1, 0), (2, 1), (5, 4), (64, 8)):
+        monkeypatch.setattr(loading.os, "cpu_count", lambda: cores)
+        assert loading.default_workers() == workers, cores
+
+
 def test_each_rank_draws_its_own_augmentation():
     images = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(1, 8, 8, 3).repeat(4, 1, 1, 1)  # 4 equal images
     labels = torch.zeros(4, dtype=torch.long)
@@ -44,9 +98,31 @@ def test_augmentation_is_a_crop_and_flip_and_reproducible():
     a = augment_batch(x, Augment(crop_padding=2), torch.Generator().manual_seed(0))
     b = augment_batch(x, Augment(crop_padding=2), torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == x.shape
-    no_pad = augment_batch(x, Augment(crop_padding=0, hflip=True), torch.Generator().manual_seed(1))
-    for i in range(2):
-        assert torch.equal(no_pad[i], x[i]) or torch.equal(no_pad[i], x[i].flip(2))
+
+
+def test_flips_happen_to_about_half_the_images():
+    x = torch.arange(64 * 2 * 4 * 5, dtype=torch.float).view(64, 2, 4, 5)  # no image equals its mirror
+    out = augment_batch(x, Augment(crop_padding=0, hflip=True), torch.Generator().manual_seed(1))
+    flipped = [torch.equal(out[i], x[i].flip(2)) for i in range(64)]
+    kept = [torch.equal(out[i], x[i]) for i in range(64)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image is itself or its mirror, nothing else
+    assert 16 <= sum(flipped) <= 48  # a fair coin per image: 64 flips land in [16, 48] but for ~1e-4
+    assert not augment_batch(x, Augment(crop_padding=0, hflip=False), torch.Generator()).ne(x).any()
+
+
+def test_crops_shift_pixels_by_up_to_the_padding():
+    p, (h, w) = 2, (5, 6)
+    x = torch.arange(32 * h * w, dtype=torch.float).view(32, 1, h, w) + 1  # every pixel distinct and > 0
+    out = augment_batch(x, Augment(crop_padding=p, pad_mode="constant", hflip=False), torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    shifts = []
+    for i in range(32):
+        found = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                 if torch.equal(out[i, 0], padded[i, 0, dy : dy + h, dx : dx + w])]
+        assert len(found) == 1, i  # each output is one window of the padded image
+        shifts.append(found[0])
+    assert len(set(shifts)) >= 10  # 25 offsets are possible: crops really move, and not all alike
+    assert {dy for dy, _ in shifts} == set(range(2 * p + 1)) and {dx for _, dx in shifts} == set(range(2 * p + 1))
 
 
 def test_image_batches_resume_mid_epoch():

@@ -124,6 +124,34 @@ def test_optimizer_state_saved_by_name_loads_into_a_plain_model():
         torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
+def test_ddp_two_gloo_processes_match_one_process_fast(tmp_path, one_thread):
+    """Fast (in `make test-fast`): 2 spawned Gloo processes, batch 4 each == 1 process, batch 8 (same
+    weights on both ranks, the same train loss and the val loss reduced across ranks)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from helpers import ddp_worker, make_trainer
+
+    config = dict(bn=False, augment=False, max_steps=3, lr=0.5, accumulate_grad_batches=2)  # syncs once a step
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(ddp_worker, args=(2, port, str(tmp_path), {**config, "batch_size": 4}), nprocs=2, join=True)
+    single = make_trainer(batch_size=8, **config)
+    single.fit()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for name, ref in single.model.state_dict().items():
+        for r in ranks:
+            torch.testing.assert_close(r["model"][name], ref, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(single.model.state_dict()["1.weight"], make_trainer(bn=False).model.state_dict()["1.weight"])
+    got = {k: v for _, k, v in ranks[0]["rows"] if k in ("train/loss", "val/loss")}
+    ref = {k: v for _, k, v in single.logger.rows if k in ("train/loss", "val/loss")}
+    assert got == pytest.approx(ref, abs=1e-5)
+    assert ranks[1]["rows"] == []  # only rank 0 logs
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path, single):
     """trainer.devices=2 (torchrun, Gloo), batch 4 per process == one process, batch 8."""

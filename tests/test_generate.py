@@ -1,5 +1,7 @@
 """Sampling text: the shared helper, the text-sample callback, `bigmodel generate` in and out of process."""
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -141,8 +143,14 @@ def test_train_then_generate_on_a_tiny_corpus(tmp_path):
     events.Reload()
     assert {"val/loss", "val/ppl", "train/loss"} <= set(events.Tags()["scalars"])
     assert "val/sample/text_summary" in events.Tags()["tensors"]  # TensorBoard's Text tab
+    value = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in ("val/loss", "val/ppl", "train/loss")}
+    assert [s for s, _ in value["train/loss"]] == [1, 2] and [s for s, _ in value["val/loss"]] == [2]
+    # a fresh GPT (weights ~N(0, 0.02)) predicts nearly uniformly: the first loss is about ln(vocabulary size)
+    assert value["train/loss"][0][1] == pytest.approx(math.log(len(set(CORPUS))), abs=0.15)
+    assert value["val/ppl"][0][1] == pytest.approx(math.exp(value["val/loss"][0][1]), rel=1e-4)
     ckpt = checkpoint.load(run_dir / "checkpoints" / "best.pt")
     assert ckpt["data"]["tokenizer"] == {"kind": "char", "chars": "".join(sorted(set(CORPUS)))}
+    assert ckpt["progress"]["global_step"] == 2
 
     args = ["generate", f"ckpt_path={run_dir}/checkpoints/best.pt", "prompt=ROMEO:", "max_new_tokens=30",
             "num_samples=2", "seed=5", f"hydra.run.dir={tmp_path}/gen"]
@@ -152,3 +160,4 @@ def test_train_then_generate_on_a_tiny_corpus(tmp_path):
     assert len(bodies) == 2 and all(b.startswith(f"{i}/2\n") for i, b in enumerate(bodies, 1))
     texts = [b.split("\n", 1)[1] for b in bodies]  # each: the prompt, 30 characters, a newline
     assert all(t.startswith("ROMEO:") and len(t) == 6 + 30 + 1 for t in texts) and texts[0] != texts[1]
+    assert set("".join(texts)) <= set(CORPUS)  # only the corpus's characters can be generated

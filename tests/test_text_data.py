@@ -126,6 +126,9 @@ def test_vocab_from_train_only_with_min_freq_max_size_and_specials(tmp_path):
     dm = small(folder, min_freq=2)
     assert dm.vocab.itos == [PAD, UNK, "the", "cat"]  # lowercased, by frequency; dog/bird once; zebra not in train
     assert dm.vocab.encode("THE zebra cat") == [2, 1, 3]
+    everything = small(folder, min_freq=1)  # min_freq=2 would also hide a dev word seen once
+    assert everything.vocab.itos == [PAD, UNK, "the", "cat", "bird", "dog"]  # ties alphabetical
+    assert "zebra" not in everything.vocab.stoi and everything.vocab.encode("zebra") == [everything.vocab.unk_idx]
     assert Vocab.build(["b a a c c c"], max_size=2).itos == [PAD, UNK, "c", "a"]
     assert Vocab.build(["x"]).encode("") == [1]  # never an empty sequence
     assert tokenize("It's a gripping, funny film!", "words") == ["it's", "a", "gripping", ",", "funny", "film", "!"]

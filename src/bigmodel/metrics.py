@@ -60,6 +60,8 @@ class Classification:
 
     def table(self) -> str:
         """The confusion matrix as aligned text (rows: true label, columns: predicted)."""
+        if not self.detailed:
+            return "(no confusion matrix: detailed=false)"
         names = [n[:10] for n in self.class_names]
         width = max([len(n) for n in names] + [len(str(self.confusion.max().item()))]) + 1
         lines = ["true\\pred".ljust(width) + "".join(n.rjust(width) for n in names)]
