@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from bigmodel.models.rnn import LSTMClassifier
+from bigmodel.models.textcnn import TextCNN
 from bigmodel.models.transformer import TransformerClassifier
 
 VOCAB, CLASSES = 40, 3
@@ -19,6 +20,8 @@ MODELS = {
     "transformer-sinusoidal-cls": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=32,
                                                                 positions="sinusoidal", pooling="cls", word_dropout=0.1),
     "transformer-max": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, n_layer=1, pooling="max"),
+    "textcnn": lambda: TextCNN(VOCAB, CLASSES, embed_dim=8, n_filters=6, word_dropout=0.1, embed_dropout=0.1),
+    "textcnn-wide-and-unigram": lambda: TextCNN(VOCAB, CLASSES, embed_dim=8, filter_widths=[1, 7], n_filters=4),
 }
 
 
@@ -78,9 +81,26 @@ def test_sizes_are_overridable_from_the_config(compose_train):
                                     "model.positions=sinusoidal", "model.pooling=cls"]).model, **args)
     assert isinstance(tf, TransformerClassifier) and len(tf.blocks) == 3 and tf.embed.embedding_dim == 32
     assert "pos" not in tf.state_dict()  # sinusoids are computed, not saved
+    cnn = instantiate(compose_train(["model=textcnn", "model.filter_widths=[2,6]", "model.n_filters=7",
+                                     "model.embed_dim=12"]).model, **args)
+    assert isinstance(cnn, TextCNN) and [c.kernel_size[0] for c in cnn.convs] == [2, 6]
+    assert cnn.embed.embedding_dim == 12 and cnn.head.in_features == 14  # 7 maps per width
 
 
-@pytest.mark.parametrize("name", ["lstm-max", "transformer-learned-mean"])
+def test_textcnn_reads_texts_shorter_than_its_widest_filter():
+    """Widths 3/4/5 on texts of 1 and 2 tokens: every word counts, and an empty text still gets logits."""
+    torch.manual_seed(0)
+    model = TextCNN(VOCAB, CLASSES, embed_dim=8, n_filters=6).eval()
+    with torch.no_grad():
+        one = model(torch.tensor([[5], [6]]), torch.tensor([1, 1]))
+        two = model(torch.tensor([[5, 7], [5, 8]]), torch.tensor([2, 2]))
+        empty = model(torch.zeros(2, 0, dtype=torch.long), torch.tensor([0, 0]))
+    assert torch.isfinite(one).all() and torch.isfinite(two).all() and empty.shape == (2, CLASSES)
+    assert not torch.allclose(one[0], one[1]) and not torch.allclose(two[0], two[1])  # the word decides
+    torch.testing.assert_close(empty[0], empty[1])
+
+
+@pytest.mark.parametrize("name", ["lstm-max", "transformer-learned-mean", "textcnn"])
 def test_learns_a_keyword_rule(name):
     """Label = which of three marker tokens appears somewhere in a random-length text."""
     torch.manual_seed(0)
@@ -99,3 +119,27 @@ def test_learns_a_keyword_rule(name):
     with torch.no_grad():
         acc = (model(tokens, lengths).argmax(-1) == labels).float().mean().item()
     assert acc > 0.95
+
+
+def test_textcnn_gradients_equal_those_of_the_plain_graph():
+    """Training recomputes only the max's winning windows; the gradients must be the full graph's."""
+    torch.manual_seed(0)
+    model = TextCNN(VOCAB, CLASSES, embed_dim=8, filter_widths=[2, 5], n_filters=6, dropout=0.0)
+    tokens, lengths = batch([7, 3, 1, 5], seed=3)
+    labels = torch.tensor([0, 1, 2, 1])
+
+    def plain(m: TextCNN) -> torch.Tensor:  # every window through autograd, then the max
+        x = (m.embed(tokens) * (torch.arange(tokens.shape[1]) < lengths[:, None])[..., None]).transpose(1, 2)
+        feats = [conv(x).masked_fill(torch.arange(x.shape[2] + w - 1) >= (lengths + w - 1)[:, None, None],
+                                     float("-inf")).amax(2).relu() for conv, w in zip(m.convs, m.filter_widths)]
+        return m.head(torch.cat(feats, 1))
+
+    grads = []
+    for forward in (model, plain):
+        model.zero_grad()
+        logits = forward(tokens, lengths) if forward is model else plain(model)
+        F.cross_entropy(logits, labels).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5, msg=k)
+    assert grads[0]["embed.weight"].abs().sum() > 0 and grads[0]["convs.1.weight"].abs().sum() > 0
