@@ -4,7 +4,7 @@
 
 Both models are built from their shipped configs (configs/model/{lstm,textcnn}.yaml: the BiLSTM
 128+128 with max pooling, Kim's CNN with 300-wide word vectors and 3/4/5 x 100 filters) over a
-20,000-word vocabulary, and run forward / cross-entropy / backward / AdamW step on random token
+20,000-word vocabulary, and run forward / cross-entropy / backward / AdamW step (as `optimizer=adamw`) on random token
 batches of --length tokens per text (IMDb-review sized at 400). Rounds alternate which model goes
 first so that load from other processes hits both alike; the time per step is the median over a
 round's steps after one warm-up step. Prints a Markdown row: samples/s of each and their ratio
@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bigmodel.cli import config_dir
+from bigmodel.optim import param_groups
 
 VOCAB, CLASSES = 20_000, 2
 
@@ -35,7 +36,7 @@ def build(name: str) -> torch.nn.Module:
 
 def step_times(model: torch.nn.Module, batches: list, steps: int) -> list[float]:
     """Seconds per training step, one warm-up step excluded."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3)  # as optimizer=adamw builds it
     model.train()
     times = []
     for i in range(steps + 1):

@@ -6,10 +6,10 @@ width - 1 positions on both sides (a "wide" convolution, as in Kim's own code), 
 the widest filter still has windows, and the max is taken over the windows that touch a real token
 only: neither the amount of padding nor the padding ids change a text's logits.
 
-Training takes the max's gradient path only: max-over-time passes gradient to one window per
-feature map, so the convolutions run forward without autograd, and the winning windows (B x maps of
-them) are recomputed with it. The gradients are those of the plain graph, at about a third of the
-cost on long texts (the backward of a convolution over every position costs twice its forward).
+Max-over-time passes gradient to one window per feature map, so the backward pass (_MaxOverTime)
+reads only those windows (B x maps of them) instead of differentiating the convolution at every
+position: the gradients of the plain graph, at a fraction of the cost on long texts (the full
+backward of a convolution costs twice its forward).
 """
 
 import torch
@@ -18,6 +18,51 @@ from torch import nn
 
 from bigmodel.models.rnn import WordDropout, length_mask, small_embedding_init
 from bigmodel.ranges import Fraction, NonNegativeInt, PositiveInt
+
+
+class _MaxOverTime(torch.autograd.Function):
+    """For each convolution (weight (C, E, w), bias (C,)): the max of its wide output over the windows
+    that touch a real token, (B, C); concatenated. x (B, T, E) must be zero at padding."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lengths: torch.Tensor, pad: int, *params: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        xt = x.transpose(1, 2).contiguous()  # (B, E, T)
+        has_padding = bool((lengths < t).any())
+        feats, firsts = [], []
+        for weight, bias in zip(params[::2], params[1::2]):
+            w = weight.shape[2]
+            out = F.conv1d(xt, weight, bias, padding=w - 1)  # (B, C, T + w - 1): window j reads tokens j-w+1..j
+            if has_padding:  # windows that touch no real token never win
+                out.masked_fill_(~length_mask(lengths + w - 1, out.shape[2])[:, None, :], float("-inf"))
+            best, where = out.max(2)  # (B, C) each
+            feats.append(best)
+            firsts.append(where + pad - (w - 1))  # the window's first row in x padded by `pad` at both ends
+        ctx.pad = pad
+        ctx.save_for_backward(x, *firsts, *params[::2])
+        return torch.cat(feats, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, *saved = ctx.saved_tensors
+        firsts, weights = saved[: len(saved) // 2], saved[len(saved) // 2 :]
+        (b, t, e), pad = x.shape, ctx.pad
+        rows = F.pad(x, (0, 0, pad, pad)).view(-1, e)  # every text's padded word vectors, one after the other
+        start = (torch.arange(b, device=x.device) * (t + 2 * pad))[:, None]  # (B, 1): each text's first row
+        drows = torch.zeros_like(rows) if ctx.needs_input_grad[0] else None
+        grads, col = [], 0
+        for weight, first in zip(weights, firsts):
+            c, _, w = weight.shape
+            g = grad[:, col : col + c].t().contiguous()  # (C, B)
+            col += c
+            index = ((first + start).t()[..., None] + torch.arange(w, device=x.device)).reshape(-1)  # (C * B * w,)
+            windows = rows.index_select(0, index).view(c, b, w * e)  # map-major; a window's rows in order
+            dweight = torch.bmm(g[:, None, :], windows).view(c, w, e).transpose(1, 2)  # (C, E, w)
+            if drows is not None:
+                drows.index_add_(0, index, (g[..., None] * weight.transpose(1, 2).reshape(c, 1, w * e)).view(-1, e))
+            grads += [dweight, g.sum(1)]
+        dx = drows.view(b, t + 2 * pad, e)[:, pad : pad + t] if drows is not None else None
+        return dx, None, None, *grads
 
 
 class TextCNN(nn.Module):
@@ -38,6 +83,7 @@ class TextCNN(nn.Module):
         self.pretrained_vectors = pretrained_vectors  # the wiring fills `embed` from it (see data/vectors.py)
         self.embed.weight.requires_grad_(not freeze_embeddings)
         self.word_dropout, self.embed_dropout = WordDropout(word_dropout), nn.Dropout(embed_dropout)
+        # the weights of wide convolutions (padding w - 1); _MaxOverTime runs them
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, n_filters, w, padding=w - 1) for w in self.filter_widths)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(n_filters * len(self.filter_widths), num_classes)
@@ -45,34 +91,12 @@ class TextCNN(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if tokens.shape[1] == 0:  # a batch of empty texts reads one padding position
             tokens = F.pad(tokens, (0, 1), value=self.embed.padding_idx or 0)
-        b, t = tokens.shape
         lengths = lengths.clamp(min=1).to(tokens.device)
-        keep = length_mask(lengths, t)  # (B, T)
+        keep = length_mask(lengths, tokens.shape[1])  # (B, T)
         # zero vectors at padding, whatever its ids: a window reaching past the text reads zeros, as
         # the wide convolution's own padding does at both ends
         x = self.embed_dropout(self.word_dropout(self.embed(tokens))) * keep[..., None]  # (B, T, E)
-        xt = x.transpose(1, 2).contiguous()  # (B, E, T)
-        pad = max(self.filter_widths) - 1
-        rows = F.pad(x, (0, 0, pad, pad)).view(b * (t + 2 * pad), -1) if torch.is_grad_enabled() else None
-        feats = []
-        for conv, w in zip(self.convs, self.filter_widths):
-            with torch.no_grad():
-                out = conv(xt)  # (B, C, T + w - 1): window j covers tokens j - w + 1 .. j
-                if bool((lengths < t).any()):  # mask the windows that touch no real token
-                    out.masked_fill_(~length_mask(lengths + w - 1, out.shape[2])[:, None, :], float("-inf"))
-                best, where = out.max(2)  # (B, C) each
-            if rows is not None:  # the winning windows again, with autograd (see the top of the file)
-                first = where + pad - (w - 1) + (torch.arange(b, device=x.device) * (t + 2 * pad))[:, None]
-                best = self._window_values(rows, conv, first)
-            feats.append(best.relu())  # max over time, then ReLU: the same as ReLU then max, on C numbers
-        return self.head(self.dropout(torch.cat(feats, dim=1)))  # (B, num_classes)
-
-    @staticmethod
-    def _window_values(rows: torch.Tensor, conv: nn.Conv1d, first: torch.Tensor) -> torch.Tensor:
-        """conv's output at the windows starting at row first[b, c] of `rows` (the padded word vectors
-        of every text one after the other, (N, E)) for map c of text b: (B, C)."""
-        (b, c), (_, e, w) = first.shape, conv.weight.shape
-        index = first.t()[..., None] + torch.arange(w, device=rows.device)  # (C, B, w): map-major for bmm
-        windows = rows.index_select(0, index.reshape(-1)).view(c, b, w * e)
-        weight = conv.weight.transpose(1, 2).reshape(c, w * e, 1)  # a window's rows in order
-        return torch.bmm(windows, weight).view(c, b).t() + conv.bias  # (B, C)
+        params = [p for conv in self.convs for p in (conv.weight, conv.bias)]
+        feats = _MaxOverTime.apply(x, lengths, max(self.filter_widths) - 1, *params)  # (B, C * widths)
+        # ReLU after the max: the same as before it (it is monotone), on C numbers instead of C x T
+        return self.head(self.dropout(feats.relu()))  # (B, num_classes)
