@@ -8,6 +8,8 @@ from hydra.utils import instantiate
 from bigmodel.models.rnn import LSTMClassifier
 from bigmodel.models.textcnn import TextCNN
 from bigmodel.models.transformer import TransformerClassifier
+from conftest import run_cli
+from test_text_data import write_sentiment
 
 VOCAB, CLASSES = 40, 3
 MODELS = {
@@ -143,3 +145,18 @@ def test_textcnn_gradients_equal_those_of_the_plain_graph():
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5, msg=k)
     assert grads[0]["embed.weight"].abs().sum() > 0 and grads[0]["convs.1.weight"].abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_cli_trains_textcnn_and_predicts_a_one_word_text(tmp_path):
+    write_sentiment(tmp_path / "data" / "sst2")
+    run_dir = tmp_path / "run"
+    out = run_cli("train", "model=textcnn", "data=sst2", "trainer=debug", "logger=none", "model.embed_dim=16",
+                  "model.n_filters=8", f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test/acc=" in (run_dir / "train.log").read_text()
+    pred = run_cli("predict", f"ckpt_path={run_dir}/checkpoints/best.pt", "text=film",
+                   f"hydra.run.dir={tmp_path}/p", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    label, probs, text = pred.stdout.strip().split("\n")[-1].split("\t")
+    assert label in ("negative", "positive") and probs.startswith("negative=") and text == "film"
