@@ -118,6 +118,8 @@ BAD = [
     (["model.stem_width=0"], "model.stem_width=0 is out of range; valid: >= 1"),
     (["model=lstm", "model.hidden_size=0"], "model.hidden_size=0 is out of range; valid: >= 1"),
     (["model=lstm", "model.word_dropout=-0.5"], "model.word_dropout=-0.5 is out of range; valid: in [0, 1)"),
+    (["model=textcnn", "model.filter_widths=[3,0]"], "model.filter_widths=[3, 0] is out of range; valid: each value >= 1"),
+    (["model=textcnn", "model.n_filters=0"], "model.n_filters=0 is out of range; valid: >= 1"),
     (["model=transformer", "model.n_layer=0"], "model.n_layer=0 is out of range; valid: >= 1"),
     (["model=transformer", "model.hidden_size=130"], "model.hidden_size=130 must be a multiple of model.n_head=4"),
     (["model=gpt", "model.n_embd=-8"], "model.n_embd=-8 is out of range; valid: >= 1"),

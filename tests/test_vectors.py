@@ -15,6 +15,7 @@ from bigmodel.data.errors import DataError
 from bigmodel.data.vectors import load_pretrained_vectors, read_vectors
 from bigmodel.data.vocab import PAD, UNK, Vocab
 from bigmodel.models.rnn import LSTMClassifier
+from bigmodel.models.textcnn import TextCNN
 from bigmodel.models.transformer import TransformerClassifier
 from bigmodel.optim import param_groups
 from conftest import run_cli
@@ -116,10 +117,13 @@ def test_truncated_binary_missing_file_wrong_size_and_no_coverage_are_clear(tmp_
 
 
 @pytest.mark.parametrize("freeze", [True, False])
-def test_frozen_embeddings_stay_fixed_after_a_step(tmp_path, freeze):
+@pytest.mark.parametrize("make", [lambda v, f: LSTMClassifier(v, 2, embed_dim=4, hidden_size=4, freeze_embeddings=f),
+                                  lambda v, f: TextCNN(v, 2, embed_dim=4, n_filters=3, freeze_embeddings=f)],
+                         ids=["lstm", "textcnn"])
+def test_frozen_embeddings_stay_fixed_after_a_step(tmp_path, freeze, make):
     dm = data()
     torch.manual_seed(0)
-    model = LSTMClassifier(len(dm.vocab), 2, embed_dim=4, hidden_size=4, freeze_embeddings=freeze)
+    model = make(len(dm.vocab), freeze)
     load_pretrained_vectors(model, dm, str(write_glove(tmp_path / "v.txt")))
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=0.1)

@@ -138,8 +138,8 @@ def vocab_vectors(itos: list[str], path: str | Path, dim: int, lowercase: bool) 
     fmt, file_dim, entries = read_vectors(path, lambda w: w in stoi or (lowercase and w.lower() in stoi))
     if file_dim != dim:
         raise ConfigError(f"model.pretrained_vectors={str(path)!r} holds {file_dim}-dimensional vectors, the model's "
-                          f"embedding has {dim}: set the embedding size to {file_dim} (model.embed_dim for lstm, "
-                          "model.hidden_size for transformer)")
+                          f"embedding has {dim}: set the embedding size to {file_dim} (model.embed_dim for lstm and "
+                          "textcnn, model.hidden_size for transformer)")
     found: dict[int, np.ndarray] = {}
     exact: set[int] = set()
     for word, vec in entries:
