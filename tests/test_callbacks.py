@@ -67,11 +67,12 @@ class FakeTrainer:
     """Records which checkpoint files are written at which step, what is printed and stop requests."""
 
     def __init__(self):
-        self.global_step, self.saved = 0, []
+        self.global_step, self.saved, self.eval_weights = 0, [], []
         self.printed, self.should_stop = [], False
 
-    def save_checkpoint(self, path):
+    def save_checkpoint(self, path, eval_weights=False):
         self.saved.append((path.rsplit("/", 1)[-1], self.global_step))
+        self.eval_weights.append(eval_weights)
 
     def print(self, msg):
         self.printed.append(msg)
@@ -90,6 +91,8 @@ def test_best_is_written_only_when_the_monitor_improves(mode, values, best_steps
     assert [s for name, s in fake.saved if name == "best.pt"] == best_steps
     assert [s for name, s in fake.saved if name == "last.pt"] == list(range(1, len(values) + 1))
     assert cb.best == values[best_steps[-1] - 1]
+    # best.pt holds the weights evaluation uses (the EMA average when on), last.pt the training weights
+    assert [name == "best.pt" for name, _ in fake.saved] == fake.eval_weights
 
 
 class Snapshots:
