@@ -37,6 +37,15 @@ def _close() -> None:
         dist.destroy_process_group()
 
 
+def finish() -> None:
+    """The end of a run that went well: the ranks meet, then the process group is torn down, so no
+    rank closes its connections while a peer is still using them (which can abort that peer's exit).
+    After an error the atexit hook tears down without waiting: the peers may never arrive."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank), initializing the process group on first use under torchrun
     (or in a multi-task submitit job)."""

@@ -159,6 +159,7 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         logger.log_hparams(flat_hparams(resolved), metrics)
     logger.close()
+    distributed.finish()
     if trainer.interrupted and in_sweep():
         raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) stops the whole sweep, not just this job
     key = cfg.get("optimized_metric")
