@@ -303,8 +303,7 @@ class Trainer:
         distributed.all_reduce_sum([loss_sum, count, *self.metrics.state()], self.device)
         self.model.train(was_training)
         if count.item() == 0:  # never report a loss and metrics of nothing as if measured
-            raise DataError(f"the {split} split has no examples to evaluate"
-                            + (f" (trainer.limit_{split}_batches=0)" if limit == 0 else ""))
+            raise DataError(f"the {split} split has no examples to evaluate")
         metrics = {f"{split}/loss": (loss_sum / count.clamp(min=1)).item()}
         metrics |= {f"{split}/{k}": v for k, v in self.metrics.compute().items()}
         if self.is_global_zero:
