@@ -14,8 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bigmodel import checkpoint
-from bigmodel.config import ConfigError
+from bigmodel import checkpoint, runtime
+from bigmodel.config import ConfigError, Device
 from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
 
@@ -118,11 +118,9 @@ def stop_strings(stop) -> list[str]:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
+    if name not in Device.__members__:
         raise ConfigError(f"device={name!r} is not valid: use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda, but torch sees no CUDA GPU here: use device=cpu (or auto)")
-    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return runtime.resolve_device(Device[name], key="device")
 
 
 def check_top_k(top_k: int | None, vocab_size: int) -> None:

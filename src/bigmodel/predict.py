@@ -14,11 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint
-from bigmodel.config import ConfigError, Device, PredictConfig, check_ranges, require
+from bigmodel.config import Device, PredictConfig, check_ranges, require
 from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
 from bigmodel.data.vocab import Vocab
+from bigmodel.runtime import resolve_device
 
 log = logging.getLogger("bigmodel")
 
@@ -48,12 +49,6 @@ def classify(model: torch.nn.Module, vocab: Vocab, texts: list[str], *, batch_si
     return torch.cat(probs) if probs else torch.zeros(0, 0)
 
 
-def resolve_device(device: Device) -> torch.device:
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but CUDA is not available; use device=auto or device=cpu")
-    return torch.device("cuda" if device != Device.cpu and torch.cuda.is_available() else "cpu")
-
-
 def read_texts(path: str, encoding: str) -> list[str]:
     """One text a line ("\\n" only), blank lines skipped."""
     if not Path(path).exists():
@@ -80,7 +75,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     check_ranges(cfg, PredictConfig)
     if (cfg.text is None) == (cfg.input_file is None):
         raise DataError("give exactly one of text=\"...\" or input_file=PATH")
-    device = resolve_device(Device(cfg.device))
+    device = resolve_device(Device(cfg.device), key="device")
     model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")

@@ -9,9 +9,10 @@ import torch
 from bigmodel.config import ConfigError, Device
 
 
-def resolve_device(device: Device, local_rank: int = 0) -> torch.device:
+def resolve_device(device: Device, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
+    """The torch device for `device` (`key` names the setting in errors): auto is CUDA when present."""
     if device == Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu")
+        raise ConfigError(f"{key}=cuda, but torch sees no CUDA GPU here: use {key}=cpu (or auto)")
     if device == Device.cpu or (device == Device.auto and not torch.cuda.is_available()):
         return torch.device("cpu")
     if local_rank >= torch.cuda.device_count():
