@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from bigmodel import checkpoint, runtime
+from bigmodel.restore import restore_model
 from bigmodel.config import ConfigError, Device
 from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
@@ -65,16 +65,13 @@ def load_for_generation(ckpt_path: str, device: torch.device):
         from bigmodel.models.gpt2 import load_pretrained, pretrained_tokenizer
 
         return load_pretrained(ckpt_path).to(device), pretrained_tokenizer(ckpt_path)
-    ckpt = checkpoint.load(ckpt_path)
-    data = ckpt.get("data") or {}
-    if "tokenizer" not in data:
-        raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path!r} has no tokenizer: not a language-model "
-                                         "checkpoint (train one with model=gpt data=shakespeare_char)")
-    model = instantiate(OmegaConf.create(ckpt["config"]).model, **ckpt["model_args"])
-    if not hasattr(model, "stream"):
-        raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path!r}: {type(model).__name__} cannot generate text")
-    checkpoint.load_model_state(model, ckpt["model"], ckpt_path)
-    return model.to(device).eval(), tokenizer_from_state(data["tokenizer"])
+    restored = restore_model(ckpt_path, device, needs={"tokenizer": (
+        f"ckpt_path={ckpt_path!r} has no tokenizer: not a language-model checkpoint "
+        "(train one with model=gpt data=shakespeare_char)")})
+    if not hasattr(restored.model, "stream"):
+        raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path!r}: {type(restored.model).__name__} cannot "
+                                         "generate text")
+    return restored.model, tokenizer_from_state(restored.data["tokenizer"])
 
 
 RANGES = {  # key -> (type, test, what is valid)

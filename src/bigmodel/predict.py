@@ -10,15 +10,14 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from bigmodel import checkpoint
 from bigmodel.config import Device, PredictConfig, check_ranges, require
 from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
 from bigmodel.data.vocab import Vocab
+from bigmodel.restore import restore_model
 from bigmodel.runtime import resolve_device
 
 log = logging.getLogger("bigmodel")
@@ -26,14 +25,10 @@ log = logging.getLogger("bigmodel")
 
 def load_classifier(ckpt_path: str, device: torch.device) -> tuple[torch.nn.Module, Vocab, list[str]]:
     """(model in eval mode on device, vocabulary, class names) from a `bigmodel train` checkpoint."""
-    ckpt = checkpoint.load(ckpt_path)
-    data = ckpt.get("data") or {}
-    if "vocab" not in data or "class_names" not in data:
-        raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path!r} has no vocabulary: not a text classification "
-                                         "checkpoint (train one with e.g. model=lstm data=sst2)")
-    model = instantiate(OmegaConf.create(ckpt["config"]).model, **ckpt["model_args"])
-    checkpoint.load_model_state(model, ckpt["model"], ckpt_path)
-    return model.to(device).eval(), Vocab.from_state(data["vocab"]), list(data["class_names"])
+    line = (f"ckpt_path={ckpt_path!r} has no vocabulary: not a text classification checkpoint "
+            "(train one with e.g. model=lstm data=sst2)")
+    restored = restore_model(ckpt_path, device, needs={"vocab": line, "class_names": line})
+    return restored.model, Vocab.from_state(restored.data["vocab"]), list(restored.data["class_names"])
 
 
 @torch.no_grad()

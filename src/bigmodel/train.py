@@ -17,6 +17,7 @@ from bigmodel.config import ConfigError, TrainerConfig, check_targets, require
 from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
+from bigmodel.restore import restore_datamodule, restore_model
 from bigmodel.trainer import Trainer
 
 log = logging.getLogger("bigmodel")
@@ -172,20 +173,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"split={cfg.split!r} is not a split; valid: train, val, test")
     require(cfg, "ckpt_path", "bigmodel eval ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt")
     trainer_config(cfg)  # trainer.* typed and in range before the data loads
-    ckpt = checkpoint.load(cfg.ckpt_path)
-    saved = OmegaConf.create(ckpt["config"])
-    data_cfg = OmegaConf.merge(saved.data, cfg.get("data") or {})
-    check_targets(OmegaConf.to_container(data_cfg, resolve=True), "data")  # +data.KEY=... overrides too
-    datamodule = instantiate(data_cfg)
-    if hasattr(datamodule, "load_state_dict") and ckpt.get("data"):
-        datamodule.load_state_dict(ckpt["data"])  # e.g. the vocabulary training built
-    datamodule.setup()
-    model = instantiate(saved.model, **ckpt["model_args"])
-    checkpoint.load_model_state(model, ckpt["model"], cfg.ckpt_path)
+    restored = restore_model(cfg.ckpt_path)
+    datamodule = restore_datamodule(restored, cfg.get("data"))  # +data.KEY=... overrides are checked too
+    model, saved = restored.model.train(), restored.config
     logger = build_logger(cfg, True)
     trainer = Trainer(trainer_config(cfg), model=model, loss_fn=instantiate(saved.loss), optimizer=None,
                       datamodule=datamodule, logger=logger, seed=saved.seed, output_dir=output_dir(cfg))
-    trainer.global_step = ckpt["progress"]["global_step"]
+    trainer.global_step = restored.progress["global_step"]
     metrics = trainer.evaluate(cfg.split)
     print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     if hasattr(trainer.metrics, "table"):
