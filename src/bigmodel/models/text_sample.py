@@ -24,8 +24,9 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str, *, max_new_token
     model.eval()
     try:
         with autocast():
-            for tok in model.stream(idx,  # type: ignore[operator]  # a language model: has stream() max_new_tokens, temperature, top_k, generator, top_p=top_p,
-                                    repetition_penalty=repetition_penalty, use_cache=use_cache):
+            tokens = model.stream(idx, max_new_tokens, temperature, top_k, generator,  # type: ignore[operator]
+                                  top_p=top_p, repetition_penalty=repetition_penalty, use_cache=use_cache)
+            for tok in tokens:
                 new.append(int(tok[0, 0]))
                 text = tokenizer.decode(new)
                 cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
