@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(strip $(EXTRAS)))
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-fast mutate tensorboard bench clean
+.PHONY: install train test test-fast lint format mutate tensorboard bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ test: $(STAMP)  ## the whole suite, slow end-to-end tests included
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff (lint + format check) over src, tests and scripts; mypy over src (settings: pyproject.toml)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; results: docs/MUTATION.md).
 # Slow, so not part of CI. MODULES narrows it: make mutate MODULES="optim losses"

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from bigmodel.data.errors import DataError
-from bigmodel.data.images import seeded_split
-from bigmodel.data.lm import LMData
-from bigmodel.data.text_files import MAX_TEXT_CHARS, read_csv_rows, read_label_lines, read_text
 from conftest import run_cli, write_fake_cifar10
 from test_predict import ckpt  # noqa: F401  (the fixture: a small trained text classifier)
 from test_text_data import write_sentiment
+
+from bigmodel.data.errors import DataError
+from bigmodel.data.lm import LMData
+from bigmodel.data.loading import seeded_split
+from bigmodel.data.text_files import MAX_TEXT_CHARS, read_csv_rows, read_label_lines, read_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

@@ -11,7 +11,8 @@ from bigmodel import checkpoint
 from bigmodel.callbacks_lm import TextSample
 from bigmodel.data.tokenizers import CharTokenizer
 from bigmodel.cli import quote_free_text
-from bigmodel.generate import generate, sample_text
+from bigmodel.generate import generate
+from bigmodel.models.text_sample import sample_text
 from bigmodel.models.gpt import GPT
 from conftest import run_cli
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bigmodel.data.tokenizers import CharTokenizer
-from bigmodel.generate import sample_text
+from bigmodel.models.text_sample import sample_text
 from bigmodel.models.gpt import GPT
 from bigmodel.models.sampling import keep_top_k, keep_top_p, next_token, penalize_repeats
 from conftest import run_cli

@@ -6,7 +6,7 @@ import torch
 
 from bigmodel.data.tokenizers import tokenizer_from_state
 from bigmodel.distributed import is_sharded
-from bigmodel.generate import sample_text
+from bigmodel.models.text_sample import sample_text
 from bigmodel.ranges import NonNegativeFloat, PositiveInt
 
 log = logging.getLogger("bigmodel")

@@ -10,7 +10,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from contextlib import nullcontext
 from enum import Enum
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from bigmodel import distributed
+from bigmodel.atomic import save_atomic  # noqa: F401  (checkpoint.save_atomic: the name callers know)
 from bigmodel.config import Device, NonFinite, Precision, Profiler, Strategy
 
 FORMAT_VERSION = 1
@@ -31,22 +31,6 @@ LEGACY_ENUMS = [Device, Precision, NonFinite, Profiler, Strategy]
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the current run."""
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plain(obj: Any) -> Any:
@@ -111,7 +95,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"ckpt_path={str(path)!r}: no such file")
     scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before: process-wide
     if scoped is None:
-        torch.serialization.add_safe_globals(LEGACY_ENUMS)
+        torch.serialization.add_safe_globals(list(LEGACY_ENUMS))
     try:
         with warnings.catch_warnings(), (scoped(LEGACY_ENUMS) if scoped else nullcontext()):
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files: we refuse them

@@ -1,7 +1,6 @@
 """`bigmodel <command> [overrides]`: each command is a Hydra app over the shipped configs."""
 
 import errno
-import importlib
 import logging
 import os
 import re
@@ -9,14 +8,42 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import Any, Callable
 
-COMMANDS = {  # name -> (config name, "module:function", one-line help)
-    "train": ("train", "bigmodel.train:train", "train a model (default: the CIFAR-10 CNN)"),
-    "eval": ("eval", "bigmodel.train:evaluate", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
-    "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
-    "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
-    "lr_find": ("lr_find", "bigmodel.lr_find:lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
+COMMANDS = {  # name -> (config name, one-line help); the function each runs: command_function below
+    "train": ("train", "train a model (default: the CIFAR-10 CNN)"),
+    "eval": ("eval", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
+    "predict": ("predict", "classify text with a checkpoint: text=... or input_file=..."),
+    "generate": ("generate", "sample text from a GPT checkpoint: prompt=..."),
+    "lr_find": ("lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
+
+
+def command_function(command: str) -> Callable[[Any], object]:
+    """The function `bigmodel <command>` runs with its composed config. Imported here, when the
+    command runs, so `bigmodel --help` and `bigmodel runs` start without importing torch."""
+    if command == "train":
+        from bigmodel.train import train
+
+        return train
+    if command == "eval":
+        from bigmodel.train import evaluate
+
+        return evaluate
+    if command == "predict":
+        from bigmodel.predict import predict
+
+        return predict
+    if command == "generate":
+        from bigmodel.generate import generate
+
+        return generate
+    if command == "lr_find":
+        from bigmodel.lr_find import lr_find
+
+        return lr_find
+    raise KeyError(command)
+
 
 FREE_TEXT = {"predict": "text", "generate": "prompt"}  # command -> the key whose value is free text
 
@@ -94,9 +121,8 @@ def run_app(command: str, argv: list[str]) -> None:
     from bigmodel.rundir import register_resolver
     from bigmodel.train import in_sweep
 
-    config_name, target, _ = COMMANDS[command]
-    module, fn_name = target.split(":")
-    task = getattr(importlib.import_module(module), fn_name)
+    config_name = COMMANDS[command][0]
+    task = command_function(command)
     user_errors = _user_errors()
 
     def job(cfg) -> object:
@@ -105,8 +131,8 @@ def run_app(command: str, argv: list[str]) -> None:
         except Exception as e:
             message = user_message(e, user_errors)
             if in_sweep():  # one failed job does not stop a sweep: record it, run the next
-                return launch.job_failed(message or f"{type(e).__name__}: {e}",
-                                         None if message else traceback.format_exc())
+                launch.job_failed(message or f"{type(e).__name__}: {e}", None if message else traceback.format_exc())
+                return None
             if message is None:
                 raise
             logging.getLogger("bigmodel").error(f"error: {message}")  # one clear line, no traceback
@@ -114,7 +140,7 @@ def run_app(command: str, argv: list[str]) -> None:
 
     register_schemas()
     register_resolver()  # ${bigmodel.new_dir:...} in configs/hydra/default.yaml: one new folder per run
-    sys.argv = [f"bigmodel {command}", *argv]
+    sys.argv = [f"bigmodel {command}", *argv]  # hydra.main parses sys.argv (overrides, -m, --cfg ...)
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(job)()
 
 
@@ -134,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
-        commands = "\n".join(f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items())
+        commands = "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items())
         print(USAGE.format(commands=commands))
         return
     command, rest = argv[0], argv[1:]

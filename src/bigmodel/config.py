@@ -20,8 +20,17 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bigmodel.ranges import (Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range,
-                             check_fields, not_a_multiple, out_of_range)
+from bigmodel.ranges import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_fields,
+    not_a_multiple,
+    out_of_range,
+)
 
 
 class ConfigError(ValueError):
@@ -130,6 +139,13 @@ def _check_torch_optimizer(node: dict, key: str) -> None:
         raise ConfigError(f"{key}: {e} (for {node['_target_']})") from None
 
 
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """`cfg` as plain dicts and lists with every interpolation resolved."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="trainer", node=TrainerConfig)
@@ -139,7 +155,7 @@ def register_schemas() -> None:
 
 def check_ranges(values: DictConfig | dict, schema: type, prefix: str = "") -> None:
     """`values` (a node typed by the dataclass `schema`) within the ranges annotated on its fields."""
-    plain = OmegaConf.to_container(values) if isinstance(values, DictConfig) else values
+    plain = resolved(values) if isinstance(values, DictConfig) else values
     if msg := check_fields(schema, plain, prefix):
         raise ConfigError(msg)
 
@@ -218,7 +234,7 @@ def check_targets(node: Any, key: str = "") -> None:
         try:
             params, hints = inspect.signature(fn).parameters, typing.get_type_hints(fn, include_extras=True)
         except (TypeError, ValueError, NameError):
-            params, hints = {}, {}
+            params, hints = inspect.Signature().parameters, {}
         ranges = {**hints, **(TORCH_OPTIM_RANGES if node["_target_"].startswith("torch.optim.") else {})}
         open_ended = not params or any(p.kind == p.VAR_KEYWORD for p in params.values())
         for k, v in node.items():

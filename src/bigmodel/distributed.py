@@ -128,7 +128,7 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_full_options())
+    return get_model_state_dict(model, options=_full_options())  # type: ignore[return-value]
 
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -147,7 +147,7 @@ def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> N
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True))
 
 
 def _keyed_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> dict:

@@ -38,7 +38,7 @@ def _like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if hasattr(like, "full_tensor"):
         from torch.distributed.tensor import distribute_tensor
 
-        return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
+        return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)  # type: ignore[attr-defined]
     return full
 
 

@@ -155,7 +155,7 @@ class InitFrom:
         n_old, n_new = self.model_args.get("num_classes"), new_args.get("num_classes")
         old_names = self.data_state.get("class_names")
         new_names = (datamodule.state_dict() or {}).get("class_names")
-        if n_old is None:
+        if n_old is None or n_new is None:
             return None
         if n_old != n_new:
             say = f"{n_old} classes {old_names}" if old_names and n_old <= 10 else f"{n_old} classes"

@@ -5,57 +5,20 @@ as they are produced. Sampling uses its own seeded generator, so a seed gives th
 """
 
 import logging
-from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from bigmodel import checkpoint, runtime
-from bigmodel.restore import restore_model
 from bigmodel.config import ConfigError, Device
 from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
+from bigmodel.models.text_sample import sample_text
+from bigmodel.restore import restore_model
 
 log = logging.getLogger("bigmodel")
-
-
-def sample_text(model: torch.nn.Module, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float,
-                top_k: int | None, generator: torch.Generator, device: torch.device,
-                on_text: Callable[[str], None] | None = None, autocast=nullcontext, top_p: float = 1.0,
-                repetition_penalty: float = 1.0, stop: Sequence[str] = (), use_cache: bool = True) -> str:
-    """The prompt and its continuation as text; `on_text` receives each new piece as it appears.
-
-    Generation ends early at the first of the `stop` strings in the new text, which is cut before it;
-    text that could be the start of a stop string is held back until that is decided."""
-    ids = tokenizer.encode(prompt) if prompt else tokenizer.start_ids()
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    hold = max((len(s) for s in stop), default=1) - 1
-    new: list[int] = []
-    text = shown = ""
-    was_training = model.training
-    model.eval()
-    try:
-        with autocast():
-            for tok in model.stream(idx, max_new_tokens, temperature, top_k, generator, top_p=top_p,
-                                    repetition_penalty=repetition_penalty, use_cache=use_cache):
-                new.append(int(tok[0, 0]))
-                text = tokenizer.decode(new)
-                cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    text = text[:cut]
-                    break
-                ready = len(text) - hold
-                if on_text is not None and ready > len(shown) and not text[:ready].endswith("\ufffd"):
-                    on_text(text[len(shown):ready])  # whole UTF-8 characters only
-                    shown = text[:ready]
-    finally:
-        model.train(was_training)
-    if on_text is not None and len(text) > len(shown):
-        on_text(text[len(shown):])
-    return (prompt if prompt else "") + text
 
 
 def load_for_generation(ckpt_path: str, device: torch.device):

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bigmodel.config import ConfigError, NonFinite, check_targets
+from bigmodel.config import resolved as resolved_config
 from bigmodel.optim import param_groups
 from bigmodel.train import build, build_logger, output_dir, seed_everything, trainer_config
 from bigmodel.trainer import Trainer
@@ -121,7 +122,7 @@ def lr_find(cfg: DictConfig) -> float:
     opts = cfg.lr_find
     check_options(opts)
     seed_everything(cfg.seed)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = resolved_config(cfg)
     config = dataclasses.replace(trainer_config(cfg), max_steps=opts.num_steps, val_check_interval=opts.num_steps + 1,
                                  on_nonfinite=NonFinite.stop)
     check_targets(resolved)

@@ -63,7 +63,7 @@ def plateau(optimizer: torch.optim.Optimizer, total_steps: int, monitor: str = "
         raise ConfigError(f"scheduler.mode={mode!r} is not valid; use 'min' or 'max'")
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold,
                                   cooldown=cooldown, min_lr=min_lr)
-    scheduler.monitor = monitor  # a plain str: saved with the rest of its state_dict()
+    scheduler.monitor = monitor  # type: ignore[attr-defined]  # a plain str: saved with the rest of its state_dict()
     return scheduler
 
 

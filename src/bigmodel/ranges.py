@@ -73,7 +73,7 @@ def not_a_multiple(hints: Mapping[str, Any], values: Mapping[str, Any], prefix: 
     """A one-line message for the first `MultipleOf` annotation in `hints` that `values` break."""
     for name, hint in hints.items():
         for rule in getattr(hint, "__metadata__", ()):
-            v, d = values.get(name), values.get(getattr(rule, "other", None))
+            v, d = values.get(name), values.get(str(getattr(rule, "other", "")))
             if isinstance(rule, MultipleOf) and isinstance(v, int) and isinstance(d, int) and d > 0 and v % d:
                 return f"{prefix}{name}={v} must be a multiple of {prefix}{rule.other}={d}"
     return None

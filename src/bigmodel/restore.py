@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint
-from bigmodel.config import check_targets
+from bigmodel.config import check_targets, resolved
 
 
 @dataclass
@@ -50,7 +50,8 @@ def restore_datamodule(restored: Restored, overrides: Any = None, setup: bool = 
     splits and encoding as in training. `overrides` (a `data:` config node) may change e.g. the
     batch size or a file's path; they are checked against the constructor like any config."""
     data_cfg = OmegaConf.merge(restored.config.data, overrides or {})
-    check_targets(OmegaConf.to_container(data_cfg, resolve=True), "data")
+    assert isinstance(data_cfg, DictConfig)
+    check_targets(resolved(data_cfg), "data")
     datamodule = instantiate(data_cfg)
     if hasattr(datamodule, "load_state_dict") and restored.data:
         datamodule.load_state_dict(restored.data)

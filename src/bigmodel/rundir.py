@@ -26,7 +26,7 @@ from typing import Any
 try:
     import fcntl
 except ImportError:  # not on Windows: runs there are not locked
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -172,7 +172,7 @@ class RunFolderCallback(Callback):
         except ConfigError as e:
             sys.exit(f"error: {e}")
 
-    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         unlock(Path(config.hydra.runtime.output_dir))  # a sweep's next job runs in this process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

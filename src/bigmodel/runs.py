@@ -23,7 +23,7 @@ from typing import Any
 try:
     import fcntl
 except ImportError:  # not on Windows: no running status there
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 import yaml
 
@@ -134,7 +134,7 @@ def row(run: Path, log_dir: Path) -> dict[str, Any]:
     config = _read_yaml(run / ".hydra" / "config.yaml") or _read_yaml(run / "config.yaml") or {}
     config = config if isinstance(config, dict) else {}
     overrides = _read_yaml(run / ".hydra" / "overrides.yaml")
-    callbacks = config.get("callbacks") if isinstance(config.get("callbacks"), dict) else {}
+    callbacks = config["callbacks"] if isinstance(config.get("callbacks"), dict) else {}
     ckpt = callbacks.get("model_checkpoint") or {}
     monitor, mode = str(ckpt.get("monitor", "val/loss")), str(ckpt.get("mode", "min"))
     metrics = read_metrics(run)

@@ -41,7 +41,8 @@ class GracefulStop:
     its step and save; a second one raises KeyboardInterrupt. Only the main thread can own signals."""
 
     def __init__(self, request_stop: Callable[[str], None]) -> None:
-        self.request_stop, self.previous, self.received = request_stop, {}, False
+        self.request_stop, self.received = request_stop, False
+        self.previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.received:

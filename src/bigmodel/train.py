@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint, distributed, finetune, rundir
 from bigmodel.config import ConfigError, TrainerConfig, check_targets, require
+from bigmodel.config import resolved as resolved_config
 from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
@@ -29,7 +30,9 @@ def seed_everything(seed: int) -> None:
 
 
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer))
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer))
+    assert isinstance(config, TrainerConfig)
+    return config
 
 
 def output_dir(cfg: DictConfig) -> str:
@@ -122,7 +125,7 @@ def build(cfg: DictConfig, resolved: dict[str, Any]) -> tuple[Any, torch.nn.Modu
 def train(cfg: DictConfig) -> float | None:
     """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
     seed_everything(cfg.seed)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = resolved_config(cfg)
     trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
     check_targets(resolved)  # wrong types, unknown keys and out-of-range values, named, before any work
     warn_single_process(cfg)
@@ -149,8 +152,8 @@ def train(cfg: DictConfig) -> float | None:
         log.info("interrupted: not testing; resume with ckpt_path=auto (or the run's checkpoints/last.pt)")
     elif cfg.test:
         best = getattr(callbacks.get("model_checkpoint"), "best_path", None)
-        tested_best = bool(best and Path(best).is_file())
-        if tested_best:  # best.pt holds the weights validation used (the average, with callbacks.ema)
+        tested_best = best is not None and Path(best).is_file()
+        if best is not None and tested_best:  # best.pt holds the weights validation used (the average, with callbacks.ema)
             checkpoint.load_model_state(trainer.model, checkpoint.load(best)["model"], best)
             log.info(f"testing the best checkpoint {best}")
         metrics |= trainer.evaluate("test", eval_weights=not tested_best)

@@ -10,7 +10,8 @@ import torch
 
 from bigmodel.data.errors import DataError
 from bigmodel.data.image_folder import load_image_folder
-from bigmodel.data.images import Augment, ImageData, Splits, seeded_split
+from bigmodel.data.images import Augment, ImageData, Splits
+from bigmodel.data.loading import seeded_split
 from bigmodel.ranges import NonNegativeInt, PositiveFloat, PositiveInt
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]

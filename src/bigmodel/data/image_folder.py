@@ -7,14 +7,16 @@ import logging
 import os
 import shutil
 import tarfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from bigmodel.checkpoint import save_atomic
+from bigmodel.atomic import save_atomic
 from bigmodel.data.errors import DataError
-from bigmodel.data.images import Augment, ImageData, Splits, seeded_split
+from bigmodel.data.images import Augment, ImageData, Splits
+from bigmodel.data.loading import seeded_split
 from bigmodel.ranges import Fraction, PositiveFloat, PositiveInt
 
 log = logging.getLogger("bigmodel")
@@ -92,7 +94,8 @@ def _image_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
     extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
     if extra:
         raise DataError(f"{folder}: class folder(s) {extra} are not in train/ (classes: {classes})")
-    files, skipped = [], []
+    files: list[tuple[Path, int]] = []
+    skipped: list[tuple[Path, int]] = []
     for i, c in enumerate(classes):
         for p in sorted((folder / c).iterdir()) if (folder / c).is_dir() else []:
             if not p.name.startswith("."):  # .DS_Store and friends
@@ -158,8 +161,8 @@ def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: 
 
 def image_folder(root: str, cache_dir: str, image_size: PositiveInt = 32, val_fraction: Fraction = 0.1,
                  batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, augment: Augment | None = None,
-                 on_device: bool = False, mean: list[float] = (0.5, 0.5, 0.5),
-                 std: list[PositiveFloat] = (0.25, 0.25, 0.25), seed: int = 0) -> ImageData:
+                 on_device: bool = False, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[PositiveFloat] = (0.25, 0.25, 0.25), seed: int = 0) -> ImageData:
     """The ImageFolder data module (see ImageData for loaders and augmentation)."""
     load = functools.partial(load_image_folder, root, cache_dir, image_size, val_fraction, seed)
     return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,

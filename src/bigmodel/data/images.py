@@ -13,7 +13,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bigmodel.data.errors import DataError
 from bigmodel.data.loading import ResumableSampler
 from bigmodel.metrics import Classification
 from bigmodel.ranges import NonNegativeInt
@@ -117,7 +116,8 @@ class ImageData:
         if not (self.on_device and device is not None and device.type == "cuda"):
             return self.splits[split]
         if split not in self._resident:
-            self._resident[split] = tuple(t.to(device) for t in self.splits[split])
+            images, labels = self.splits[split]
+            self._resident[split] = (images.to(device), labels.to(device))
         return self._resident[split]
 
     def loader(self, split: str, *, epoch: int = 0, skip_batches: int = 0, rank: int = 0,
@@ -129,16 +129,3 @@ class ImageData:
                                    world_size=world_size, skip=skip_batches * bs)
         return ImageBatches(images, labels, batch_size=bs, sampler=sampler, mean=self.mean, std=self.std,
                             augment=self.augment if train else None, seed=self.seed, device=device)
-
-
-def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val) of a reproducible random split of n items."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(n * val_fraction))
-    if n_val >= n:
-        raise DataError(f"holding out {n_val} of {n} training examples for validation leaves none to train on; "
-                        "lower data.val_size / data.val_fraction")
-    if n_val == 0 and val_fraction > 0:  # an empty validation split would report metrics of nothing
-        raise DataError(f"a validation fraction of {val_fraction:g} of {n} training examples holds out none; "
-                        f"raise data.val_fraction to at least {1 / n:.2g} or give a validation file/folder")
-    return order[n_val:], order[:n_val]

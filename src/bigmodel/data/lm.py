@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import urllib.request
 from glob import glob
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bigmodel.atomic import atomic_open, write_text_atomic
 from bigmodel.config import ConfigError
 from bigmodel.data.errors import DataError
 from bigmodel.data.loading import ResumableSampler
@@ -87,20 +87,16 @@ def build_tokenizer(files: list[Path], kind: str, encoding: str, base_chars: str
 
 def write_tokens(files: list[Path], tok: CharTokenizer | BPETokenizer, path: Path) -> int:
     """Tokenize `files` into a raw uint16 file at `path` (written to a temp file, then renamed)."""
-    tmp, n = path.with_name(f"{path.name}.tmp{os.getpid()}"), 0
-    try:
-        with open(tmp, "wb") as out:
-            for f in files:
-                for text in read_chunks(f):
-                    ids = tok.encode_array(text)
-                    out.write(ids.tobytes())
-                    n += len(ids)
-                if isinstance(tok, BPETokenizer):  # documents are separated by the end-of-text token
-                    out.write(np.array(tok.start_ids(), dtype=np.uint16).tobytes())
-                    n += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    n = 0
+    with atomic_open(path) as out:
+        for f in files:
+            for text in read_chunks(f):
+                ids = tok.encode_array(text)
+                out.write(ids.tobytes())
+                n += len(ids)
+            if isinstance(tok, BPETokenizer):  # documents are separated by the end-of-text token
+                out.write(np.array(tok.start_ids(), dtype=np.uint16).tobytes())
+                n += 1
     return n
 
 
@@ -121,9 +117,7 @@ def cache_tokens(files: list[Path], kind: str, encoding: str, cache_dir: str,
         log.info(f"tokenizing {len(files)} file(s) ({kind}) into {folder}")
         n = write_tokens(files, tok, bin_path)
         meta = {"tokenizer": tok.state_dict(), "num_tokens": n, "files": [str(f) for f in files]}
-        tmp = meta_path.with_name(f"meta.json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_path)  # written last: its presence marks a complete cache
+        write_text_atomic(meta_path, json.dumps(meta))  # written last: its presence marks a complete cache
     meta = json.loads(meta_path.read_text())
     if meta["num_tokens"] == 0:
         raise DataError(f"{[str(f) for f in files]}: no text to train on")
@@ -184,7 +178,7 @@ class LMData:
         tokens, tok_state = cache_tokens(find_files(self.files), self.kind, self.encoding, self.cache_dir,
                                          self.base_chars)
         self.tokenizer = tokenizer_from_state(tok_state)
-        if self.base_chars:
+        if self.base_chars and isinstance(self.tokenizer, CharTokenizer):
             new = self.tokenizer.chars[len(self.base_chars):]
             log.info(f"characters: {len(self.base_chars)} from the checkpoint + {len(new)} new {new!r}")
         n = len(tokens)
@@ -214,13 +208,18 @@ class LMData:
                         f"data.block_size={self.block_size} (+1); use {key}, a smaller block_size or more text")
 
     def model_args(self) -> dict:
-        return {"vocab_size": self.tokenizer.vocab_size}
+        return {"vocab_size": self._tokenizer().vocab_size}
 
     def metrics(self) -> LanguageModel:
         return LanguageModel()
 
     def state_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.state_dict(), "block_size": self.block_size}
+        return {"tokenizer": self._tokenizer().state_dict(), "block_size": self.block_size}
+
+    def _tokenizer(self) -> CharTokenizer | BPETokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer yet: call setup() first")
+        return self.tokenizer
 
     def reuse_vocabulary(self, state: dict) -> bool:
         """Tokenize as a checkpoint did (call before setup; for `init_from`): char-level keeps its

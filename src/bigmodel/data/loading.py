@@ -5,7 +5,9 @@ import os
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
+
+from bigmodel.data.errors import DataError
 
 
 class ResumableSampler(Sampler[int]):
@@ -46,7 +48,7 @@ def default_workers() -> int:
     return max(min((os.cpu_count() or 1) - 1, 8), 0)
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int = 0,
+def make_loader(dataset: Any, *, batch_size: int, shuffle: bool, seed: int, epoch: int = 0,
                 skip_batches: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                 pin_memory: bool = False, drop_last: bool = False,
                 collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
@@ -59,3 +61,16 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, 
                       # its own generator: creating the iterator draws nothing from the global RNG
                       generator=torch.Generator().manual_seed(seed + epoch),
                       prefetch_factor=4 if num_workers > 0 else None)
+
+
+def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) of a reproducible random split of n items."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(n * val_fraction))
+    if n_val >= n:
+        raise DataError(f"holding out {n_val} of {n} training examples for validation leaves none to train on; "
+                        "lower data.val_size / data.val_fraction")
+    if n_val == 0 and val_fraction > 0:  # an empty validation split would report metrics of nothing
+        raise DataError(f"a validation fraction of {val_fraction:g} of {n} training examples holds out none; "
+                        f"raise data.val_fraction to at least {1 / n:.2g} or give a validation file/folder")
+    return order[n_val:], order[:n_val]

@@ -10,15 +10,14 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler
 
 from bigmodel.data.errors import DataError
-from bigmodel.data.images import seeded_split
-from bigmodel.data.loading import make_loader
+from bigmodel.data.loading import make_loader, seeded_split
 from bigmodel.data.text_files import Example, Raw, read_csv_rows, read_label_lines, to_examples
 from bigmodel.data.tokenizers import unknown_warning
 from bigmodel.data.vocab import Tokenizer, Vocab
@@ -83,16 +82,27 @@ class TextClassificationData:
         self.min_freq, self.max_size, self.max_length = min_freq, max_size, max_length
         self.batch_size, self.eval_batch_size, self.bucket_pool = batch_size, eval_batch_size, bucket_pool
         self.num_workers, self.seed = num_workers, seed
-        self.vocab: Vocab | None = None
+        self._vocab: Vocab | None = None
         self.base_tokens: list[str] | None = None  # a checkpoint's vocabulary to extend (reuse_vocabulary)
         self.class_names: list[str] = []
         self.datasets: dict[str, list[tuple[torch.Tensor, int]]] = {}
+
+    @property
+    def vocab(self) -> Vocab:
+        """The vocabulary: built by setup(), or a checkpoint's (load_state_dict)."""
+        if self._vocab is None:
+            raise RuntimeError("no vocabulary yet: call setup() (or load_state_dict) first")
+        return self._vocab
+
+    @vocab.setter
+    def vocab(self, vocab: Vocab) -> None:
+        self._vocab = vocab
 
     def setup(self) -> None:
         if self.datasets:
             return
         splits, class_names = self.load()
-        if self.vocab is None:
+        if self._vocab is None:
             self.class_names = class_names
             self.vocab = Vocab.build((text for _, text in splits["train"]), min_freq=self.min_freq,
                                      max_size=self.max_size, tokenizer=self.tokenizer, lowercase=self.lowercase,
@@ -154,7 +164,8 @@ class TextClassificationData:
             sampler = BucketBatchSampler([len(ids) for ids, _ in data], self.batch_size, pool=self.bucket_pool,
                                          seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
                                          skip=skip_batches)
-            return DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+            dataset: Any = data  # a list is a map-style data set
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
                               pin_memory=pin)
         return make_loader(data, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
                            seed=self.seed, epoch=epoch, skip_batches=skip_batches, rank=rank,

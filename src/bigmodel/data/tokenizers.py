@@ -13,11 +13,11 @@ checkpoint, so `bigmodel generate` reads text exactly as training did.
 import logging
 import re
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
 from bigmodel.data.errors import DataError
-
 
 # CJK ideographs (BERT's basic tokenizer rule: the CJK Unified Ideographs blocks, extensions A-H and the
 # compatibility ideographs) and the CJK Symbols and Punctuation block (less its ideographic space
@@ -116,7 +116,7 @@ class BPETokenizer:
 
     def __init__(self, encoding: str = "gpt2", vocab_size: int | None = None) -> None:
         self.encoding = encoding
-        self._enc = None
+        self._enc: Any = None  # a tiktoken Encoding, made on first use
         self.vocab_size = vocab_size or self.enc.n_vocab
 
     @property

@@ -34,12 +34,12 @@ class LayerCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, t, hs) after the cached positions; returns all of them (B, nh, length, hs)."""
         b, nh, t, hs = k.shape
-        if self.k is None:  # allocated once, in the dtype the model computes in (autocast included)
+        if self.k is None or self.v is None:  # allocated once, in the dtype the model computes in (autocast too)
             self.k, self.v = k.new_empty(b, nh, self.capacity, hs), v.new_empty(b, nh, self.capacity, hs)
-        end = self.length + t
-        self.k[:, :, self.length : end], self.v[:, :, self.length : end] = k, v
+        keys, values, end = self.k, self.v, self.length + t
+        keys[:, :, self.length : end], values[:, :, self.length : end] = k, v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return keys[:, :, :end], values[:, :, :end]
 
 
 KVCache = list[LayerCache]  # one per block
@@ -55,7 +55,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.dropout = n_head, dropout
         self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads in one matmul
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.proj.residual = True  # scaled init (see GPT._init_weights)
+        self.proj.residual = True  # type: ignore[assignment]  # scaled init (see GPT._init_weights)
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
@@ -92,7 +92,7 @@ class MLP(nn.Module):
         self.up = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.act = nn.GELU(approximate=gelu)
         self.down = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.down.residual = True
+        self.down.residual = True  # type: ignore[assignment]
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied: one (V, C) matrix reads and writes tokens
         self.apply(self._init_weights)
-        if init_from is not None:
+        if init_from is not None and pretrained_path is not None:  # architecture() named a missing path
             state = gpt2.convert(gpt2.read_weights(pretrained_path), block_size)
             load_model_state(self, state, str(pretrained_path))  # names what does not fit, in one line
 
@@ -161,8 +161,8 @@ class GPT(nn.Module):
             if getattr(module, "residual", False):
                 std /= math.sqrt(2 * self.n_layer)  # each block adds two projections to the residual stream
             nn.init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+            if isinstance(bias := getattr(module, "bias", None), torch.Tensor):
+                nn.init.zeros_(bias)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; the position table is left out by default (it does no matmul work)."""

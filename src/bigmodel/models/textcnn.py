@@ -12,6 +12,8 @@ position: the gradients of the plain graph, at a fraction of the cost on long te
 backward of a convolution costs twice its forward).
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,7 +72,7 @@ class TextCNN(nn.Module):
     100). pretrained_vectors / freeze_embeddings: as for LSTMClassifier (word vectors of embed_dim)."""
 
     def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
-                 embed_dim: PositiveInt = 128, filter_widths: list[PositiveInt] = (3, 4, 5),
+                 embed_dim: PositiveInt = 128, filter_widths: Sequence[PositiveInt] = (3, 4, 5),
                  n_filters: PositiveInt = 100, dropout: Fraction = 0.5, embed_dropout: Fraction = 0.0,
                  word_dropout: Fraction = 0.0, pretrained_vectors: str | None = None,
                  freeze_embeddings: bool = False) -> None:
