@@ -4,7 +4,7 @@
 
 Each checkpoint is exported with `bigmodel.export.export_model` (format=onnx, checked against the
 checkpoint) into a temporary folder. The inputs are real validation examples of the checkpoint's own
-data (the first N of the val split, padded as its loader pads them). Eager runs `model(*inputs)` under
+data (N drawn at random from the val split, seeded; texts padded to the longest of them). Eager runs `model(*inputs)` under
 torch.inference_mode with `--threads` intra-op threads; onnxruntime runs with the same number of
 threads. A round times `--iters` calls of each, alternating which goes first (load from other
 processes hits both alike), after warm-up; the figure is the median per-call time over the rounds'
@@ -26,15 +26,17 @@ from bigmodel.restore import restore_datamodule, restore_model
 from bigmodel.runtime import as_args
 
 
-def val_inputs(restored, n: int) -> tuple:
-    """The first n validation examples as the model's positional inputs (padded like the loader does)."""
-    datamodule = restore_datamodule(restored, {"eval_batch_size": max(n, 1)})
+def val_inputs(restored, n: int, seed: int = 0) -> tuple:
+    """n validation examples drawn at random (seeded; the loader sorts texts by length, so its first
+    batch would be the shortest texts) as the model's positional inputs, texts padded to the longest."""
+    datamodule = restore_datamodule(restored, {"eval_batch_size": 1 << 20})  # the whole split in one batch
     inputs, _ = next(iter(datamodule.loader("val")))
     args = as_args(inputs)
+    pick = torch.randperm(len(args[0]), generator=torch.Generator().manual_seed(seed))[:n]
     if len(args) == 2:  # tokens, lengths: cut the padding to the longest of the n texts
-        lengths = args[1][:n]
-        return args[0][:n, : int(lengths.max())].contiguous(), lengths
-    return tuple(a[:n].contiguous() for a in args)
+        lengths = args[1][pick]
+        return args[0][pick, : int(lengths.max())].contiguous(), lengths
+    return tuple(a[pick].contiguous() for a in args)
 
 
 def per_call(fn, iters: int) -> float:
@@ -50,6 +52,8 @@ def per_call(fn, iters: int) -> float:
 def bench(ckpt: str, batch: int, exported, rounds: int, iters: int) -> tuple[float, float]:
     restored = restore_model(ckpt)
     args = val_inputs(restored, batch)
+    if len(args) == 2:
+        print(f"#   batch {batch}: texts of {args[1].float().mean():.1f} tokens on average, padded to {args[0].shape[1]}")
     with torch.inference_mode():
         eager = lambda: restored.model(*args)  # noqa: E731
         onnx = lambda: exported(*args)  # noqa: E731
