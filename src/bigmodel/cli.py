@@ -15,6 +15,7 @@ COMMANDS = {  # name -> (config name, one-line help); the function each runs: co
     "eval": ("eval", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
     "predict": ("predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "sample text from a GPT checkpoint: prompt=..."),
+    "export": ("export", "a checkpoint as ONNX or a .pt2 program: ckpt_path=... format=onnx|pt2"),
     "lr_find": ("lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
 
@@ -38,6 +39,10 @@ def command_function(command: str) -> Callable[[Any], object]:
         from bigmodel.generate import generate
 
         return generate
+    if command == "export":
+        from bigmodel.export import export
+
+        return export
     if command == "lr_find":
         from bigmodel.lr_find import lr_find
 

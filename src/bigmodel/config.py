@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bigmodel.ranges import (
     Fraction,
@@ -115,7 +115,8 @@ TORCH_OPTIM_RANGES: dict[str, Any] = {
 class PredictConfig:
     """`bigmodel predict`'s keys; configs/predict.yaml says what each one does."""
     name: str = "predict"
-    ckpt_path: str = MISSING
+    ckpt_path: str | None = None
+    model_path: str | None = None
     text: str | None = None
     input_file: str | None = None
     encoding: str = "utf-8"
