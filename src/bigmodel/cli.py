@@ -16,6 +16,7 @@ COMMANDS = {  # name -> (config name, "module:function", one-line help)
     "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
     "export": ("export", "bigmodel.export:export", "a checkpoint as ONNX or a .pt2 program: ckpt_path=... format=onnx|pt2"),
+    "quantize": ("quantize", "bigmodel.quantize:quantize", "int8 copy of a model (ckpt_path= or model_path=) with size, accuracy, latency"),
     "lr_find": ("lr_find", "bigmodel.lr_find:lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
 
