@@ -2,18 +2,21 @@
 checkpoint's logits, for other batch sizes and texts of other lengths than the traced example."""
 
 import json
+import re
 
 import pytest
 import torch
-from conftest import compose_cfg, write_fake_cifar10
 from hydra.core.global_hydra import GlobalHydra
-from test_text_data import write_sentiment
 
+from bigmodel.config import ConfigError
 from bigmodel.export import export_model
-from bigmodel.exported import load_exported
+from bigmodel.exported import ExportError, load_exported
 from bigmodel.models.rnn import LSTMClassifier, packed_lstm
 from bigmodel.restore import restore_model
-from bigmodel.train import train
+from bigmodel.predict import predict
+from bigmodel.train import evaluate, train
+from conftest import compose_cfg, run_cli, write_fake_cifar10
+from test_text_data import write_sentiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
@@ -75,6 +78,8 @@ def uneven_inputs(restored, family: str):
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 @pytest.mark.parametrize("family", list(TINY))
 def test_export_gives_the_checkpoints_logits(ckpts, tmp_path, family, fmt, capsys):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
     out = export_model(str(ckpts[family]), fmt, tmp_path / "exp")
     assert "argmax agreement 100.00%" in capsys.readouterr().out
     exported = load_exported(out)
@@ -102,3 +107,130 @@ def test_packed_lstm_op_equals_the_lstm_over_packed_texts():
     want, _ = torch.nn.utils.rnn.pad_packed_sequence(want, batch_first=True, total_length=9)
     torch.testing.assert_close(out, want)
     torch.testing.assert_close(h, want_h)
+
+
+def test_packed_lstm_op_is_what_the_model_runs_while_exporting(monkeypatch):
+    torch.manual_seed(0)
+    model = LSTMClassifier(vocab_size=30, num_classes=3, embed_dim=6, hidden_size=5, pooling="mean").eval()
+    tokens, lengths = torch.randint(1, 30, (3, 7)), torch.tensor([7, 2, 0])
+    want = model(tokens, lengths)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    torch.testing.assert_close(model(tokens, lengths), want)
+
+
+# ---------------------------------------------------------------- the check, the folder, its errors
+def test_a_broken_export_fails_the_check_and_leaves_nothing(ckpts, tmp_path, monkeypatch):
+    import bigmodel.export as export
+
+    real = export.load_exported
+
+    def off_by_a_bit(path):
+        exported = real(path)
+        run = exported._run
+        exported._run = lambda inputs: run(inputs) + 0.01
+        return exported
+
+    monkeypatch.setattr(export, "load_exported", off_by_a_bit)
+    with pytest.raises(ExportError, match=r"differs from the checkpoint: max \|logit diff\| 0.01 > atol=0.001"):
+        export_model(str(ckpts["textcnn"]), "pt2", tmp_path / "exp")
+    assert not (tmp_path / "exp").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_export_is_not_overwritten_silently(ckpts, tmp_path):
+    out = export_model(str(ckpts["textcnn"]), "pt2")
+    assert out == ckpts["textcnn"].parent.parent / "export" / "pt2"
+    with pytest.raises(ExportError, match="already holds an export; give another output_dir= or overwrite=true"):
+        export_model(str(ckpts["textcnn"]), "pt2")
+    (out / "model.pt2").write_bytes(b"garbage")
+    assert export_model(str(ckpts["textcnn"]), "pt2", overwrite=True) == out
+    load_exported(out)
+
+
+def test_unusable_folders_are_refused_in_one_line(ckpts, tmp_path):
+    with pytest.raises(ConfigError, match="format='tflite' is not an export format; valid: onnx, pt2"):
+        export_model(str(ckpts["textcnn"]), "tflite", tmp_path / "x")
+    with pytest.raises(ExportError, match="no such folder"):
+        load_exported(tmp_path / "nowhere")
+    with pytest.raises(ExportError, match="has no bigmodel.json: not a folder written by bigmodel export"):
+        load_exported(tmp_path)
+    out = export_model(str(ckpts["textcnn"]), "pt2", tmp_path / "exp")
+    spec = json.loads((out / "bigmodel.json").read_text())
+    (out / "model.pt2").write_bytes(b"not a zip")
+    with pytest.raises(ExportError, match="model.pt2: not a loadable .pt2 program"):
+        load_exported(out)
+    (out / "model.pt2").unlink()
+    with pytest.raises(ExportError, match="its model file model.pt2 is missing"):
+        load_exported(out)
+    (out / "bigmodel.json").write_text(json.dumps({**spec, "format": "tflite"}))
+    with pytest.raises(ExportError, match="format='tflite' is not one of"):
+        load_exported(out)
+    (out / "bigmodel.json").write_text("{not json")
+    with pytest.raises(ExportError, match="bigmodel.json: not valid JSON"):
+        load_exported(out)
+
+
+def test_a_garbage_onnx_file_is_refused_in_one_line(ckpts, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = export_model(str(ckpts["textcnn"]), "onnx", tmp_path / "exp")
+    (out / "model.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(ExportError, match="model.onnx: not a loadable ONNX model"):
+        load_exported(out)
+
+
+# ---------------------------------------------------------------- eval and predict with model_path
+@pytest.mark.slow
+def test_eval_with_model_path_measures_what_eval_with_ckpt_path_does(ckpts, tmp_path):
+    out = export_model(str(ckpts["lstm"]), "onnx", tmp_path / "exp")
+    results = []
+    for source in (f"ckpt_path={ckpts['lstm']}", f"model_path={out}"):
+        cfg = compose_cfg("eval", [source, "split=val", "trainer.progress_bar=false"], tmp_path / "eval")
+        results.append(evaluate(cfg))
+        GlobalHydra.instance().clear()
+    eager, exported = results
+    assert exported["val/acc"] == eager["val/acc"] and exported["val/f1"] == eager["val/f1"]
+    assert exported["val/loss"] == pytest.approx(eager["val/loss"], abs=1e-5)
+
+
+def test_eval_and_predict_want_exactly_one_model(tmp_path):
+    for overrides, message in [([], "ckpt_path is required, e.g. bigmodel eval ckpt_path="),
+                               (["ckpt_path=a.pt", "model_path=b"], "give one of ckpt_path=a.pt and model_path=b, not both")]:
+        cfg = compose_cfg("eval", overrides, tmp_path)
+        GlobalHydra.instance().clear()
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            evaluate(cfg)
+    cfg = compose_cfg("predict", ["ckpt_path=a.pt", "model_path=b", "text=hi"], tmp_path)
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match="not both"):
+        predict(cfg)
+
+
+def test_predict_with_model_path_gives_the_checkpoints_answers(ckpts, tmp_path, capsys):
+    out = export_model(str(ckpts["lstm"]), "pt2", tmp_path / "exp")
+    (tmp_path / "in.txt").write_text("a great film , really great .\nbad\na dull film , really dull , dull .\n")
+    answers = []
+    for source in (f"ckpt_path={ckpts['lstm']}", f"model_path={out}"):
+        cfg = compose_cfg("predict", [source, f"input_file={tmp_path}/in.txt", "device=cpu"], tmp_path / "p")
+        GlobalHydra.instance().clear()
+        answers.append(predict(cfg))
+    (want, got) = answers
+    assert [label for label, _ in got] == [label for label, _ in want]
+    torch.testing.assert_close(torch.tensor([p for _, p in got]), torch.tensor([p for _, p in want]), atol=1e-5, rtol=0)
+    cfg = compose_cfg("predict", [f"model_path={out}", "text=hi"], tmp_path / "p")
+    GlobalHydra.instance().clear()
+    cnn = export_model(str(ckpts["cnn"]), "pt2", tmp_path / "cnn")
+    with pytest.raises(ExportError, match="holds a image_classification model, not a text classifier"):
+        predict(compose_cfg("predict", [f"model_path={cnn}", "text=hi"], tmp_path / "p"))
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+def test_cli_exports_and_refuses_in_one_line(ckpts, tmp_path):
+    out = run_cli("export", f"ckpt_path={ckpts['transformer']}", "format=onnx", f"output_dir={tmp_path}/exp",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "argmax agreement 100.00%" in out.stdout and f"exported to {tmp_path}/exp" in out.stdout
+    again = run_cli("export", f"ckpt_path={ckpts['transformer']}", f"output_dir={tmp_path}/exp", cwd=tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "already holds an export; give another output_dir= or overwrite=true" in again.stderr + again.stdout
+    ev = run_cli("eval", f"model_path={tmp_path}/exp", "split=val", "trainer.progress_bar=false", cwd=tmp_path)
+    assert ev.returncode == 0 and "val/acc=" in ev.stdout, ev.stderr

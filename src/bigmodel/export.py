@@ -7,6 +7,9 @@ a new folder, by default `<run>/export/<format>/` next to the run's `checkpoints
 model and the eager checkpoint read the same real validation batches: the largest logit difference
 and the argmax agreement are printed, and a difference above `atol` fails the export (nothing is left
 behind). `export_model` does the same from Python (quantize uses it).
+
+`bigmodel eval model_path=<folder>` (evaluate_exported) measures an exported model on a split of its
+run's data, as `bigmodel eval ckpt_path=` does for the checkpoint.
 """
 
 import json
@@ -18,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint
 from bigmodel.config import ConfigError, require
+from bigmodel.data.errors import DataError
 from bigmodel.exported import (
     FORMATS,
     SPEC_FILE,
@@ -145,6 +150,46 @@ def check(exported: Exported, restored: Restored, n: int, atol: float, data: Any
         raise ExportError(f"the exported model differs from the checkpoint: max |logit diff| "
                           f"{report['max_abs_diff']:.3g} > atol={atol} on {report['batches']} val batches; not exported")
     return report
+
+
+def one_source(cfg: DictConfig, example: str) -> None:
+    """eval / predict read exactly one of ckpt_path= (a checkpoint) and model_path= (an exported folder)."""
+    ckpt, folder = cfg.get("ckpt_path"), cfg.get("model_path")
+    if ckpt is None and folder is None:
+        raise ConfigError(f"ckpt_path is required, e.g. {example} (or model_path=<a folder from bigmodel export>)")
+    if ckpt is not None and folder is not None:
+        raise ConfigError(f"give one of ckpt_path={ckpt} and model_path={folder}, not both")
+
+
+@torch.no_grad()
+def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
+    """`bigmodel eval model_path=...`: the exported model on `split` of the data its bigmodel.json
+    describes (the run's data config and vocabulary), with the same loss and metrics as eval ckpt_path=."""
+    exported = load_exported(cfg.model_path)
+    if not isinstance(exported.spec.get("config"), dict) or "data" not in exported.spec["config"]:
+        raise ExportError(f"model_path={cfg.model_path!r}: its bigmodel.json holds no training config, so its "
+                          "data cannot be rebuilt; re-export it with bigmodel export")
+    saved = OmegaConf.create(exported.spec["config"])
+    restored = Restored(model=torch.nn.Identity(), config=saved, model_args={}, data=dict(exported.spec["data"]),
+                        progress={}, path=str(cfg.model_path))
+    datamodule = restore_datamodule(restored, cfg.get("data"))  # +data.KEY=... overrides are checked too
+    loss_fn, metrics = instantiate(saved.loss), datamodule.metrics()
+    limit = cfg.trainer.limit_val_batches if cfg.split == "val" else cfg.trainer.limit_test_batches
+    loss_sum, count = 0.0, 0
+    for i, (inputs, targets) in enumerate(datamodule.loader(cfg.split)):
+        if 0 <= limit <= i:
+            break
+        logits = exported(*as_args(inputs))
+        n = int((targets != -100).sum())
+        loss_sum, count = loss_sum + float(loss_fn(logits, targets)) * n, count + n
+        metrics.update(logits, targets)
+    if count == 0:
+        raise DataError(f"the {cfg.split} split has no examples to evaluate")
+    result = {f"{cfg.split}/loss": loss_sum / count} | {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
+    print("  ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    if hasattr(metrics, "table"):
+        print(metrics.table())
+    return result
 
 
 def export(cfg: DictConfig) -> Path:
