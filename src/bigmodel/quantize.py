@@ -83,12 +83,20 @@ class Calibration:
 def quantize_onnx(src: Path, dst: Path, method: str, calibration: Calibration | None) -> None:
     """Write the int8 version of the ONNX model `src` to `dst` (onnxruntime's quantizer)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method == "dynamic":  # every MatMul / Gemm / LSTM / Gather (embedding) gets int8 weights
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-        return
-    quantize_static(str(src), str(dst), calibration, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    # onnxruntime's pre-pass folds constants: the exporter leaves the LSTM's weights as Gather/Concat of
+    # the PyTorch tensors, and the quantizer only takes weights that are plain initializers
+    pre = dst.with_name("fp32-folded.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    try:
+        if method == "dynamic":  # every MatMul / Gemm / LSTM / Gather (embedding) gets int8 weights
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+            return
+        quantize_static(str(pre), str(dst), calibration, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        pre.unlink(missing_ok=True)
     if calibration is None or calibration.seen == 0:
         raise DataError("the training split gave no batch to calibrate on; check the data (data.root=...)")
 
@@ -112,12 +120,20 @@ def fp32_source(cfg: DictConfig, work: Path) -> tuple[Path, str | None]:
     return Path(folder).expanduser(), source if source and Path(source).is_file() else None
 
 
-def bench_inputs(datamodule: Any, split: str) -> tuple[tuple, tuple]:
-    """One real batch of (up to) 64 from `split`, and its first example as a batch of 1 (cut to its length)."""
-    inputs = as_args(next(iter(datamodule.loader(split)))[0])
-    big = tuple(x[:64] for x in inputs)
-    one = tuple(x[:1] for x in inputs)
-    if len(one) == 2:  # tokens, lengths: no padding beyond the text at batch 1
+def bench_inputs(datamodule: Any, split: str, n: int = 64, seed: int = 0) -> tuple[tuple, tuple]:
+    """n examples drawn at random from `split` as one batch (loaders may order a split by length), and
+    the first of them as a batch of 1 (cut to its length). Text is re-padded to the longest drawn."""
+    parts = [as_args(inputs) for inputs, _ in datamodule.loader(split)]
+    width = max(p[0].shape[1] for p in parts) if parts[0][0].dim() == 2 else None
+    if width is not None and len(parts[0]) == 2:  # tokens, lengths: what lies past a length is masked out
+        parts = [(torch.nn.functional.pad(p[0], (0, width - p[0].shape[1])), p[1]) for p in parts]
+    inputs = tuple(torch.cat(xs) for xs in zip(*parts))
+    pick = torch.randperm(len(inputs[0]), generator=torch.Generator().manual_seed(seed))[:n]
+    big = tuple(x[pick] for x in inputs)
+    if len(big) == 2:
+        big = (big[0][:, : int(big[1].max())], big[1])
+    one = tuple(x[:1] for x in big)
+    if len(one) == 2:
         one = (one[0][:, : int(one[1][0])], one[1])
     return big, one
 
