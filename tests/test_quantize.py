@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import compose_cfg, run_cli
 from hydra.core.global_hydra import GlobalHydra
+import test_export
 from test_export import train_tiny, uneven_inputs
 
 from bigmodel.config import ConfigError
@@ -33,7 +34,9 @@ def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("quantize")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    out = {family: train_tiny(root, family) for family in FAMILIES}
+    with pytest.MonkeyPatch.context() as patch:  # export's tiny CNN is so small that int8 scales outweigh it
+        patch.setitem(test_export.TINY, "cnn", [*test_export.TINY["cnn"], "model.stem_width=8", "model.widths=[16,32]"])
+        out = {family: train_tiny(root, family) for family in FAMILIES}
     torch.set_num_threads(n)
     return out
 
@@ -76,7 +79,8 @@ def test_quantize_gives_a_smaller_int8_model_that_scores_like_fp32(ckpts, tmp_pa
     out = run_quantize(tmp_path, f"ckpt_path={ckpts[family]}")
     spec = json.loads((out / "bigmodel.json").read_text())
     assert spec["quantization"]["method"] == method and spec["quantization"]["dtype"] == "int8"
-    assert spec["quantization"]["calib_batches"] == (8 if method == "static" else 0) or family != "cnn"
+    calibrated = spec["quantization"]["calib_batches"]
+    assert (1 <= calibrated <= 8) if method == "static" else calibrated == 0  # 8 asked; the tiny split has 5
     ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
     assert int8_op in ops  # the heavy layers really run in int8 (a weight left as fp32 would not show it)
     report = json.loads((out / "quantize_report.json").read_text())

@@ -99,6 +99,8 @@ def quantize_onnx(src: Path, dst: Path, method: str, calibration: Calibration | 
         pre.unlink(missing_ok=True)
     if calibration is None or calibration.seen == 0:
         raise DataError("the training split gave no batch to calibrate on; check the data (data.root=...)")
+    if calibration.seen < calibration.n:
+        log.warning(f"calibrated on all {calibration.seen} training batches (calib_batches={calibration.n} asked)")
 
 
 def fp32_source(cfg: DictConfig, work: Path) -> tuple[Path, str | None]:
