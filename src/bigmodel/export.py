@@ -60,8 +60,10 @@ def example_inputs(restored: Restored, task: str) -> tuple[tuple[torch.Tensor, .
 
 def write_model(model: torch.nn.Module, args: tuple, shapes: tuple, fmt: str, file: Path, input_names: list[str]) -> None:
     """Trace `model` on `args` with free axes `shapes` and write it to `file` as `fmt`."""
+    for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export"):  # their INFO lines are not the user's
+        logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporters' deprecation and tracing notes are not the user's
+        warnings.simplefilter("ignore")  # nor are the exporters' deprecation and tracing notes
         if fmt == "pt2":
             torch.export.save(torch.export.export(model, args, dynamic_shapes=shapes), str(file))
             return
@@ -70,6 +72,12 @@ def write_model(model: torch.nn.Module, args: tuple, shapes: tuple, fmt: str, fi
         program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes, input_names=input_names,
                                     output_names=["logits"], custom_translation_table=translation_table(),
                                     optimize=True, verbose=False)
+        if any(node.op_type == "LSTM" for node in program.model.graph):
+            import onnxscript.optimizer
+
+            # fold the gate reordering of onnx_ops into the weights, whatever their size (the default
+            # limit, 8192 elements, leaves it as ops): the LSTM nodes then read plain initializers
+            onnxscript.optimizer.optimize(program.model, input_size_limit=1 << 31, output_size_limit=1 << 31)
         program.save(str(file))
 
 

@@ -120,7 +120,7 @@ class Exported:
         return (x - mean) / std
 
 
-def _onnx_runner(file: Path, names: list[str], threads: int | None):
+def _onnx_runner(file: Path, inputs: list[dict], threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -131,9 +131,9 @@ def _onnx_runner(file: Path, names: list[str], threads: int | None):
     except Exception as e:  # noqa: BLE001  onnxruntime raises its own types for a file that is not a model
         raise ExportError(f"{file}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
 
-    def run(inputs):
-        feed = {n: np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x))
-                for n, x in zip(names, inputs)}
+    def run(values):
+        feed = {i["name"]: np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=i["dtype"])
+                for i, x in zip(inputs, values)}
         return torch.from_numpy(session.run(None, feed)[0])
 
     run.session = session
@@ -185,6 +185,5 @@ def load_exported(path: str | Path, threads: int | None = None) -> Exported:
     file = Path(path).expanduser() / spec["model_file"]
     if not file.is_file():
         raise ExportError(f"model_path={str(path)!r}: its model file {spec['model_file']} is missing")
-    names = [i["name"] for i in spec["inputs"]]
-    run = _onnx_runner(file, names, threads) if spec["format"] == "onnx" else _pt2_runner(file)
+    run = _onnx_runner(file, spec["inputs"], threads) if spec["format"] == "onnx" else _pt2_runner(file)
     return Exported(Path(path).expanduser(), spec, run)
