@@ -6,10 +6,10 @@ import shutil
 
 import onnx
 import pytest
+import test_export
 import torch
 from conftest import compose_cfg, run_cli
 from hydra.core.global_hydra import GlobalHydra
-import test_export
 from test_export import train_tiny, uneven_inputs
 
 from bigmodel.config import ConfigError
