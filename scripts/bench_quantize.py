@@ -5,7 +5,7 @@ the fp32 and int8 ONNX models at batch 64: where the time goes.
 
     BIGMODEL_DATA_DIR=../shared/data python scripts/bench_quantize.py \\
         lstm=logs/sst2_lstm/runs/<run>/checkpoints/best.pt cnn=logs/cifar10_jpeg_cpu/runs/<run>/checkpoints/best.pt \\
-        --out bench_quantize [--repeats 7] [--profile]
+        --out bench_quantize [--repeats 7] [--profile] [--reuse]
 
 Timings are medians of interleaved rounds (fp32 eager, fp32 ONNX, int8 take turns), one thread each:
 on a shared machine the ratios hold better than the absolute numbers.
@@ -19,10 +19,12 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def run_quantize(ckpt: str, out: Path, repeats: int) -> dict:
+def run_quantize(ckpt: str, out: Path, repeats: int, reuse: bool) -> dict:
     """`bigmodel quantize` on ckpt, keeping the fp32 export next to the int8 folder; its report."""
     fp32, int8 = out / "fp32", out / "int8"
-    for args in (["export", f"ckpt_path={ckpt}", f"output_dir={fp32}", "overwrite=true"],
+    export = [] if reuse and (fp32 / "bigmodel.json").is_file() else [
+        ["export", f"ckpt_path={ckpt}", f"output_dir={fp32}", "overwrite=true"]]
+    for args in (*export,
                  ["quantize", f"model_path={fp32}", f"output_dir={int8}", "overwrite=true", f"bench_repeats={repeats}"]):
         done = subprocess.run([sys.executable, "-m", "bigmodel", *args], check=False, capture_output=True, text=True)
         if done.returncode:
@@ -81,11 +83,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_quantize"))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="keep an fp32 export already in --out")
     args = parser.parse_args()
     rows, notes = [], []
     for item in args.ckpts:
         name, _, ckpt = item.partition("=")
-        report = run_quantize(ckpt, args.out / name, args.repeats)
+        report = run_quantize(ckpt, args.out / name, args.repeats, args.reuse)
         rows.append(row(name, report))
         print(rows[-1], flush=True)
         if args.profile:
