@@ -275,6 +275,9 @@ def quantize(cfg: DictConfig) -> Path:
     """`bigmodel quantize`: see the top of this file and configs/quantize.yaml."""
     if int(cfg.calib_batches) < 1:
         raise ConfigError(f"calib_batches={cfg.calib_batches} must be >= 1 (training batches to calibrate on)")
+    for key in ("bench_repeats", "threads"):
+        if int(cfg[key]) < 1:
+            raise ConfigError(f"{key}={cfg[key]} must be >= 1")
     if str(cfg.method) not in ("auto", "dynamic", "static"):
         raise ConfigError(f"method={cfg.method!r} is not valid; use auto, dynamic or static")
     with tempfile.TemporaryDirectory(prefix="bigmodel-quantize-") as tmp:
