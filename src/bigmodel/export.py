@@ -127,7 +127,7 @@ def export_model(ckpt_path: str, fmt: str, output_dir: str | Path | None = None,
     task = task_of(restored.data)
     args, shapes = example_inputs(restored, task)
     spec = describe(fmt, restored.data, OmegaConf.to_container(restored.config, resolve=True), restored.model,
-                    source_info(restored))
+                    restored.model_args, source_info(restored))
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -7,7 +7,7 @@ feed it. The API, for commands that serve, quantize or evaluate an exported mode
     exported.task           # "image_classification" | "text_classification" | "language_model"
     exported.input_names    # ["images"] | ["tokens", "lengths"] | ["tokens"]
     exported.class_names    # classifiers: label names, in logit order
-    exported.spec           # all of bigmodel.json (see `describe` for its keys)
+    exported.spec           # all of bigmodel.json, below
     logits = exported(*inputs)           # numpy arrays or torch tensors in, float32 torch logits out
     tokens, lengths = exported.encode(["a fine film", ...])   # text classifiers: padded int64 ids
     images = exported.normalize(uint8_images)                 # image classifiers: (B, H, W, C) uint8 -> float
@@ -16,6 +16,13 @@ Inputs: images float32 (B, C, H, W), normalized ((pixel / 255 - mean) / std, see
 tokens int64 (B, T) padded with the vocabulary's pad id and lengths int64 (B,) for text classifiers
 (logits (B, classes)); tokens int64 (B, T <= block_size) for a GPT (logits (B, T, vocab)). The batch
 size and the sequence length are free.
+
+bigmodel.json: version, format ("onnx" | "pt2"), model_file, task, model_class, inputs and outputs
+([{name, dtype, axes}]), class_names, data (the checkpoint's data state: image_size / mean / std, or
+the vocabulary with its tokenizer settings, or the GPT's tokenizer), max_length (Transformer) or
+block_size (GPT), model_args, config (the training run's resolved config), source (checkpoint path,
+step, best validation metric) and check (the export's comparison with the checkpoint). A folder
+derived from an export (an int8 model, say) may name another model_file and add keys of its own.
 """
 
 import json
@@ -54,16 +61,17 @@ def task_of(data: dict[str, Any]) -> str:
 
 
 def describe(fmt: str, data: dict[str, Any], config: dict[str, Any], model: torch.nn.Module,
-             source: dict[str, Any]) -> dict[str, Any]:
+             model_args: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
     """The contents of bigmodel.json for a model exported as `fmt` from a checkpoint whose data state
-    is `data`, training config `config`, and `source` (path, step, best metric ...)."""
+    is `data`, training config `config`, constructor arguments `model_args`, and `source`."""
     task = task_of(data)
     spec = {"version": SPEC_VERSION, "format": fmt, "model_file": FORMATS[fmt], "task": task,
             "model_class": type(model).__name__,
             "inputs": [{"name": n, "dtype": d, "axes": a} for n, d, a in INPUTS[task]],
             "outputs": [{"name": "logits", "dtype": "float32",
                          "axes": ["batch", "seq", "vocab"] if task == "language_model" else ["batch", "classes"]}],
-            "class_names": list(data.get("class_names", [])), "data": data, "config": config, "source": source}
+            "class_names": list(data.get("class_names", [])), "data": data, "model_args": model_args,
+            "config": config, "source": source}
     if task == "text_classification":
         spec["max_length"] = getattr(model, "max_length", None)  # tokens a text is cut to (Transformer)
     if task == "language_model":
