@@ -16,6 +16,7 @@ COMMANDS = {  # name -> (config name, one-line help); the function each runs: co
     "predict": ("predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "sample text from a GPT checkpoint: prompt=..."),
     "export": ("export", "a checkpoint as ONNX or a .pt2 program: ckpt_path=... format=onnx|pt2"),
+    "quantize": ("quantize", "int8 copy of a model (ckpt_path= or model_path=) with size, accuracy, latency"),
     "lr_find": ("lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
 
@@ -43,6 +44,10 @@ def command_function(command: str) -> Callable[[Any], object]:
         from bigmodel.export import export
 
         return export
+    if command == "quantize":
+        from bigmodel.quantize import quantize
+
+        return quantize
     if command == "lr_find":
         from bigmodel.lr_find import lr_find
 
