@@ -15,6 +15,7 @@ COMMANDS = {  # name -> (config name, "module:function", one-line help)
     "eval": ("eval", "bigmodel.train:evaluate", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
     "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
+    "serve": ("serve", "bigmodel.serve.server:serve", "an HTTP server for a checkpoint: ckpt_path=... [port=8000]"),
     "lr_find": ("lr_find", "bigmodel.lr_find:lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
 
