@@ -109,15 +109,15 @@ def decode_image(data: bytes, size: int, max_pixels: int, where: str) -> torch.T
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-            if w * h > max_pixels:
-                raise RequestError(f"{where} is {w}x{h} pixels; at most {max_pixels} pixels (max_image_pixels)",
-                                   status=413)
-            try:  # torchvision's decoders, as for training: the same pixels as the image folder gave
-                img = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            except RuntimeError:  # a format torchvision cannot decode (BMP, ...)
-                img = pil_to_tensor(im.convert("RGB"))
+            if w * h <= max_pixels:
+                try:  # torchvision's decoders, as for training: the same pixels as the image folder gave
+                    img = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                except RuntimeError:  # a format torchvision cannot decode (BMP, ...)
+                    img = pil_to_tensor(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise RequestError(f"{where} cannot be decoded as an image ({type(e).__name__}); send a PNG or JPEG") from None
+    if w * h > max_pixels:
+        raise RequestError(f"{where} is {w}x{h} pixels; at most {max_pixels} pixels (max_image_pixels)", status=413)
     return fit(img, size)
 
 

@@ -30,7 +30,7 @@ class Batcher:
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.batch_sizes: Counter[int] = Counter()  # inputs per model call -> how many calls
-        self.requests = 0
+        self.requests, self.in_flight = 0, 0  # answered; submitted and not answered yet
         self._held: Pending | None = None  # taken from the queue but too big for the batch it was meant for
         self._worker: asyncio.Task | None = None
 
@@ -45,7 +45,11 @@ class Batcher:
     async def submit(self, items: list[Any]) -> list[Any]:
         pending = Pending(items, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(pending)
-        return await pending.future
+        self.in_flight += 1
+        try:
+            return await pending.future
+        finally:
+            self.in_flight -= 1
 
     async def _gather(self) -> list[Pending]:
         """The next batch: the first waiting request and those that join within max_wait."""
@@ -95,7 +99,7 @@ class Batcher:
 
     def stats(self) -> dict:
         calls = sum(self.batch_sizes.values())
-        return {"requests": self.requests, "batches": calls, "queued": self.queue.qsize(),
+        return {"requests": self.requests, "batches": calls, "in_flight": self.in_flight,
                 "mean_batch_size": round(sum(k * v for k, v in self.batch_sizes.items()) / calls, 3) if calls else 0,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait * 1000}
