@@ -133,7 +133,7 @@ class ServeConfig:
     max_image_pixels: PositiveInt = 16777216
     max_new_tokens: PositiveInt = 1024
     device: Device = Device.auto
-    num_threads: NonNegativeInt = 0
+    num_threads: NonNegativeInt = 1
     access_log: bool = False
     graceful_timeout_s: NonNegativeInt = 60
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -33,6 +33,7 @@ from bigmodel.serve.batching import Batcher
 from bigmodel.serve.body import BodyLimit
 
 log = logging.getLogger("bigmodel")
+INLINE_BYTES = 64 * 1024  # images smaller than this decode on the event loop (a thread hop costs more)
 GENERATE_KEYS = {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
                  "stop", "stream"}
 
@@ -152,8 +153,9 @@ def create_app(backend: Backend, *, limits: Limits, max_batch_size: int, max_wai
             values = json_inputs(await read_json(request), backend.input_key, limits.max_items)
         where = backend.input_key
         prepare = lambda: [backend.prepare(v, f"{where}[{i}]") for i, v in enumerate(values)]  # noqa: E731
-        items = await run_in_threadpool(prepare) if where == "images" else prepare()  # decoding off the loop
-        return {"predictions": await batcher.submit(items)}
+        large = where == "images" and sum(map(len, values)) > INLINE_BYTES
+        items = await run_in_threadpool(prepare) if large else prepare()  # large images decode off the loop
+        return JSONResponse({"predictions": await batcher.submit(items)})
 
     @app.post("/v1/generate")
     async def generate(request: Request):

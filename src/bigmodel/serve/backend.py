@@ -7,7 +7,6 @@ normalized as the image data module does, prompts sampled by `bigmodel.generate.
 (raising RequestError, answered as a 4xx), `run` answers a whole batch of them.
 """
 
-import io
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -18,13 +17,13 @@ from omegaconf import OmegaConf
 from bigmodel import checkpoint
 from bigmodel.config import ConfigError
 from bigmodel.data.errors import DataError
-from bigmodel.data.image_folder import fit
 from bigmodel.data.images import normalize
 from bigmodel.data.tokenizers import tokenizer_from_state
 from bigmodel.data.vocab import Vocab
 from bigmodel.generate import RANGES, check_option, check_top_k, sample_text, stop_strings
 from bigmodel.predict import classify
 from bigmodel.restore import Restored, restore_model
+from bigmodel.serve.images import ImageRefused, decode_image
 
 
 class RequestError(ValueError):
@@ -98,29 +97,6 @@ class TextClassifier:
         return self._info
 
 
-def decode_image(data: bytes, size: int, max_pixels: int, where: str) -> torch.Tensor:
-    """An encoded image (PNG, JPEG, ...) as (size, size, 3) uint8, resized as the image folder's images
-    are. The header is read first: an image too large to decode safely is refused before decoding."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_image as tv_decode
-    from torchvision.transforms.functional import pil_to_tensor
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h <= max_pixels:
-                try:  # torchvision's decoders, as for training: the same pixels as the image folder gave
-                    img = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                except RuntimeError:  # a format torchvision cannot decode (BMP, ...)
-                    img = pil_to_tensor(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise RequestError(f"{where} cannot be decoded as an image ({type(e).__name__}); send a PNG or JPEG") from None
-    if w * h > max_pixels:
-        raise RequestError(f"{where} is {w}x{h} pixels; at most {max_pixels} pixels (max_image_pixels)", status=413)
-    return fit(img, size)
-
-
 class ImageClassifier:
     task, input_key = "image-classification", "images"
 
@@ -129,17 +105,26 @@ class ImageClassifier:
         data = restored.data
         self.names, self.size = list(data["class_names"]), int(data["image_size"][0])
         self.mean, self.std = torch.tensor(data["mean"]), torch.tensor(data["std"])
+        self.memory_format = torch.contiguous_format  # as the run trained (trainer.channels_last): often faster
+        if OmegaConf.select(restored.config, "trainer.channels_last", default=False):
+            self.memory_format = torch.channels_last
+            self.model.to(memory_format=self.memory_format)
         self._info = describe(restored, self.task, classes=self.names, image_size=list(data["image_size"]),
                               mean=list(data["mean"]), std=list(data["std"]))
 
     def prepare(self, value: Any, where: str) -> torch.Tensor:
         if not isinstance(value, (bytes, bytearray)):
             raise RequestError(f"{where} is not an encoded image")
-        return decode_image(bytes(value), self.size, self.limits.max_image_pixels, where)
+        try:
+            return decode_image(bytes(value), self.size, self.limits.max_image_pixels)
+        except ImageRefused as e:
+            raise RequestError(f"{where} {e}" + ("" if e.too_large else "; send a PNG or JPEG"),
+                               status=413 if e.too_large else 422) from None
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run(self, items: list[torch.Tensor]) -> list[dict]:
         x = normalize(torch.stack(items), self.mean, self.std).to(self.device)  # (B, C, H, W)
+        x = x.contiguous(memory_format=self.memory_format)
         return labelled(self.model(x).float().softmax(-1).cpu(), self.names)
 
     def info(self) -> dict:
