@@ -3,12 +3,13 @@
     nice -n 10 python scripts/bench_serve.py --ckpt logs/cifar10_jpeg_cpu/runs/<run>/checkpoints/best.pt \\
         --images ~/.cache/bigmodel/cifar10-jpeg-<hash>/cifar10-jpeg/test
 
-For each mode (dynamic batching, then unbatched: `batching=false`) a server is started with
-`bigmodel serve ... host=127.0.0.1 port=0` (loopback only, always) and loaded by 1, 8 and 32 concurrent
-clients (one keep-alive connection each, one request at a time). Each level sends at most `--requests` requests
-and stops after `--seconds`, whichever comes first, after a short warm-up. A request is one input: an
-image (base64 in JSON) for an image classifier, or a text for a text classifier. Latency is measured
-by the client, from sending to the whole answer; the mean batch size is the server's (GET /v1/stats).
+Two servers are started with `bigmodel serve ... host=127.0.0.1 port=0` (loopback only, always), one
+with dynamic batching and one unbatched (`batching=false`), and loaded in turn by 1, 8 and 32
+concurrent clients (one keep-alive connection each, one request at a time), the two modes alternating
+for `--rounds` rounds at each level. A round sends at most `--requests` requests and stops after
+`--seconds`, whichever comes first. A request is one input: an image (base64 in JSON) for an image
+classifier, or a text for a text classifier. Latency is measured by the client, from sending to the
+whole answer; the mean batch size is the server's (GET /v1/stats).
 """
 
 import argparse
@@ -118,29 +119,29 @@ async def load(url: str, requests: list[bytes], clients: int, max_requests: int,
         wall = time.perf_counter() - start
         after = (await http.get("/v1/stats")).json()
     calls = after["batches"] - before["batches"]
-    ms = sorted(1000 * x for x in latencies)
-    return {"clients": clients, "requests": len(ms), "failed": failed, "rps": len(ms) / wall,
-            "p50": statistics.median(ms), "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+    return {"ms": [1000 * x for x in latencies], "failed": failed, "rps": len(latencies) / wall,
             "batch": (after["requests"] - before["requests"]) / calls if calls else 0.0}
 
 
-def run_mode(ckpt: str, batching: bool, args) -> list[dict]:
-    proc, url = start_server(ckpt, batching, args)
-    try:
-        task = httpx.get(f"{url}/v1/model", timeout=60).json()["task"]
-        bodies = raw_requests(url, payloads(task, args))
-        asyncio.run(load(url, bodies, 4, 40, 10))  # warm-up
-        rows = []
-        for clients in args.clients:
-            row = asyncio.run(load(url, bodies, clients, args.requests, args.seconds))
-            rows.append({"mode": "batched" if batching else "unbatched", **row})
-            print(f"{rows[-1]['mode']:>9}  {clients:>3} clients  {row['requests']:>5} requests  "
-                  f"{row['rps']:7.1f} req/s  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
-                  f"mean batch {row['batch']:4.1f}  failed {row['failed']}", flush=True)
-        return rows
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+def level(servers: dict[str, tuple[str, list[bytes]]], clients: int, args) -> dict[str, dict]:
+    """Both modes at one concurrency, alternating for --rounds rounds (the load from other jobs on a
+    shared machine changes by the minute: each round compares the two modes under the same load).
+    req/s and mean batch are the medians of the rounds; p50 / p99 are over every request."""
+    runs: dict[str, list[dict]] = {mode: [] for mode in servers}
+    for _ in range(args.rounds):
+        for mode, (url, requests) in servers.items():
+            runs[mode].append(asyncio.run(load(url, requests, clients, args.requests, args.seconds)))
+    out = {}
+    for mode, rows in runs.items():
+        ms = sorted(x for r in rows for x in r["ms"])
+        out[mode] = {"rps": statistics.median(r["rps"] for r in rows), "p50": statistics.median(ms),
+                     "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))], "requests": len(ms),
+                     "failed": sum(r["failed"] for r in rows), "batch": statistics.median(r["batch"] for r in rows),
+                     "ratios": [b["rps"] / u["rps"] for b, u in zip(runs["batched"], runs["unbatched"])]}
+        print(f"{mode:>9}  {clients:>3} clients  {len(ms):>5} requests  {out[mode]['rps']:7.1f} req/s  "
+              f"p50 {out[mode]['p50']:6.1f} ms  p99 {out[mode]['p99']:6.1f} ms  mean batch {out[mode]['batch']:4.1f}  "
+              f"failed {out[mode]['failed']}", flush=True)
+    return out
 
 
 def main() -> None:
@@ -149,8 +150,9 @@ def main() -> None:
     p.add_argument("--images", help="a folder of JPEG/PNG images to send (default: random 32x32 PNGs)")
     p.add_argument("--texts", help="a file of texts, one a line (for a text classifier)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--requests", type=int, default=1000, help="at most this many requests per level")
-    p.add_argument("--seconds", type=float, default=20, help="at most this long per level")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per level, the two modes alternating")
+    p.add_argument("--requests", type=int, default=1000, help="at most this many requests per round and mode")
+    p.add_argument("--seconds", type=float, default=10, help="at most this long per round and mode")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5)
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads (serve's default 1; 0 = torch's)")
@@ -158,12 +160,26 @@ def main() -> None:
     args = p.parse_args()
     print(f"# bench_serve: {args.ckpt}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"max_batch_size={args.max_batch_size} max_wait_ms={args.max_wait_ms}", flush=True)
-    rows = run_mode(args.ckpt, True, args) + run_mode(args.ckpt, False, args)
-    print("\n| clients | batched req/s | p50 / p99 ms | mean batch | unbatched req/s | p50 / p99 ms | speed-up |")
+    procs, servers = [], {}
+    try:
+        for mode in ("batched", "unbatched"):
+            proc, url = start_server(args.ckpt, mode == "batched", args)
+            procs.append(proc)
+            task = httpx.get(f"{url}/v1/model", timeout=60).json()["task"]
+            servers[mode] = (url, raw_requests(url, payloads(task, args)))
+            asyncio.run(load(url, servers[mode][1], 4, 40, 10))  # warm-up
+        table = {clients: level(servers, clients, args) for clients in args.clients}
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    print("\n| clients | batched req/s | p50 / p99 ms | mean batch | unbatched req/s | p50 / p99 ms | speed-up (rounds) |")
     print("|---|---|---|---|---|---|---|")
-    for b, u in zip(rows[: len(args.clients)], rows[len(args.clients):]):
-        print(f"| {b['clients']} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {b['batch']:.1f} | "
-              f"{u['rps']:.0f} | {u['p50']:.1f} / {u['p99']:.1f} | {b['rps'] / u['rps']:.2f}x |")
+    for clients, row in table.items():
+        b, u = row["batched"], row["unbatched"]
+        ratios = ", ".join(f"{r:.2f}" for r in b["ratios"])
+        print(f"| {clients} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {b['batch']:.1f} | "
+              f"{u['rps']:.0f} | {u['p50']:.1f} / {u['p99']:.1f} | {statistics.median(b['ratios']):.2f}x ({ratios}) |")
 
 
 if __name__ == "__main__":
