@@ -9,7 +9,9 @@ concurrent clients (one keep-alive connection each, one request at a time), the 
 for `--rounds` rounds at each level. A round sends at most `--requests` requests and stops after
 `--seconds`, whichever comes first. A request is one input: an image (base64 in JSON) for an image
 classifier, or a text for a text classifier. Latency is measured by the client, from sending to the
-whole answer; the mean batch size is the server's (GET /v1/stats).
+whole answer; the mean batch size is the server's (GET /v1/stats), and so is the CPU time per request
+(user + system time of the server process over the round, /proc): on a machine shared with other
+jobs requests/s and latency depend on their load, CPU time per request much less.
 """
 
 import argparse
@@ -91,7 +93,14 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     return int(head[9:12])
 
 
-async def load(url: str, requests: list[bytes], clients: int, max_requests: int, seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(url: str, requests: list[bytes], clients: int, max_requests: int, seconds: float,
+               pid: int | None = None) -> dict:
     """`clients` concurrent clients, one connection each, until max_requests are answered or `seconds`
     have passed. The load generator shares the CPU with the server, so it is kept lean: raw HTTP/1.1
     on asyncio streams, requests encoded beforehand (an httpx client costs more CPU than the server)."""
@@ -114,33 +123,35 @@ async def load(url: str, requests: list[bytes], clients: int, max_requests: int,
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         before = (await http.get("/v1/stats")).json()
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, (cpu_seconds(pid) - cpu if pid else 0.0)
         after = (await http.get("/v1/stats")).json()
     calls = after["batches"] - before["batches"]
     return {"ms": [1000 * x for x in latencies], "failed": failed, "rps": len(latencies) / wall,
-            "batch": (after["requests"] - before["requests"]) / calls if calls else 0.0}
+            "batch": (after["requests"] - before["requests"]) / calls if calls else 0.0,
+            "cpu_ms": 1000 * cpu / max(len(latencies), 1)}
 
 
-def level(servers: dict[str, tuple[str, list[bytes]]], clients: int, args) -> dict[str, dict]:
+def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) -> dict[str, dict]:
     """Both modes at one concurrency, alternating for --rounds rounds (the load from other jobs on a
     shared machine changes by the minute: each round compares the two modes under the same load).
     req/s and mean batch are the medians of the rounds; p50 / p99 are over every request."""
     runs: dict[str, list[dict]] = {mode: [] for mode in servers}
     for _ in range(args.rounds):
-        for mode, (url, requests) in servers.items():
-            runs[mode].append(asyncio.run(load(url, requests, clients, args.requests, args.seconds)))
+        for mode, (url, requests, pid) in servers.items():
+            runs[mode].append(asyncio.run(load(url, requests, clients, args.requests, args.seconds, pid)))
     out = {}
     for mode, rows in runs.items():
         ms = sorted(x for r in rows for x in r["ms"])
         out[mode] = {"rps": statistics.median(r["rps"] for r in rows), "p50": statistics.median(ms),
                      "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))], "requests": len(ms),
                      "failed": sum(r["failed"] for r in rows), "batch": statistics.median(r["batch"] for r in rows),
+                     "cpu_ms": statistics.median(r["cpu_ms"] for r in rows),
                      "ratios": [b["rps"] / u["rps"] for b, u in zip(runs["batched"], runs["unbatched"])]}
         print(f"{mode:>9}  {clients:>3} clients  {len(ms):>5} requests  {out[mode]['rps']:7.1f} req/s  "
               f"p50 {out[mode]['p50']:6.1f} ms  p99 {out[mode]['p99']:6.1f} ms  mean batch {out[mode]['batch']:4.1f}  "
-              f"failed {out[mode]['failed']}", flush=True)
+              f"server CPU {out[mode]['cpu_ms']:.2f} ms/request  failed {out[mode]['failed']}", flush=True)
     return out
 
 
@@ -166,20 +177,22 @@ def main() -> None:
             proc, url = start_server(args.ckpt, mode == "batched", args)
             procs.append(proc)
             task = httpx.get(f"{url}/v1/model", timeout=60).json()["task"]
-            servers[mode] = (url, raw_requests(url, payloads(task, args)))
+            servers[mode] = (url, raw_requests(url, payloads(task, args)), proc.pid)
             asyncio.run(load(url, servers[mode][1], 4, 40, 10))  # warm-up
         table = {clients: level(servers, clients, args) for clients in args.clients}
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-    print("\n| clients | batched req/s | p50 / p99 ms | mean batch | unbatched req/s | p50 / p99 ms | speed-up (rounds) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| clients | batched req/s | p50 / p99 ms | mean batch | CPU ms/req | unbatched req/s | p50 / p99 ms "
+          "| CPU ms/req | req/s ratio (rounds) | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for clients, row in table.items():
         b, u = row["batched"], row["unbatched"]
         ratios = ", ".join(f"{r:.2f}" for r in b["ratios"])
-        print(f"| {clients} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {b['batch']:.1f} | "
-              f"{u['rps']:.0f} | {u['p50']:.1f} / {u['p99']:.1f} | {statistics.median(b['ratios']):.2f}x ({ratios}) |")
+        print(f"| {clients} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {b['batch']:.1f} | {b['cpu_ms']:.2f} | "
+              f"{u['rps']:.0f} | {u['p50']:.1f} / {u['p99']:.1f} | {u['cpu_ms']:.2f} | "
+              f"{statistics.median(b['ratios']):.2f}x ({ratios}) | {u['cpu_ms'] / b['cpu_ms']:.2f}x |")
 
 
 if __name__ == "__main__":
