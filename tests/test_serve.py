@@ -66,9 +66,11 @@ def ckpts(tmp_path_factory) -> dict[str, str]:
 
 
 @contextmanager
-def running(ckpt: str, *, max_batch_size: int = 32, max_wait_ms: float = 5, max_body_bytes: int = 2**16):
-    """A uvicorn server for `ckpt` in a thread, on a free loopback port: yields (base URL, backend, app)."""
-    backend = load_backend(ckpt, None, torch.device("cpu"), LIMITS)
+def running(ckpt: str | None, *, max_batch_size: int = 32, max_wait_ms: float = 5, max_body_bytes: int = 2**16,
+            model_path: str | None = None):
+    """A uvicorn server for `ckpt` (or an exported folder) in a thread, on a free loopback port: yields
+    (base URL, backend, app)."""
+    backend = load_backend(ckpt, model_path, torch.device("cpu"), LIMITS)
     app = create_app(backend, limits=LIMITS, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                      max_body_bytes=max_body_bytes)
     sock = bind("127.0.0.1", 0)

@@ -15,7 +15,8 @@ COMMANDS = {  # name -> (config name, "module:function", one-line help)
     "eval": ("eval", "bigmodel.train:evaluate", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
     "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
-    "serve": ("serve", "bigmodel.serve.server:serve", "an HTTP server for a checkpoint: ckpt_path=... [port=8000]"),
+    "export": ("export", "bigmodel.export:export", "a checkpoint as ONNX or a .pt2 program: ckpt_path=... format=onnx|pt2"),
+    "serve": ("serve", "bigmodel.serve.server:serve", "an HTTP server for a checkpoint or an exported folder: ckpt_path=... [port=8000]"),
     "lr_find": ("lr_find", "bigmodel.lr_find:lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bigmodel.ranges import (Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range,
                              check_fields, not_a_multiple, out_of_range)
@@ -106,7 +106,8 @@ TORCH_OPTIM_RANGES: dict[str, Any] = {
 class PredictConfig:
     """`bigmodel predict`'s keys; configs/predict.yaml says what each one does."""
     name: str = "predict"
-    ckpt_path: str = MISSING
+    ckpt_path: str | None = None
+    model_path: str | None = None
     text: str | None = None
     input_file: str | None = None
     encoding: str = "utf-8"

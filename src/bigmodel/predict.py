@@ -1,4 +1,5 @@
-"""`bigmodel predict ckpt_path=... text="..."` (or `input_file=...`): classify text with a checkpoint.
+"""`bigmodel predict ckpt_path=... text="..."` (or `input_file=...`): classify text with a checkpoint
+(or with a folder written by `bigmodel export`: model_path=...).
 
 The model's config and weights, the vocabulary and the label names all come from the checkpoint,
 so text is encoded exactly as in training. Each text prints as one line on stdout,
@@ -12,11 +13,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from bigmodel.config import Device, PredictConfig, check_ranges, require
+from bigmodel.config import Device, PredictConfig, check_ranges
 from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
 from bigmodel.data.vocab import Vocab
+from bigmodel.export import one_source
+from bigmodel.exported import Exported, ExportError, load_exported
 from bigmodel.restore import restore_model
 from bigmodel.runtime import resolve_device
 
@@ -29,6 +32,14 @@ def load_classifier(ckpt_path: str, device: torch.device) -> tuple[torch.nn.Modu
             "(train one with e.g. model=lstm data=sst2)")
     restored = restore_model(ckpt_path, device, needs={"vocab": line, "class_names": line})
     return restored.model, Vocab.from_state(restored.data["vocab"]), list(restored.data["class_names"])
+
+
+def load_exported_classifier(model_path: str) -> tuple[Exported, Vocab, list[str]]:
+    """(exported model, vocabulary, class names) of a folder written by `bigmodel export`."""
+    exported = load_exported(model_path)
+    if exported.task != "text_classification":
+        raise ExportError(f"model_path={model_path!r} holds a {exported.task} model, not a text classifier")
+    return exported, exported.vocab, exported.class_names
 
 
 @torch.no_grad()
@@ -66,12 +77,15 @@ def warn_unknown(vocab: Vocab, texts: list[str], show: int = 10) -> int:
 
 def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     """Classify `text` or the lines of `input_file`; returns (label, probabilities) per text."""
-    require(cfg, "ckpt_path", 'bigmodel predict ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt text="..."')
+    one_source(cfg, 'bigmodel predict ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt text="..."')
     check_ranges(cfg, PredictConfig)
     if (cfg.text is None) == (cfg.input_file is None):
         raise DataError("give exactly one of text=\"...\" or input_file=PATH")
-    device = resolve_device(Device(cfg.device), key="device")
-    model, vocab, names = load_classifier(cfg.ckpt_path, device)
+    if cfg.model_path is not None:  # an exported folder: runs on the CPU (onnxruntime / torch.export)
+        model, vocab, names, device = *load_exported_classifier(cfg.model_path), torch.device("cpu")
+    else:
+        device = resolve_device(Device(cfg.device), key="device")
+        model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")
     texts = [str(cfg.text)] if cfg.text is not None else read_texts(cfg.input_file, cfg.encoding)

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel import checkpoint, distributed, finetune, rundir
-from bigmodel.config import ConfigError, TrainerConfig, check_targets, require
+from bigmodel.config import ConfigError, TrainerConfig, check_targets
 from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
@@ -168,11 +168,16 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """`bigmodel eval ckpt_path=...`: rebuild data and model from the checkpoint and evaluate `split`."""
+    """`bigmodel eval ckpt_path=...` (or model_path=<exported folder>): rebuild data and model from the
+    checkpoint and evaluate `split`."""
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split!r} is not a split; valid: train, val, test")
-    require(cfg, "ckpt_path", "bigmodel eval ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt")
+    from bigmodel.export import evaluate_exported, one_source
+
+    one_source(cfg, "bigmodel eval ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt")
     trainer_config(cfg)  # trainer.* typed and in range before the data loads
+    if cfg.get("model_path"):  # an exported folder (bigmodel export)
+        return evaluate_exported(cfg)
     restored = restore_model(cfg.ckpt_path)
     datamodule = restore_datamodule(restored, cfg.get("data"))  # +data.KEY=... overrides are checked too
     model, saved = restored.model.train(), restored.config

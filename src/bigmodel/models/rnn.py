@@ -2,6 +2,11 @@
 
 `forward(tokens (B, T), lengths (B,)) -> logits (B, num_classes)`. Sequences are packed, so the
 LSTM never reads padding and a text's logits do not depend on how much padding its batch has.
+
+`torch.export` cannot trace packing (its sizes depend on the lengths' values) nor an `nn.LSTM` over
+a sequence of unknown length (it unrolls the time loop), so while exporting the LSTM runs as one
+custom op, `bigmodel::packed_lstm`: the same packed computation in eager, one opaque node in the
+graph (ONNX maps it to its LSTM op with `sequence_lens`, see bigmodel/onnx_ops.py).
 """
 
 from enum import Enum
@@ -43,6 +48,27 @@ def small_embedding_init(embed: nn.Embedding, std: float = 0.1) -> None:
             embed.weight[embed.padding_idx].zero_()
 
 
+@torch.library.custom_op("bigmodel::packed_lstm", mutates_args=())
+def packed_lstm(x: torch.Tensor, lengths: torch.Tensor, weights: list[torch.Tensor], num_layers: int,
+                bidirectional: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode nn.LSTM (batch_first, biases) over the packed texts of x (B, T, E), lengths >= 1:
+    (outputs (B, T, dirs * H), zeros after each text's end; final hidden states (layers * dirs, B, H)).
+    `weights`: the LSTM's parameters in `all_weights` order."""
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    dirs, hidden = (2 if bidirectional else 1), weights[1].shape[1]
+    h0 = x.new_zeros(num_layers * dirs, x.shape[0], hidden)
+    out, h, _ = torch.lstm(packed.data, packed.batch_sizes, (h0, h0), weights, True, num_layers, 0.0, False,
+                           bidirectional)
+    out, _ = pad_packed_sequence(packed._replace(data=out), batch_first=True, total_length=x.shape[1])
+    return out, h[:, packed.unsorted_indices].contiguous()
+
+
+@packed_lstm.register_fake
+def _(x, lengths, weights, num_layers, bidirectional):
+    dirs, hidden = (2 if bidirectional else 1), weights[1].shape[1]
+    return x.new_empty(x.shape[0], x.shape[1], dirs * hidden), x.new_empty(num_layers * dirs, x.shape[0], hidden)
+
+
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B, max_len) bool, True at real tokens."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
@@ -75,13 +101,18 @@ class LSTMClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lengths = lengths.clamp(min=1)  # an empty text reads one padding token instead of crashing
         x = self.embed_dropout(self.word_dropout(self.embed(tokens)))  # (B, T, E)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h, _) = self.lstm(packed)  # h: (n_layer * directions, B, H), in the batch's order
+        if torch.compiler.is_exporting():  # the same computation as one graph node (see the top)
+            weights = [p for layer in self.lstm.all_weights for p in layer]
+            out, h = packed_lstm(x, lengths, weights, self.lstm.num_layers, self.lstm.bidirectional)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, (h, _) = self.lstm(packed)  # h: (n_layer * directions, B, H), in the batch's order
         if self.pooling == Pooling.last:
             dirs = 2 if self.lstm.bidirectional else 1
             feats = torch.cat(list(h[-dirs:]), dim=-1)  # last layer, each direction: (B, dirs * H)
         else:
-            out, _ = pad_packed_sequence(out, batch_first=True)  # (B, max(lengths), dirs * H), zeros after the end
+            if not torch.compiler.is_exporting():  # (B, max(lengths), dirs * H), zeros after the end
+                out, _ = pad_packed_sequence(out, batch_first=True)
             mask = length_mask(lengths.to(out.device), out.shape[1])[..., None]
             if self.pooling == Pooling.max:
                 feats = out.masked_fill(~mask, float("-inf")).amax(1)

@@ -20,6 +20,17 @@ from bigmodel.models.rnn import WordDropout, length_mask, small_embedding_init
 from bigmodel.ranges import Fraction, NonNegativeInt, PositiveInt
 
 
+def window_max(xt: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The max of one wide convolution over the windows that touch a real token, and where it is:
+    (B, C) each, for xt (B, E, T). masked=False skips the mask (only right when nothing is padding)."""
+    w = weight.shape[2]
+    out = F.conv1d(xt, weight, bias, padding=w - 1)  # (B, C, T + w - 1): window j reads tokens j-w+1..j
+    if masked:  # windows that touch no real token never win
+        out = out.masked_fill(~length_mask(lengths + w - 1, out.shape[2])[:, None, :], float("-inf"))
+    return out.max(2)
+
+
 class _MaxOverTime(torch.autograd.Function):
     """For each convolution (weight (C, E, w), bias (C,)): the max of its wide output over the windows
     that touch a real token, (B, C); concatenated. x (B, T, E) must be zero at padding."""
@@ -32,10 +43,7 @@ class _MaxOverTime(torch.autograd.Function):
         feats, firsts = [], []
         for weight, bias in zip(params[::2], params[1::2]):
             w = weight.shape[2]
-            out = F.conv1d(xt, weight, bias, padding=w - 1)  # (B, C, T + w - 1): window j reads tokens j-w+1..j
-            if has_padding:  # windows that touch no real token never win
-                out.masked_fill_(~length_mask(lengths + w - 1, out.shape[2])[:, None, :], float("-inf"))
-            best, where = out.max(2)  # (B, C) each
+            best, where = window_max(xt, lengths, weight, bias, has_padding)
             feats.append(best)
             firsts.append(where + pad - (w - 1))  # the window's first row in x padded by `pad` at both ends
         ctx.pad = pad
@@ -96,7 +104,11 @@ class TextCNN(nn.Module):
         # zero vectors at padding, whatever its ids: a window reaching past the text reads zeros, as
         # the wide convolution's own padding does at both ends
         x = self.embed_dropout(self.word_dropout(self.embed(tokens))) * keep[..., None]  # (B, T, E)
-        params = [p for conv in self.convs for p in (conv.weight, conv.bias)]
-        feats = _MaxOverTime.apply(x, lengths, max(self.filter_widths) - 1, *params)  # (B, C * widths)
+        if torch.compiler.is_exporting():  # the same forward, as plain ops (always masked: no data-dependent branch)
+            xt = x.transpose(1, 2)
+            feats = torch.cat([window_max(xt, lengths, c.weight, c.bias)[0] for c in self.convs], dim=1)
+        else:
+            params = [p for conv in self.convs for p in (conv.weight, conv.bias)]
+            feats = _MaxOverTime.apply(x, lengths, max(self.filter_widths) - 1, *params)  # (B, C * widths)
         # ReLU after the max: the same as before it (it is monotone), on C numbers instead of C x T
         return self.head(self.dropout(feats.relu()))  # (B, num_classes)

@@ -61,24 +61,44 @@ def labelled(probs: torch.Tensor, names: list[str]) -> list[dict]:
              "probabilities": {n: round(p, 6) for n, p in zip(names, row)}} for row in probs.tolist()]
 
 
-def describe(restored: Restored, task: str, **extra: Any) -> dict:
-    """What GET /v1/model answers: the task, the checkpoint's config, its best validation metric."""
+@dataclass
+class Loaded:
+    """A model to serve, from a checkpoint or from a folder written by `bigmodel export`."""
+
+    model: Any  # an nn.Module, or bigmodel.exported.Exported: called with the inputs, returns logits
+    data: dict[str, Any]  # the data module's saved state: class names, vocabulary, image settings, tokenizer
+    info: dict[str, Any]  # for GET /v1/model: where it came from, its config and best validation metric
+    channels_last: bool = False  # the run trained in channels_last (often faster for a CNN on CPU)
+
+
+def from_checkpoint(restored: Restored) -> Loaded:
     monitor = OmegaConf.select(restored.config, "callbacks.model_checkpoint.monitor")
     best = (restored.callbacks.get("model_checkpoint") or {}).get("best")
-    return {"task": task, "checkpoint": restored.path, "model": restored.config.model.get("_target_"),
-            "parameters": sum(p.numel() for p in restored.model.parameters()), **extra,
+    info = {"checkpoint": restored.path, "model": restored.config.model.get("_target_"),
+            "parameters": sum(p.numel() for p in restored.model.parameters()),
             "metrics": {monitor: best} if monitor and best is not None else {},
             "progress": {k: restored.progress.get(k) for k in ("global_step", "epoch")},
             "config": OmegaConf.to_container(restored.config, resolve=False)}
+    return Loaded(restored.model, dict(restored.data), info,
+                  bool(OmegaConf.select(restored.config, "trainer.channels_last", default=False)))
+
+
+def from_exported(exported: Any) -> Loaded:
+    """An exported folder (bigmodel.exported.Exported), described by its bigmodel.json."""
+    spec, source = exported.spec, exported.spec.get("source") or {}
+    info = {"model_path": str(exported.path), "format": exported.format, "model": spec.get("model_class"),
+            "parameters": None, "checkpoint": source.get("checkpoint"), "metrics": source.get("metrics") or {},
+            "progress": {k: source.get(k) for k in ("global_step", "epoch")}, "config": spec.get("config") or {}}
+    return Loaded(exported, dict(spec.get("data") or {}), info)
 
 
 class TextClassifier:
     task, input_key = "text-classification", "texts"
 
-    def __init__(self, restored: Restored, device: torch.device, limits: Limits) -> None:
-        self.model, self.device, self.limits = restored.model, device, limits
-        self.vocab, self.names = Vocab.from_state(restored.data["vocab"]), list(restored.data["class_names"])
-        self._info = describe(restored, self.task, classes=self.names)
+    def __init__(self, loaded: Loaded, device: torch.device, limits: Limits) -> None:
+        self.model, self.device, self.limits = loaded.model, device, limits
+        self.vocab, self.names = Vocab.from_state(loaded.data["vocab"]), list(loaded.data["class_names"])
+        self._info = {"task": self.task, "classes": self.names, **loaded.info}
 
     def prepare(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
@@ -100,17 +120,16 @@ class TextClassifier:
 class ImageClassifier:
     task, input_key = "image-classification", "images"
 
-    def __init__(self, restored: Restored, device: torch.device, limits: Limits) -> None:
-        self.model, self.device, self.limits = restored.model, device, limits
-        data = restored.data
+    def __init__(self, loaded: Loaded, device: torch.device, limits: Limits) -> None:
+        self.model, self.device, self.limits = loaded.model, device, limits
+        data = loaded.data
         self.names, self.size = list(data["class_names"]), int(data["image_size"][0])
         self.mean, self.std = torch.tensor(data["mean"]), torch.tensor(data["std"])
-        self.memory_format = torch.contiguous_format  # as the run trained (trainer.channels_last): often faster
-        if OmegaConf.select(restored.config, "trainer.channels_last", default=False):
-            self.memory_format = torch.channels_last
+        self.memory_format = torch.channels_last if loaded.channels_last else torch.contiguous_format
+        if loaded.channels_last:
             self.model.to(memory_format=self.memory_format)
-        self._info = describe(restored, self.task, classes=self.names, image_size=list(data["image_size"]),
-                              mean=list(data["mean"]), std=list(data["std"]))
+        self._info = {"task": self.task, "classes": self.names, "image_size": list(data["image_size"]),
+                      "mean": list(data["mean"]), "std": list(data["std"]), **loaded.info}
 
     def prepare(self, value: Any, where: str) -> torch.Tensor:
         if not isinstance(value, (bytes, bytearray)):
@@ -137,14 +156,15 @@ SAMPLING = {"temperature": 0.8, "top_k": None, "top_p": 1.0, "repetition_penalty
 class TextGenerator:
     task = "text-generation"
 
-    def __init__(self, restored: Restored, device: torch.device, limits: Limits) -> None:
-        if not hasattr(restored.model, "stream"):
-            raise checkpoint.CheckpointError(f"ckpt_path={restored.path!r}: {type(restored.model).__name__} "
-                                             "cannot generate text")
-        self.model, self.device, self.limits = restored.model, device, limits
-        self.tokenizer = tokenizer_from_state(restored.data["tokenizer"])
-        self._info = describe(restored, self.task, vocab_size=self.model.vocab_size,
-                              block_size=getattr(self.model, "block_size", None))
+    def __init__(self, loaded: Loaded, device: torch.device, limits: Limits) -> None:
+        where = loaded.info.get("model_path") or loaded.info.get("checkpoint")
+        if not hasattr(loaded.model, "stream"):  # sampling reuses keys and values: the eager GPT's cache
+            raise checkpoint.CheckpointError(f"{where}: this model cannot generate text here; serve a GPT from "
+                                             "its checkpoint (ckpt_path=)")
+        self.model, self.device, self.limits = loaded.model, device, limits
+        self.tokenizer = tokenizer_from_state(loaded.data["tokenizer"])
+        self._info = {"task": self.task, "vocab_size": self.model.vocab_size,
+                      "block_size": getattr(self.model, "block_size", None), **loaded.info}
 
     def options(self, request: dict) -> dict:
         """The sampling options of a request, each checked as `bigmodel generate` checks it; the seed
@@ -192,22 +212,26 @@ class TextGenerator:
 Backend = TextClassifier | ImageClassifier | TextGenerator
 
 
-def load_backend(ckpt_path: str | None, model_path: str | None, device: torch.device, limits: Limits) -> Backend:
-    """The served model, from a `bigmodel train` checkpoint (ckpt_path) or an exported folder (model_path);
-    which kind it is follows from what the checkpoint's data module saved."""
+def load_backend(ckpt_path: str | None, model_path: str | None, device: torch.device, limits: Limits,
+                 threads: int | None = None) -> Backend:
+    """The served model, from a `bigmodel train` checkpoint (ckpt_path, on `device`) or a folder written by
+    `bigmodel export` (model_path, on the CPU with `threads` onnxruntime threads); which kind of model it
+    is follows from the data state saved with it."""
     if (ckpt_path is None) == (model_path is None):
         raise ConfigError("give exactly one of ckpt_path=PATH (a checkpoint from bigmodel train) or "
                           "model_path=DIR (a folder written by bigmodel export)")
     if model_path is not None:
-        raise ConfigError(f"model_path={model_path!r}: serving an exported folder is not available in this "
-                          "version; serve the checkpoint it came from with ckpt_path=")
-    restored = restore_model(ckpt_path, device)
-    data = restored.data
+        from bigmodel.exported import load_exported
+
+        loaded, device = from_exported(load_exported(model_path, threads=threads)), torch.device("cpu")
+    else:
+        loaded = from_checkpoint(restore_model(ckpt_path, device))
+    data = loaded.data
     if "tokenizer" in data:
-        return TextGenerator(restored, device, limits)
+        return TextGenerator(loaded, device, limits)
     if "vocab" in data and "class_names" in data:
-        return TextClassifier(restored, device, limits)
+        return TextClassifier(loaded, device, limits)
     if {"class_names", "mean", "std", "image_size"} <= data.keys():
-        return ImageClassifier(restored, device, limits)
-    raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path!r}: its data state has none of a vocabulary, an "
-                                     "image size or a tokenizer, so there is no way to feed it requests")
+        return ImageClassifier(loaded, device, limits)
+    raise checkpoint.CheckpointError(f"{ckpt_path or model_path!r}: its data state has none of a vocabulary, "
+                                     "an image size or a tokenizer, so there is no way to feed it requests")

@@ -71,7 +71,7 @@ def serve(cfg: DictConfig) -> None:
         torch.set_num_threads(cfg.num_threads)
     limits = Limits(max_items=cfg.max_items, max_text_chars=cfg.max_text_chars,
                     max_image_pixels=cfg.max_image_pixels, max_new_tokens=cfg.max_new_tokens)
-    backend = load_backend(cfg.ckpt_path, cfg.model_path, device, limits)
+    backend = load_backend(cfg.ckpt_path, cfg.model_path, device, limits, threads=cfg.num_threads or None)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     if not loopback(cfg.host):
@@ -87,7 +87,7 @@ def serve(cfg: DictConfig) -> None:
                                            timeout_graceful_shutdown=cfg.graceful_timeout_s or None))
     batching = f"batches of up to {max_batch_size}, waiting {cfg.max_wait_ms:g} ms" if max_batch_size > 1 else "off"
     log.info(f"serving {backend.task} from {cfg.ckpt_path or cfg.model_path} on http://{host}:{port} "
-             f"(batching: {batching}; device: {device})")
+             f"(batching: {batching}; device: {backend.device})")
     with stop_signals_return():
         server.run(sockets=[sock])
     log.info("stopped")
