@@ -12,7 +12,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import run_cli
 from test_serve import b64, ckpts, png  # noqa: F401 (ckpts is a fixture)
 

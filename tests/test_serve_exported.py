@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from test_export import train_tiny
+from test_serve import LIMITS, b64, png, running
 
 from bigmodel.checkpoint import CheckpointError
 from bigmodel.export import export_model
 from bigmodel.serve.backend import load_backend
-from test_export import train_tiny
-from test_serve import LIMITS, b64, png, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 BODIES = {"cnn": {"images": [b64(png((32, 32), (200, 10, 10))), b64(png((40, 20), (5, 90, 250), "JPEG"))]},

@@ -152,7 +152,7 @@ def create_app(backend: Backend, *, limits: Limits, max_batch_size: int, max_wai
         else:
             values = json_inputs(await read_json(request), backend.input_key, limits.max_items)
         where = backend.input_key
-        prepare = lambda: [backend.prepare(v, f"{where}[{i}]") for i, v in enumerate(values)]  # noqa: E731
+        prepare = lambda: [backend.prepare(v, f"{where}[{i}]") for i, v in enumerate(values)]
         large = where == "images" and sum(map(len, values)) > INLINE_BYTES
         items = await run_in_threadpool(prepare) if large else prepare()  # large images decode off the loop
         return JSONResponse({"predictions": await batcher.submit(items)})

@@ -8,8 +8,9 @@ normalized as the image data module does, prompts sampled by `bigmodel.generate.
 """
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from omegaconf import OmegaConf

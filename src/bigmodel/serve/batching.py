@@ -10,9 +10,10 @@ runs have waited already: they go into the next batch at once. `max_batch_size=1
 
 import asyncio
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

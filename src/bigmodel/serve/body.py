@@ -2,7 +2,8 @@
 413 with a JSON error before the app sees it, whether it declares its length or is sent chunked."""
 
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
