@@ -126,6 +126,29 @@ class PredictConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class ServeConfig:
+    """`bigmodel serve`'s keys; configs/serve.yaml says what each one does."""
+    name: str = "serve"
+    ckpt_path: str | None = None
+    model_path: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Range(ge=0, le=65535)] = 8000
+    batching: bool = True
+    max_batch_size: PositiveInt = 32
+    max_wait_ms: NonNegativeFloat = 5.0
+    max_items: PositiveInt = 64
+    max_body_mb: PositiveFloat = 8.0
+    max_text_chars: PositiveInt = 10000
+    max_image_pixels: PositiveInt = 16777216
+    max_new_tokens: PositiveInt = 1024
+    device: Device = Device.auto
+    num_threads: NonNegativeInt = 1
+    access_log: bool = False
+    graceful_timeout_s: NonNegativeInt = 60
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def _check_torch_optimizer(node: dict, key: str) -> None:
     """torch checks some arguments only together (SGD's nesterov needs momentum > 0): build the optimizer
     on a dummy parameter now, before any work, and say in one line what it refused. Implementation
@@ -152,6 +175,7 @@ def register_schemas() -> None:
     cs.store(group="schema", name="trainer", node=TrainerConfig)
     cs.store(group="schema", name="paths", node=PathsConfig)
     cs.store(group="schema", name="predict", node=PredictConfig)
+    cs.store(group="schema", name="serve", node=ServeConfig)
 
 
 def check_ranges(values: DictConfig | dict, schema: type, prefix: str = "") -> None:

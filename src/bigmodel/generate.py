@@ -54,18 +54,23 @@ def check_options(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path is required: a checkpoint from `bigmodel train` (model=gpt), or a "
                           "folder with a Hugging Face GPT-2 checkpoint (config.json + model.safetensors)")
-    for key, (kind, ok, valid) in RANGES.items():
-        v = cfg.get(key)
-        if key == "top_k" and v is None:
-            continue
-        typed = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
-        if not typed or not ok(v):  # NaN fails every comparison
-            raise ConfigError(f"{key}={v!r} is not valid: use {valid}")
+    for key in RANGES:
+        check_option(key, cfg.get(key))
     if str(cfg.precision) not in ("32", "fp32", "bf16"):
         raise ConfigError(f"precision={cfg.precision!r} is not valid: use 32 (float32) or bf16")
     if not isinstance(cfg.get("cache"), bool):
         raise ConfigError(f"cache={cfg.get('cache')!r} is not valid: use true (reuse keys and values) or false")
     stop_strings(cfg.get("stop"))
+
+
+def check_option(key: str, v) -> None:
+    """One sampling option (a key of RANGES) of the right type and in range, else one line naming it."""
+    kind, ok, valid = RANGES[key]
+    if key == "top_k" and v is None:
+        return
+    typed = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
+    if not typed or not ok(v):  # NaN fails every comparison
+        raise ConfigError(f"{key}={v!r} is not valid: use {valid}")
 
 
 def stop_strings(stop) -> list[str]:

@@ -2,7 +2,7 @@
 generate, export, quantize, prune, serve): the model is rebuilt from the config and constructor
 arguments the checkpoint stores, so no command needs the run's folder or a matching config."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ class Restored:
     data: dict[str, Any]  # the data module's saved state: vocabulary, class names, tokenizer
     progress: dict[str, Any]  # global_step, epoch, ...
     path: str
+    callbacks: dict[str, Any] = field(default_factory=dict)  # their saved state: the best monitored value, ...
 
 
 def restore_model(ckpt_path: str, device: torch.device | str = "cpu", needs: dict[str, str] | None = None) -> Restored:
@@ -42,7 +43,7 @@ def restore_model(ckpt_path: str, device: torch.device | str = "cpu", needs: dic
     checkpoint.load_model_state(model, ckpt["model"], ckpt_path)
     return Restored(model=model.to(device).eval(), config=config, model_args=dict(ckpt.get("model_args", {})),
                     data=dict(data), progress=dict(ckpt.get("progress") or {}),
-                    path=str(ckpt_path))
+                    path=str(ckpt_path), callbacks=dict(ckpt.get("callbacks") or {}))
 
 
 def restore_datamodule(restored: Restored, overrides: Any = None, setup: bool = True) -> Any:

@@ -62,18 +62,25 @@ def locate(root: str, cache_dir: str) -> Path:
     return inner[0]
 
 
+def fit(img: torch.Tensor, size: int) -> torch.Tensor:
+    """A decoded image (3, H, W) uint8 as (size, size, 3): how every image reaches an image model."""
+    from torchvision.transforms.functional import resize
+
+    if img.shape[1:] != (size, size):
+        img = resize(img, [size, size], antialias=True)
+    return img.permute(1, 2, 0)
+
+
 def _decode(path: Path, size: int) -> torch.Tensor:
     """(size, size, 3) uint8; formats torchvision cannot decode (BMP, ...) go through Pillow."""
     from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.functional import pil_to_tensor, resize
+    from torchvision.transforms.functional import pil_to_tensor
 
     try:
         img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     except (RuntimeError, OSError):
         img = _decode_pil(path, pil_to_tensor)
-    if img.shape[1:] != (size, size):
-        img = resize(img, [size, size], antialias=True)
-    return img.permute(1, 2, 0)
+    return fit(img, size)
 
 
 def _decode_pil(path: Path, pil_to_tensor) -> torch.Tensor:

@@ -44,6 +44,13 @@ def augment_batch(x: torch.Tensor, aug: Augment, g: torch.Generator) -> torch.Te
     return x
 
 
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, H, W, C) as the float input (B, C, H, W) of an image model: pixels in [0, 1]
+    standardized by the per-channel `mean` and `std` the data module was configured with."""
+    mean, std = (255 * mean).view(1, -1, 1, 1).to(images.device), (255 * std).view(1, -1, 1, 1).to(images.device)
+    return (images.permute(0, 3, 1, 2).float() - mean) / std
+
+
 class ImageBatches:
     """An iterable of (images float (B, C, H, W), labels) over an in-memory uint8 image tensor."""
 
@@ -53,8 +60,7 @@ class ImageBatches:
         self.images, self.labels, self.batch_size, self.sampler = images, labels, batch_size, sampler
         self.augment, self.seed = augment, seed
         self.device = device or torch.device("cpu")
-        self.mean = (255 * mean).view(1, -1, 1, 1).to(self.device)
-        self.std = (255 * std).view(1, -1, 1, 1).to(self.device)
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -68,8 +74,7 @@ class ImageBatches:
             x, y = self.images[idx], self.labels[idx]
             if pin:
                 x, y = x.pin_memory(), y.pin_memory()
-            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            x = (x - self.mean) / self.std
+            x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std)
             if self.augment is not None:
                 key = (self.seed, self.sampler.epoch, first + i, self.sampler.rank)  # ranks augment independently
                 g = torch.Generator().manual_seed(hash(key) % 2**62)
