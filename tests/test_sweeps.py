@@ -48,7 +48,7 @@ def test_multirun_runs_share_one_sweep_folder_with_hparams(tmp_path):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
 
     runs = hparams_by_run(sweep)
-    assert sorted(runs) == ["0/optimizer.lr=1e-3", "1/optimizer.lr=3e-3"]  # trials named by what the sweep varies
+    assert sorted(runs) == ["0/optimizer.lr=0.001", "1/optimizer.lr=0.003"]  # trials named by what the sweep varies
     assert sorted(r["hparams"]["optimizer.lr"] for r in runs.values()) == pytest.approx([1e-3, 3e-3])
     for r in runs.values():
         assert r["hparams"]["model.stem_width"] == 4

@@ -17,7 +17,5 @@ class TqdmHandler(logging.StreamHandler):
         try:
             tqdm.write(self.format(record), file=self.stream)
             self.flush()
-        except RecursionError:
-            raise
-        except Exception:
+        except (OSError, ValueError):  # a closed or broken stream: logging's own report, as StreamHandler does
             self.handleError(record)

@@ -45,7 +45,7 @@ def flat_hparams(resolved: dict[str, Any]) -> dict[str, Any]:
 
 def _is_path(key: str, value: Any) -> bool:
     last = key.rsplit(".", 1)[-1].lower()
-    if any(last == w or last.endswith("_" + w) or last.endswith(w + "s") for w in PATH_WORDS):
+    if any(last == w or last.endswith(("_" + w, w + "s")) for w in PATH_WORDS):
         return True
     return isinstance(value, str) and value.startswith(("/", "~", "./", "../"))  # e.g. data.fallback
 
@@ -82,9 +82,9 @@ def run_columns(resolved: dict[str, Any], model: torch.nn.Module) -> tuple[dict[
 
 def summaries(columns: dict[str, Any], metrics: list[str], shown: list[str]) -> list:
     """The experiment, session-start and session-end summaries of one run (a session)."""
+    from google.protobuf import struct_pb2
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-    from google.protobuf import struct_pb2
 
     infos, values = [], {}
     for name, v in columns.items():

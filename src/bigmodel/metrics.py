@@ -105,8 +105,7 @@ class Classification:
         """(tp, fp, tn, fn) of class `c` at the thresholds 0, 1/(PR_THRESHOLDS-1), ..., 1: an example
         counts as predicted `c` when its score for `c` is at least the threshold."""
         neg, pos = self.scores[0, c], self.scores[1, c]
-        at_least = lambda h: h.flip(0).cumsum(0).flip(0)  # noqa: E731 (count of scores >= each threshold)
-        tp, fp = at_least(pos), at_least(neg)
+        tp, fp = _at_least(pos), _at_least(neg)
         return tp, fp, neg.sum() - fp, pos.sum() - tp
 
     def report(self, logger, prefix: str, step: int) -> None:
@@ -152,3 +151,8 @@ class LanguageModel:
 
     def report(self, logger, prefix: str, step: int) -> None:
         pass
+
+
+def _at_least(hist: torch.Tensor) -> torch.Tensor:
+    """From counts per score bin to counts of scores at or above each bin's threshold."""
+    return hist.flip(0).cumsum(0).flip(0)
