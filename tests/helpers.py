@@ -35,6 +35,9 @@ class RecordingLogger:
     def log_pr_curve(self, tag, tp, fp, tn, fn, step):
         pass
 
+    def log_embedding(self, tag, vectors, labels, step):
+        pass
+
     def close(self):
         pass
 

@@ -80,12 +80,17 @@ def test_text_classifier_dashboard(tmp_path):
     table = text_of(acc, "val/per_class")
     assert "precision" in table and "bad" in table and "good" in table and "macro" in table
     wrong = text_of(acc, "val/misclassified")
-    assert "misclassified of the first" in wrong
+    assert "validation examples are misclassified" in wrong
     examples = wrong.splitlines()[2::2]
     assert 1 <= len(examples) <= 8
     for line in examples:  # each example: "n. true X, predicted Y (confidence c)" then its text
         assert "true" in line and "predicted" in line
         assert line.split("true ")[1].split(",")[0] != line.split("predicted ")[1].split(" ")[0]
+
+    assert "word_vectors" in (run_dir / "projector_config.pbtxt").read_text()  # the Projector tab
+    (labels,) = run_dir.glob("*/word_vectors/metadata.tsv")
+    words = labels.read_text().splitlines()
+    assert words[:2] == ["<pad>", "<unk>"] and {"great", "awful", "film"} <= set(words)
 
     experiment, values = hparams_of(acc)
     assert {m.name.tag for m in experiment.metric_infos} == CLASSIFIER  # tags logged anyway, declared once

@@ -5,6 +5,9 @@ and logs, for image classifiers, a grid of them titled with predicted and true c
 (`val/predictions`); for text classifiers, a few misclassified examples with their true and
 predicted labels and the model's confidence (`val/misclassified`). Language models and other
 tasks are skipped, so it can sit in the default callbacks.
+
+`WordVectors` puts a text classifier's word embeddings in TensorBoard's Projector tab at the end
+of training, each point labelled with its word.
 """
 
 from itertools import islice
@@ -73,14 +76,14 @@ class Predictions:
         trainer.logger.log_image("val/predictions", prediction_grid(x, true, pred), trainer.global_step)
 
     def _misclassified(self, trainer, loader, class_names: list[str]) -> None:
-        vocab, found, seen = trainer.datamodule.vocab, [], 0
+        vocab, found, seen, wrong = trainer.datamodule.vocab, [], 0, 0
         for batch in islice(loader, self.max_batches):
             args, targets, probs = self._predict(trainer, batch)
             if targets.dim() != 1:
                 return  # token-level labels: not one label per text
             conf, preds = probs.max(-1)
             for ids, t, p, c in zip(args[0].tolist(), targets.tolist(), preds.tolist(), conf.tolist()):
-                seen += 1
+                seen, wrong = seen + 1, wrong + (t != p)
                 if t != p and len(found) < self.examples:
                     text = " ".join(vocab.decode(i for i in ids if i != vocab.pad_idx))
                     text = text if len(text) <= self.max_chars else text[: self.max_chars - 1] + "…"
@@ -88,7 +91,8 @@ class Predictions:
                                  f"(confidence {c:.2f})\n   {text}")
             if len(found) >= self.examples:
                 break
-        head = f"step {trainer.global_step}: {len(found)} misclassified of the first {seen} validation examples"
+        head = (f"step {trainer.global_step}: {wrong} of the first {seen} validation examples are misclassified; "
+                f"{'the first ' if len(found) < wrong else ''}{len(found)} of them:")
         trainer.logger.log_text("val/misclassified", "\n".join([head, "", *found]), trainer.global_step)
 
     def state_dict(self) -> dict:
@@ -96,3 +100,23 @@ class Predictions:
 
     def load_state_dict(self, state: dict) -> None:
         self.evals = state["evals"]
+
+
+class WordVectors:
+    """At the end of training, the embedding rows of the `max_words` most frequent words (the
+    vocabulary is in frequency order) with the words as labels: tag `word_vectors`."""
+
+    def __init__(self, max_words: PositiveInt = 5000) -> None:
+        self.max_words = max_words
+
+    def on_fit_end(self, trainer) -> None:
+        vocab = getattr(trainer.datamodule, "vocab", None)
+        if vocab is None or not trainer.is_global_zero or is_sharded(trainer.model):
+            return  # not a text classifier with a vocabulary
+        embedding = next((m for m in trainer.model.modules() if isinstance(m, torch.nn.Embedding)), None)
+        if embedding is None or embedding.weight.shape[0] != len(vocab):
+            return  # no embedding table with one row per word
+        n = min(self.max_words, len(vocab))
+        with trainer.eval_weights():
+            vectors = embedding.weight[:n].detach().float().cpu().clone()
+        trainer.logger.log_embedding("word_vectors", vectors, vocab.itos[:n], trainer.global_step)

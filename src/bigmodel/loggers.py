@@ -7,6 +7,7 @@
     log_image(tag, image: (3, H, W) float in [0, 1], step)
     log_text(tag, text, step)                      shown preformatted
     log_pr_curve(tag, tp, fp, tn, fn, step)        counts at evenly spaced thresholds 0..1
+    log_embedding(tag, vectors: (N, D), labels, step)   points for the Projector tab, one label each
     close()
 """
 
@@ -31,6 +32,8 @@ class Logger(Protocol):
 
     def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
                      step: int) -> None: ...
+
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -80,6 +83,9 @@ class TensorBoardLogger:
         precision, recall = tp / (tp + fp).clamp(min=1), tp / (tp + fn).clamp(min=1)
         self.writer.add_pr_curve_raw(tag, tp, fp, tn, fn, precision, recall, step, num_thresholds=len(tp))
 
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None:
+        self.writer.add_embedding(vectors, metadata=labels, tag=tag, global_step=step)
+
     def close(self) -> None:
         self.writer.close()
 
@@ -108,6 +114,9 @@ class CSVLogger:
 
     def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
                      step: int) -> None:
+        pass
+
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None:
         pass
 
     def log_text(self, tag: str, text: str, step: int) -> None:
@@ -144,6 +153,10 @@ class LoggerGroup:
                      step: int) -> None:
         for logger in self.loggers:
             logger.log_pr_curve(tag, tp, fp, tn, fn, step)
+
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_embedding(tag, vectors, labels, step)
 
     def close(self) -> None:
         for logger in self.loggers:
