@@ -39,8 +39,8 @@ def confusion_figure(confusion: torch.Tensor, class_names: list[str], title: str
     n = cm.shape[0]
     frac = (cm / cm.sum(1, keepdim=True).clamp(min=1)).numpy()
     names = [name if len(name) <= 14 else name[:13] + "…" for name in class_names]
-    side = min(max(3.2, 0.75 * n + 2.2), 14.0)
-    fig, ax = plt.subplots(figsize=(side + 1.4, side), dpi=100)
+    side = min(max(3.6, 0.5 * n + 2.2), 12.0)  # inches: 10 classes fit a TensorBoard card at actual size
+    fig, ax = plt.subplots(figsize=(side + 1.4, side), dpi=90)
     im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_xticks(range(n), names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")

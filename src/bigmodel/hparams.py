@@ -14,14 +14,18 @@ sweep overrode, `optimizer.lr`, `data.batch_size` and `model.num_params`. Boolea
 enums their values; paths (cache, data and checkpoint folders, files) are left out.
 """
 
+import os
 import time
 from enum import Enum
 from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
-ALWAYS_SHOWN = ["optimizer.lr", "data.batch_size", "model.num_params", "overrides"]
+from bigmodel.launch import SWEPT_ENV
+
+ALWAYS_SHOWN = ["optimizer.lr", "data.batch_size", "model.num_params"]
 CHOICES = ["model", "data", "optimizer", "scheduler", "experiment"]  # config groups shown as columns
 SECTIONS = ("model", "data", "optimizer", "scheduler", "loss", "trainer", "seed")
 PATH_WORDS = ("dir", "dirpath", "path", "file", "root", "url")  # keys naming a place on disk, not a setting
@@ -76,7 +80,9 @@ def run_columns(resolved: dict[str, Any], model: torch.nn.Module) -> tuple[dict[
     flat = {k: v for k, v in flat_hparams(resolved).items() if not _is_path(k, v)}
     columns = {k: column_value(v) for k, v in {**head, **flat}.items()}
     columns = {k: v for k, v in columns.items() if v is not None}
-    shown = [k for k in dict.fromkeys([*(_override_key(o) for o in overrides), *ALWAYS_SHOWN]) if k in columns]
+    swept = os.environ.get(SWEPT_ENV, "").split(",") if hydra and hydra.mode == RunMode.MULTIRUN else []
+    chosen = [k for k in swept if k] or [_override_key(o) for o in overrides]
+    shown = [k for k in dict.fromkeys([*chosen, *ALWAYS_SHOWN]) if k in columns]
     return columns, shown
 
 
