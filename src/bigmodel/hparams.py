@@ -25,7 +25,8 @@ from hydra.types import RunMode
 
 from bigmodel.launch import SWEPT_ENV
 
-ALWAYS_SHOWN = ["optimizer.lr", "data.batch_size", "model.num_params"]
+SHOWN = 5  # the HParams tab shows the first 5 columns (those marked `differs` first)
+THEN_SHOWN = ["optimizer.lr", "data.batch_size", "model.num_params", "model", "data"]
 CHOICES = ["model", "data", "optimizer", "scheduler", "experiment"]  # config groups shown as columns
 SECTIONS = ("model", "data", "optimizer", "scheduler", "loss", "trainer", "seed")
 PATH_WORDS = ("dir", "dirpath", "path", "file", "root", "url")  # keys naming a place on disk, not a setting
@@ -82,7 +83,7 @@ def run_columns(resolved: dict[str, Any], model: torch.nn.Module) -> tuple[dict[
     columns = {k: v for k, v in columns.items() if v is not None}
     swept = os.environ.get(SWEPT_ENV, "").split(",") if hydra and hydra.mode == RunMode.MULTIRUN else []
     chosen = [k for k in swept if k] or [_override_key(o) for o in overrides]
-    shown = [k for k in dict.fromkeys([*chosen, *ALWAYS_SHOWN]) if k in columns]
+    shown = [k for k in dict.fromkeys([*chosen, *THEN_SHOWN]) if k in columns][:SHOWN]
     return columns, shown
 
 
