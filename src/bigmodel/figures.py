@@ -66,7 +66,8 @@ def prediction_grid(images: torch.Tensor, true: list[str], pred: list[str], colu
     plt = _pyplot()
     count = images.shape[0]
     rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), dpi=100, squeeze=False)
+    # 8 columns fit a TensorBoard card at actual size (about 940 pixels)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.6 * rows), dpi=90, squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= count:
