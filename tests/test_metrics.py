@@ -66,7 +66,10 @@ def test_pr_counts_by_hand():
     m.update(probs.log(), torch.tensor([1, 0, 1]))
     tp, fp, tn, fn = m.pr_counts(1)
     assert len(tp) == PR_THRESHOLDS
-    at = lambda t: round(t * (PR_THRESHOLDS - 1))  # noqa: E731 (the index of threshold t)
+
+    def at(t: float) -> int:  # the index of threshold t
+        return round(t * (PR_THRESHOLDS - 1))
+
     assert (tp[at(0.0)], fp[at(0.0)], tn[at(0.0)], fn[at(0.0)]) == (2, 1, 0, 0)  # everything predicted "pos"
     assert (tp[at(0.5)], fp[at(0.5)], tn[at(0.5)], fn[at(0.5)]) == (1, 1, 0, 1)
     assert (tp[at(0.7)], fp[at(0.7)], tn[at(0.7)], fn[at(0.7)]) == (1, 0, 1, 1)
