@@ -23,13 +23,19 @@ class RecordingLogger:
     def log_metrics(self, metrics, step):
         self.rows += [(step, k, v) for k, v in metrics.items()]
 
-    def log_hparams(self, hparams, metrics):
+    def log_hparams(self, hparams, metrics, shown):
         self.hparams.append((hparams, metrics))
 
     def log_image(self, tag, image, step):
         self.images.append(tag)
 
     def log_text(self, tag, text, step):
+        pass
+
+    def log_pr_curve(self, tag, tp, fp, tn, fn, step):
+        pass
+
+    def log_embedding(self, tag, vectors, labels, step):
         pass
 
     def close(self):

@@ -17,7 +17,7 @@ SMALL = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "train
 
 
 def scalar_tags(run_dir) -> set[str]:
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc = EventAccumulator(str(run_dir))
     acc.Reload()
     return set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
 
@@ -37,7 +37,7 @@ def test_train_on_fake_cifar_writes_a_complete_run(tmp_path):
     assert {"train/inputs", "val/confusion_matrix"} <= images
 
     # values: 80 train images / batch 16 = 5 steps an epoch; validation after each epoch
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     curve = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in ("train/loss", "val/acc", "lr")}
     assert [s for s, _ in curve["train/loss"]] == list(range(1, 11))

@@ -86,7 +86,7 @@ def assert_same_training(run_dir: Path, out: str, single) -> None:
 def assert_rank_zero_wrote_everything(run_dir: Path, out: str) -> None:
     assert out.count("model GPT:") == 1  # ranks > 0 log warnings only
     assert (run_dir / "train.log").read_text().count("model GPT:") == 1
-    writers = {p.name.split(".")[-2] for p in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
+    writers = {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
     assert len(writers) == 1  # one process id wrote TensorBoard files
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
 

@@ -81,7 +81,7 @@ def test_lr_find_writes_the_curve_and_suggests_an_lr_in_the_swept_range(tmp_path
     assert len(rows) == 20
     assert float(rows[0]["lr"]) == pytest.approx(1e-5) and float(rows[-1]["lr"]) == pytest.approx(1e-2)
     assert (folder / "lr_find.png").stat().st_size > 1000
-    events = EventAccumulator(str(folder / "tensorboard"))
+    events = EventAccumulator(str(folder))
     events.Reload()
     assert len(events.Scalars("lr_find/loss")) == 20 and len(events.Scalars("lr_find/lr")) == 20
     assert not (folder / "checkpoints").exists() and not (tmp_path / "logs" / "cnn-cifar10" / "runs").exists()

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from bigmodel.metrics import Classification, LanguageModel, confusion_image
+from bigmodel.metrics import PR_THRESHOLDS, Classification, LanguageModel
 
 
 def onehot_logits(preds, n):
@@ -27,7 +27,6 @@ def test_classification_metrics_by_hand():
     assert m.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     table = m.table()
     assert table.splitlines()[0].split()[1:] == ["a", "b", "c"]
-    assert confusion_image(m.confusion).shape[0] == 3
 
 
 def test_ignore_index_and_reset():
@@ -60,16 +59,24 @@ def test_perplexity_skips_ignored_positions():
         assert m.total.item() == 2
 
 
-def test_confusion_image_is_normalized_by_true_class():
-    cm = torch.tensor([[1, 3], [0, 2]])  # row 0: 1/4 right, 3/4 wrong; row 1: all right
-    img = confusion_image(cm, cell=2)
-    assert img.shape == (3, 4, 4)
-    frac = torch.tensor([[0.25, 0.75], [0.0, 1.0]])  # by rows; by columns it would be [[1, 0.6], [0, 0.4]]
-    for (i, j), f in zip([(0, 0), (0, 1), (1, 0), (1, 1)], frac.flatten().tolist()):
-        cell = img[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
-        expected = torch.tensor([1 - f, 1 - 0.6 * f, 1 - 0.2 * f]).view(3, 1, 1).expand(3, 2, 2)
-        torch.testing.assert_close(cell, expected)
-    assert torch.equal(confusion_image(torch.zeros(2, 2, dtype=torch.long)), torch.ones(3, 24, 24))  # no rows: white
+def test_pr_counts_by_hand():
+    m = Classification(2, ["neg", "pos"])
+    # softmax scores for class "pos": 0.9 (true pos), 0.6 (true neg), 0.3 (true pos)
+    probs = torch.tensor([[0.1, 0.9], [0.4, 0.6], [0.7, 0.3]])
+    m.update(probs.log(), torch.tensor([1, 0, 1]))
+    tp, fp, tn, fn = m.pr_counts(1)
+    assert len(tp) == PR_THRESHOLDS
+
+    def at(t: float) -> int:  # the index of threshold t
+        return round(t * (PR_THRESHOLDS - 1))
+
+    assert (tp[at(0.0)], fp[at(0.0)], tn[at(0.0)], fn[at(0.0)]) == (2, 1, 0, 0)  # everything predicted "pos"
+    assert (tp[at(0.5)], fp[at(0.5)], tn[at(0.5)], fn[at(0.5)]) == (1, 1, 0, 1)
+    assert (tp[at(0.7)], fp[at(0.7)], tn[at(0.7)], fn[at(0.7)]) == (1, 0, 1, 1)
+    assert (tp[at(0.95)], fp[at(0.95)], tn[at(0.95)], fn[at(0.95)]) == (0, 0, 1, 2)
+    assert m.pr_counts(0)[0][at(0.5)] == 0 and m.pr_counts(0)[1][at(0.5)] == 1  # "neg" scores 0.1, 0.4, 0.7
+    m.reset()
+    assert m.scores.sum() == 0
 
 
 def test_confusion_table_text_exactly():
@@ -83,28 +90,50 @@ def test_confusion_table_text_exactly():
     ]
 
 
-class ImageLog:
+class ReportLog:
     def __init__(self):
-        self.images = []
+        self.images, self.texts, self.curves = [], [], []
 
     def log_image(self, tag, image, step):
         self.images.append((tag, image, step))
 
+    def log_text(self, tag, text, step):
+        self.texts.append((tag, text, step))
 
-def test_report_logs_the_confusion_image_up_to_100_classes():
-    m = Classification(3)
+    def log_pr_curve(self, tag, tp, fp, tn, fn, step):
+        self.curves.append((tag, step))
+
+
+def test_report_logs_a_figure_a_table_and_pr_curves_up_to_100_classes():
+    m = Classification(3, ["a", "b", "c"])
     m.update(onehot_logits([0, 2, 2], 3), torch.tensor([0, 1, 2]))
-    log = ImageLog()
+    log = ReportLog()
     m.report(log, "val", 5)
     [(tag, image, step)] = log.images
-    assert tag == "val/confusion_matrix" and step == 5 and torch.equal(image, confusion_image(m.confusion))
+    assert tag == "val/confusion_matrix" and step == 5
+    assert image.shape[0] == 3 and min(image.shape[1:]) >= 300 and 0 <= image.min() and image.max() <= 1
+    assert [(t, s) for t, _, s in log.texts] == [("val/per_class", 5)]
+    assert log.curves == [("val/pr_curve/a", 5), ("val/pr_curve/b", 5), ("val/pr_curve/c", 5)]
     for n, logged in ((100, 1), (101, 0)):
-        log = ImageLog()
-        Classification(n).report(log, "test", 1)
-        assert len(log.images) == logged, n
-    log = ImageLog()
+        log = ReportLog()
+        big = Classification(n)
+        big.update(onehot_logits([0], n), torch.tensor([0]))
+        big.report(log, "test", 1)
+        assert (len(log.images), len(log.curves)) == (logged, logged * n), n
+    log = ReportLog()
     Classification(3, detailed=False).report(log, "val", 1)
-    assert log.images == []
+    Classification(3).report(log, "val", 1)  # nothing evaluated: nothing to show
+    assert log.images == log.texts == log.curves == []
+
+
+def test_per_class_table_by_hand():
+    m = Classification(2, ["cat", "dog"])
+    m.update(onehot_logits([0, 0, 1, 0], 2), torch.tensor([0, 1, 1, 1]))  # cat: P 1/3 R 1; dog: P 1 R 1/3
+    lines = m.per_class().splitlines()
+    assert lines[0].split() == ["class", "precision", "recall", "f1", "support"]
+    assert lines[1].split() == ["cat", "0.3333", "1.0000", "0.5000", "1"]
+    assert lines[2].split() == ["dog", "1.0000", "0.3333", "0.5000", "3"]
+    assert lines[3].split() == ["macro", "0.6667", "0.6667", "0.5000", "4"]
 
 
 def test_language_model_counts_exactly_and_caps_perplexity():
@@ -115,12 +144,6 @@ def test_language_model_counts_exactly_and_caps_perplexity():
     m.reset()
     m.update(torch.tensor([[[200.0, 0.0]]]), torch.tensor([[1]]))  # nll 200: exp would overflow
     assert m.compute()["ppl"] == math.exp(50.0)
-
-
-def test_confusion_image_rows_of_one_sample():
-    img = confusion_image(torch.tensor([[0, 1], [0, 0]]), cell=1)  # row 0: one sample, predicted 1
-    torch.testing.assert_close(img[:, 0, 1], torch.tensor([0.0, 0.4, 0.8]))  # a full cell: dark blue
-    torch.testing.assert_close(img[:, 0, 0], torch.ones(3))
 
 
 def test_classification_small_counts_by_hand():

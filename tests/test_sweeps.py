@@ -21,19 +21,19 @@ def sweep_dir(cwd: Path) -> Path:
 
 
 def hparams_by_run(folder: Path) -> dict[str, dict]:
-    """What TensorBoard's HParams tab shows for `folder`: run -> (hyperparameters, final metric tags)."""
+    """What TensorBoard's HParams tab shows for `folder`: run -> (hyperparameters, declared metric tags)."""
     mux = EventMultiplexer()
     mux.AddRunsFromDirectory(str(folder))
     mux.Reload()
     out = {}
-    scalars = mux.PluginRunToTagToContent("scalars")
     for run, tags in mux.PluginRunToTagToContent("hparams").items():
         if "_hparams_/session_start_info" not in tags:
             continue
         info = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
         values = {k: v.number_value if v.HasField("number_value") else v.string_value
                   for k, v in info.session_start_info.hparams.items()}
-        metrics = {t for t in scalars.get(run, {}) if t.startswith("hparam/")}
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/experiment"]).experiment
+        metrics = {m.name.tag for m in experiment.metric_infos}
         out[run] = {"hparams": values, "metrics": metrics}
     return out
 
@@ -48,11 +48,11 @@ def test_multirun_runs_share_one_sweep_folder_with_hparams(tmp_path):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
 
     runs = hparams_by_run(sweep)
-    assert sorted(runs) == ["0/tensorboard", "1/tensorboard"]
+    assert sorted(runs) == ["0/optimizer.lr=0.001", "1/optimizer.lr=0.003"]  # trials named by what the sweep varies
     assert sorted(r["hparams"]["optimizer.lr"] for r in runs.values()) == pytest.approx([1e-3, 3e-3])
     for r in runs.values():
         assert r["hparams"]["model.stem_width"] == 4
-        assert {"hparam/val/acc", "hparam/val/loss", "hparam/test/acc"} <= r["metrics"]
+        assert {"val/acc", "val/loss", "test/acc"} <= r["metrics"]
     assert f"bigmodel tensorboard --logdir {sweep}" in out.stdout
 
 

@@ -14,7 +14,8 @@ log = logging.getLogger("bigmodel")
 
 class TextSample:
     """After every `every_n_evals`-th validation, samples `max_new_tokens` tokens after `prompt`
-    and logs them as text `val/sample` (and to the console log). Does nothing unless the model can
+    and logs them as text `val/sample` (and to the console log), under a line with the step, prompt
+    and temperature. Does nothing unless the model can
     generate (has `stream`) and the data has a tokenizer, so it can sit in the default callbacks.
     Sampling uses its own seeded generator, so it neither draws from nor changes the training RNG."""
 
@@ -49,9 +50,12 @@ class TextSample:
             torch.set_num_threads(threads)
         if not trainer.is_global_zero:
             return
-        trainer.logger.log_text("val/sample", text, trainer.global_step)
+        header = (f"sample at step {trainer.global_step} · prompt {self.prompt!r} · temperature "
+                  f"{self.temperature} · top_k {self.top_k}")
+        text = text.lstrip("\n")  # the default prompt "\n" would open every sample with a blank line
+        trainer.logger.log_text("val/sample", f"{header}\n\n{text}", trainer.global_step)
         if self.to_console:
-            log.info(f"sample at step {trainer.global_step}:\n{text}")
+            log.info(f"{header}:\n{text}")
 
     def state_dict(self) -> dict:
         return {"evals": self.evals}

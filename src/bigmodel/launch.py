@@ -27,12 +27,13 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("bigmodel")
 
 ERROR_FILE = "error.txt"  # in a failed sweep job's folder
 STAMP_ENV = "BIGMODEL_RUN_STAMP"
+SWEPT_ENV = "BIGMODEL_SWEPT_KEYS"  # the keys a sweep varies, comma-separated (set by SweepCallback)
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S.%f"  # as in configs/hydra/default.yaml
 QUIET = [  # Hydra overrides for ranks > 0
     "hydra.output_subdir=null",
@@ -100,6 +101,29 @@ def job_failed(message: str, details: str | None = None) -> None:
     log.error(f"error: {first}" + (f" (traceback in {path})" if details else ""))
 
 
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: its sweep overrides (`optimizer.lr=1e-3,3e-3`, `range(...)`) and
+    the search space of `hydra.sweeper.params` (hparams_search=...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return list(dict.fromkeys([*keys, *(str(k) for k in params)]))
+
+
+def trial_name() -> str:
+    """In a sweep job, its values of the swept keys as a folder name (`optimizer.lr=0.001,seed=1`);
+    "" outside sweeps. TensorBoard names each trial after it (configs/logger/tensorboard.yaml)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    task = HydraConfig.get().overrides.task
+    chosen = [o for o in task if not swept or o.split("=", 1)[0].lstrip("+~") in swept]
+    name = ",".join(chosen).replace(os.sep, "_").replace("/", "_").lstrip(".")
+    return name[:120]
+
+
 class SweepCallback(Callback):
     """Makes `${hydra:...}` (used by `${name}`) resolvable before the first job of a sweep, so the
     sweep folder can be named after the run name; at the end, says where the runs are and which
@@ -107,6 +131,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(copy.deepcopy(config))
+        os.environ[SWEPT_ENV] = ",".join(swept_keys(config))  # read by each job's trial_name()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:  # a job run again: forget its earlier failure

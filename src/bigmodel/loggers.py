@@ -1,9 +1,13 @@
 """Metric loggers behind one small Protocol; only the global-zero process writes.
 
     log_metrics(metrics: dict[str, float], step)   scalars such as train/loss, val/acc, lr
-    log_hparams(hparams: dict, metrics: dict)      the run's hyperparameters with its final metrics
+    log_hparams(hparams, metrics: list[str], shown: list[str])
+                                                   the run's settings (bigmodel.hparams), the metric
+                                                   tags to compare runs by, the settings shown first
     log_image(tag, image: (3, H, W) float in [0, 1], step)
-    log_text(tag, text, step)
+    log_text(tag, text, step)                      shown preformatted
+    log_pr_curve(tag, tp, fp, tn, fn, step)        counts at evenly spaced thresholds 0..1
+    log_embedding(tag, vectors: (N, D), labels, step)   points for the Projector tab, one label each
     close()
 """
 
@@ -14,47 +18,73 @@ from typing import Any, Protocol
 
 import torch
 
+from bigmodel import hparams as hp
+
 
 class Logger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None: ...
+    def log_hparams(self, hparams: dict[str, Any], metrics: list[str], shown: list[str]) -> None: ...
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None: ...
 
     def log_text(self, tag: str, text: str, step: int) -> None: ...
 
+    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
+                     step: int) -> None: ...
+
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None: ...
+
     def close(self) -> None: ...
 
 
-def _hparam_value(v: Any) -> Any:
-    return v if isinstance(v, (int, float, str, bool)) else str(v)
-
-
 class TensorBoardLogger:
-    """Scalars, images, text and the HParams tab, written with torch's SummaryWriter."""
+    """Scalars, images, text, PR curves and the HParams tab, in event files in `save_dir`/`subdir`.
 
-    def __init__(self, save_dir: str) -> None:
+    TensorBoard names a run after the folder of its event files, so they go straight into the run
+    folder (`sst2_lstm/runs/2026-11-25_14-00-00.123456`); a sweep job adds `subdir`, its swept
+    overrides (`0/optimizer.lr=0.001`)."""
+
+    def __init__(self, save_dir: str, subdir: str = "") -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.save_dir = save_dir
-        self.writer = SummaryWriter(log_dir=save_dir)
+        self.save_dir = os.path.join(save_dir, subdir) if subdir else save_dir
+        self.writer = SummaryWriter(log_dir=self.save_dir)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, step)
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-        clean = {k: _hparam_value(v) for k, v in hparams.items()}
-        # Written into the run's own folder so a sweep's parent folder compares all runs.
-        self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+    def log_hparams(self, hparams: dict[str, Any], metrics: list[str], shown: list[str]) -> None:
+        for summary in hp.summaries(hparams, metrics, shown):
+            self.writer.file_writer.add_summary(summary)
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
         self.writer.add_image(tag, image, step)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
-        # TensorBoard renders markdown: indent four spaces to keep line breaks and spacing.
-        self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)
+        from tensorboard.compat.proto import types_pb2
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+        # TensorBoard renders markdown: indented four spaces, line breaks and spacing are kept.
+        body = "    " + text.replace("\n", "\n    ")
+        tensor = TensorProto(dtype=types_pb2.DT_STRING, string_val=[body.encode()],
+                             tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+        md = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+        # written under `tag` itself (SummaryWriter.add_text would append "/text_summary")
+        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=md, tensor=tensor)]),
+                                            step)
+
+    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
+                     step: int) -> None:
+        tp, fp, tn, fn = (t.double() for t in (tp, fp, tn, fn))
+        precision, recall = tp / (tp + fp).clamp(min=1), tp / (tp + fn).clamp(min=1)
+        self.writer.add_pr_curve_raw(tag, tp, fp, tn, fn, precision, recall, step, num_thresholds=len(tp))
+
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None:
+        self.writer.add_embedding(vectors, metadata=labels, tag=tag, global_step=step)
 
     def close(self) -> None:
         self.writer.close()
@@ -76,10 +106,17 @@ class CSVLogger:
             self.writer.writerow([step, k, f"{v:.6g}"])
         self.file.flush()
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    def log_hparams(self, hparams: dict[str, Any], metrics: list[str], shown: list[str]) -> None:
         pass  # the resolved config is already saved next to this file by Hydra
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        pass
+
+    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
+                     step: int) -> None:
+        pass
+
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None:
         pass
 
     def log_text(self, tag: str, text: str, step: int) -> None:
@@ -91,14 +128,36 @@ class CSVLogger:
 
 
 class LoggerGroup:
-    """Fans every call out to several loggers (or none)."""
+    """Sends every call to each of several loggers (or to none, on ranks > 0)."""
 
     def __init__(self, loggers: list[Logger]) -> None:
         self.loggers = loggers
 
-    def __getattr__(self, name: str):
-        def fan_out(*args, **kwargs):
-            for logger in self.loggers:
-                getattr(logger, name)(*args, **kwargs)
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
 
-        return fan_out
+    def log_hparams(self, hparams: dict[str, Any], metrics: list[str], shown: list[str]) -> None:
+        for logger in self.loggers:
+            logger.log_hparams(hparams, metrics, shown)
+
+    def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        for logger in self.loggers:
+            logger.log_image(tag, image, step)
+
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        for logger in self.loggers:
+            logger.log_text(tag, text, step)
+
+    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
+                     step: int) -> None:
+        for logger in self.loggers:
+            logger.log_pr_curve(tag, tp, fp, tn, fn, step)
+
+    def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_embedding(tag, vectors, labels, step)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()

@@ -37,6 +37,7 @@ from bigmodel.config import ConfigError
 log = logging.getLogger("bigmodel")
 
 RESOLVER = "bigmodel.new_dir"
+TRIAL_RESOLVER = "bigmodel.trial_name"  # ${bigmodel.trial_name:}: a sweep job's swept overrides (launch.trial_name)
 LOCK_FILE = ".lock"  # held by the run writing into the folder
 _claimed: dict[str, str] = {}  # requested path -> the folder this process got for it
 _locks: dict[str, int] = {}  # run folder -> the open lock file this process holds
@@ -47,6 +48,10 @@ def register_resolver() -> None:
     use_cache keeps the answer in the config, so a job sent to another process (submitit) reuses it."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, new_dir, use_cache=True)
+    if not OmegaConf.has_resolver(TRIAL_RESOLVER):
+        from bigmodel.launch import trial_name
+
+        OmegaConf.register_new_resolver(TRIAL_RESOLVER, trial_name)
 
 
 def new_dir(path: str) -> str:

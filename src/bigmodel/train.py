@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel import checkpoint, distributed, finetune, rundir
+from bigmodel import checkpoint, distributed, finetune, hparams, rundir
 from bigmodel.config import ConfigError, TrainerConfig, check_targets
 from bigmodel.config import resolved as resolved_config
 from bigmodel.data.vectors import load_pretrained_vectors
@@ -42,23 +42,6 @@ def output_dir(cfg: DictConfig) -> str:
 def checkpoint_dir(cfg: DictConfig) -> str:
     """Where this run's checkpoints go: callbacks.model_checkpoint.dirpath, else <run folder>/checkpoints."""
     return OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath") or str(Path(output_dir(cfg)) / "checkpoints")
-
-
-def flat_hparams(resolved: dict[str, Any]) -> dict[str, Any]:
-    """model.*, data.*, optimizer.*, scheduler.*, trainer.*, loss.*, seed of a resolved config, flat."""
-    keep = {k: resolved[k] for k in ("model", "data", "optimizer", "scheduler", "loss", "trainer", "seed") if k in resolved}
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not str(k).startswith("_"):
-                    walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node
-
-    walk("", keep)
-    return out
 
 
 def in_sweep() -> bool:
@@ -160,8 +143,9 @@ def train(cfg: DictConfig) -> float | None:
         log.info("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/")))
         if hasattr(trainer.metrics, "table"):
             log.info("confusion matrix (test):\n" + trainer.metrics.table())
-    if trainer.is_global_zero:
-        logger.log_hparams(flat_hparams(resolved), metrics)
+    if trainer.is_global_zero:  # the HParams tab: the run's columns, the val/test tags to compare runs by
+        columns, shown = hparams.run_columns(resolved, model)
+        logger.log_hparams(columns, trainer.metric_names("val") + trainer.metric_names("test"), shown)
     logger.close()
     distributed.finish()
     if trainer.interrupted and in_sweep():
