@@ -13,9 +13,11 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from bigmodel import checkpoint, runtime
+from bigmodel import checkpoint
 from bigmodel.restore import restore_model
-from bigmodel.config import ConfigError, Device
+from bigmodel.runtime import Runtime
+from bigmodel.runtime import resolve_device as torch_device
+from bigmodel.config import ConfigError, Device, Precision, TrainerConfig
 from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
 
@@ -98,8 +100,7 @@ def check_options(cfg: DictConfig) -> None:
         typed = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
         if not typed or not ok(v):  # NaN fails every comparison
             raise ConfigError(f"{key}={v!r} is not valid: use {valid}")
-    if str(cfg.precision) not in ("32", "fp32", "bf16"):
-        raise ConfigError(f"precision={cfg.precision!r} is not valid: use 32 (float32) or bf16")
+    precision_of(cfg.precision)
     if not isinstance(cfg.get("cache"), bool):
         raise ConfigError(f"cache={cfg.get('cache')!r} is not valid: use true (reuse keys and values) or false")
     stop_strings(cfg.get("stop"))
@@ -114,10 +115,20 @@ def stop_strings(stop) -> list[str]:
     return [s.replace("\\n", "\n") for s in stops]
 
 
+PRECISIONS = {"32": Precision.fp32, "fp32": Precision.fp32, "bf16": Precision.bf16}
+
+
+def precision_of(value) -> Precision:
+    """generate's `precision` setting as the Precision the Runtime autocasts to."""
+    if str(value) not in PRECISIONS:
+        raise ConfigError(f"precision={value!r} is not valid: use 32 (float32) or bf16")
+    return PRECISIONS[str(value)]
+
+
 def resolve_device(name: str) -> torch.device:
     if name not in Device.__members__:
         raise ConfigError(f"device={name!r} is not valid: use auto, cpu or cuda")
-    return runtime.resolve_device(Device[name], key="device")
+    return torch_device(Device[name], key="device")
 
 
 def check_top_k(top_k: int | None, vocab_size: int) -> None:
@@ -128,18 +139,17 @@ def check_top_k(top_k: int | None, vocab_size: int) -> None:
 
 def generate(cfg: DictConfig) -> list[str]:
     """Print `num_samples` continuations of the prompt; returns them."""
-    device = resolve_device(str(cfg.device))
+    resolve_device(str(cfg.device))  # the device first: one line naming it
     check_options(cfg)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    runtime = Runtime(TrainerConfig(device=Device[str(cfg.device)], precision=precision_of(cfg.precision),
+                                    num_threads=cfg.num_threads), device_key="device").init()
+    device = runtime.device
     model, tokenizer = load_for_generation(cfg.ckpt_path, device)
     prompt = read_text(Path(cfg.prompt_file), "utf-8", key=None) if cfg.prompt_file else str(cfg.prompt)
     prompt = prompt.replace("\\n", "\n")  # a typed "\n" on the command line means a newline
     check_top_k(cfg.top_k, model.vocab_size)
     tokenizer.encode(prompt)  # an unknown character fails here, before anything is printed
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    bf16 = str(cfg.precision) == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     options = dict(max_new_tokens=cfg.max_new_tokens, temperature=float(cfg.temperature), top_k=cfg.top_k,
                    top_p=float(cfg.top_p), repetition_penalty=float(cfg.repetition_penalty),
                    stop=stop_strings(cfg.stop), use_cache=cfg.cache)
@@ -147,7 +157,7 @@ def generate(cfg: DictConfig) -> list[str]:
     for i in range(int(cfg.num_samples)):
         print(f"--- sample {i + 1}/{cfg.num_samples}", flush=True)
         print(prompt, end="", flush=True)
-        text = sample_text(model, tokenizer, prompt, generator=generator, device=device, autocast=autocast,
+        text = sample_text(model, tokenizer, prompt, generator=generator, device=device, autocast=runtime.autocast,
                            on_text=lambda piece: print(piece, end="", flush=True), **options)
         print(flush=True)
         samples.append(text)

@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from bigmodel.config import Device, PredictConfig, check_ranges, require
+from bigmodel.config import Device, PredictConfig, TrainerConfig, check_ranges, require
 from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
 from bigmodel.data.vocab import Vocab
 from bigmodel.restore import restore_model
-from bigmodel.runtime import resolve_device
+from bigmodel.runtime import Runtime
 
 log = logging.getLogger("bigmodel")
 
@@ -70,7 +70,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     check_ranges(cfg, PredictConfig)
     if (cfg.text is None) == (cfg.input_file is None):
         raise DataError("give exactly one of text=\"...\" or input_file=PATH")
-    device = resolve_device(Device(cfg.device), key="device")
+    device = Runtime(TrainerConfig(device=Device(cfg.device)), device_key="device").init().device
     model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")
