@@ -95,7 +95,7 @@ def test_nonfinite_loss_skip_drops_the_step(caplog):
 
 
 def test_nonfinite_skip_gives_up_when_every_step_is_nan():
-    from bigmodel.trainer import MAX_SKIPS_IN_A_ROW
+    from bigmodel.window import MAX_SKIPS_IN_A_ROW
 
     trainer = make_trainer(max_steps=5, on_nonfinite=NonFinite.skip, limit_val_batches=1)
     trainer.loss_fn = lambda logits, targets: logits.sum() * float("nan")
@@ -424,9 +424,9 @@ class NaNOn:
 
 
 def test_skips_in_a_row_reset_after_a_good_step(monkeypatch):
-    import bigmodel.trainer as trainer_module
+    import bigmodel.window as window_module
 
-    monkeypatch.setattr(trainer_module, "MAX_SKIPS_IN_A_ROW", 3)
+    monkeypatch.setattr(window_module, "MAX_SKIPS_IN_A_ROW", 3)
     trainer = make_trainer(max_steps=3, on_nonfinite=NonFinite.skip, limit_val_batches=1)
     trainer.loss_fn = NaNOn([1, 2, 4, 5, 7, 8])  # never 3 in a row
     trainer.fit()

@@ -1,14 +1,6 @@
-"""The training loop shared by every model: it decides when things happen.
-
-Batches are `(inputs, targets)`, models return logits, the loss is a component. How a step runs
-(device, precision, processes, compile) is the Runtime's; what a batch means (accuracy, images) is
-the data module's metrics object's and the callbacks'. Between log steps nothing is read back from
-the device: running sums stay there (bigmodel.window), so the host can run ahead of a GPU.
-
-Non-finite losses: with on_nonfinite=stop the loss is checked at each log step (before its update),
-at each epoch's end, before validation and at the end of fit; the error names the first bad step.
-on_nonfinite=skip reads each step's flag (one read per step) so that a dropped step counts neither
-as a step nor in the schedule, and gives up after MAX_SKIPS_IN_A_ROW in a row.
+"""The training loop shared by every model: it decides when things happen; the Runtime knows how
+(device, precision, processes, compile), the data module's metrics and the callbacks what a batch means.
+Between log steps nothing is read back from the device (bigmodel.window), so the host runs ahead of a GPU.
 """
 
 import logging
@@ -21,8 +13,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from tqdm import tqdm
 
-from bigmodel import checkpoint, distributed
-from bigmodel.config import ConfigError, NonFinite, TrainerConfig
+from bigmodel import checkpoint, trainer_state
+from bigmodel.config import TrainerConfig
 from bigmodel.data import DataModule
 from bigmodel.data.errors import DataError
 from bigmodel.evaluation import batch_limit, evaluate_split
@@ -31,10 +23,9 @@ from bigmodel.losses import ignore_index
 from bigmodel.optim import check_monitor
 from bigmodel.profiling import make_profiler
 from bigmodel.runtime import GracefulStop, Runtime
-from bigmodel.window import Throughput, Window
+from bigmodel.window import NonFiniteGuard, Throughput, Window
 
 log = logging.getLogger("bigmodel")
-MAX_SKIPS_IN_A_ROW = 25  # on_nonfinite=skip gives up after this many: the run cannot recover
 
 
 class Trainer:
@@ -56,7 +47,7 @@ class Trainer:
         self.global_step = self.epoch = self.batch_in_epoch = 0
         self.should_stop, self.last_val_step, self.last_metrics = False, -1, {}
         self.interrupted = False  # a signal stopped the run (should_stop alone may be early stopping)
-        self.skipped_in_a_row = 0  # optimizer steps dropped for a non-finite loss (on_nonfinite=skip)
+        self.guard = NonFiniteGuard(config.on_nonfinite, self.window, self.print)
         self.scheduler_factory, self.scheduler, self.total_steps = scheduler, None, 0
 
     # the runtime's, for callbacks
@@ -101,11 +92,10 @@ class Trainer:
             check_monitor(self.scheduler, self.metric_names("val"))
         if ckpt_path:
             self.load_checkpoint(ckpt_path)
-            self._check_steps_left(ckpt_path)
+            trainer_state.check_steps_left(self, ckpt_path)
         self.model.train()
-        counts = getattr(self.metrics, "train_counts", None)
-        counts = counts and partial(counts, ignore_index=ignore_index(self.loss_fn))
-        self.step_fn = self.runtime.train_step_fn(self.loss_fn, counts)
+        counts = getattr(self.metrics, "train_counts", None)  # train/acc, counted inside the (compiled) step
+        self.step_fn = self.runtime.train_step_fn(self.loss_fn, counts and partial(counts, ignore_index=ignore_index(self.loss_fn)))
         self.call("on_fit_start")
         self.profiler = make_profiler(self.config.profiler, self.output_dir)
         self.throughput.reset()
@@ -120,18 +110,10 @@ class Trainer:
             if not self.should_stop and self.last_val_step != self.global_step:
                 self.validate()
         self.throughput.pause()
-        self._check_finite()  # no checkpoint of NaN weights at the end
+        self.guard.check(self.global_step + 1, self.epoch)  # no checkpoint of NaN weights at the end
         self.profiler.summary(self.print)
         self.call("on_fit_end")
         return self.last_metrics
-
-    def _check_steps_left(self, ckpt_path: str) -> None:
-        """Resuming a run that already reached its limit would train nothing and exit as if it had."""
-        if self._done():
-            key = "max_steps" if self.config.max_steps > 0 else "max_epochs"
-            raise ConfigError(f"ckpt_path={ckpt_path!r} is at epoch {self.epoch}, step {self.global_step}: "
-                              f"trainer.{key}={getattr(self.config, key)} is reached, nothing to train; "
-                              f"raise trainer.{key} to train on")
 
     def _done(self) -> bool:
         return self.should_stop or self._limit_reached()
@@ -181,7 +163,7 @@ class Trainer:
                 return self.batch_in_epoch >= limit
         bar.close()
         self._agree_on_stop()
-        self._check_finite()
+        self.guard.check(self.global_step + 1, self.epoch)
         return True
 
     def _micro_step(self, batch, accum: int, sync: bool) -> torch.Tensor:
@@ -199,15 +181,10 @@ class Trainer:
         """One optimizer step on the accumulated gradients; False when it was dropped (skip mode)."""
         with self.profiler.phase("optimizer"):
             grad_norm = self.runtime.clip(self.optimizer, self.config.gradient_clip_val)
-            if self.config.on_nonfinite == NonFinite.skip:
-                if self.runtime.any_true(not bool(torch.isfinite(loss))):  # the one read per step of skip mode
-                    self._skip(loss)
-                    return False
-                self.skipped_in_a_row = 0
-            else:
-                self.window.record_nonfinite(loss, self.global_step + 1)
-                if (self.global_step + 1) % self.config.log_every_n_steps == 0:
-                    self._check_finite()  # a log step reads anyway: before its update
+            log_step = (self.global_step + 1) % self.config.log_every_n_steps == 0  # reads anyway: check first
+            if self.guard.drop(loss, self.global_step + 1, self.epoch, check=log_step):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
             stepped = self.runtime.step(self.optimizer)
             if self.scheduler is not None and stepped and not hasattr(self.scheduler, "monitor"):
                 self.scheduler.step()  # a scheduler with a monitor steps at validation instead
@@ -217,26 +194,6 @@ class Trainer:
         self.window.add_step(loss, grad_norm)
         self.call("on_train_batch_end", loss)
         return True
-
-    def _skip(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_in_a_row += 1
-        self.print(f"skipping step {self.global_step + 1}: non-finite loss {loss.item()}")
-        if self.skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
-            raise FloatingPointError(f"{self.skipped_in_a_row} steps in a row had a non-finite loss (last "
-                                     f"at step {self.global_step + 1}): the weights or the data hold "
-                                     "NaN/inf; lower optimizer.lr or check the data")
-        self.runtime.back_off()  # fp16: forget this step's inf checks; halve the scale
-
-    def _check_finite(self) -> None:
-        """on_nonfinite=stop: raise if a loss since the start was not finite (one read)."""
-        if self.config.on_nonfinite == NonFinite.skip:
-            return
-        bad = self.window.first_nonfinite(self.global_step + 1)
-        if bad is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"non-finite loss {bad[1]} at step {bad[0]} (epoch {self.epoch}); set "
-                                     "trainer.on_nonfinite=skip to drop such steps, or lower optimizer.lr")
 
     def _agree_on_stop(self) -> bool:
         """should_stop on every process when set on any (a signal, a callback): they stop together."""
@@ -277,7 +234,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Validation (and what hangs on it: checkpoints, samples), timed out of the perf/* scalars."""
         self.throughput.pause()
-        self._check_finite()  # never validate or checkpoint NaN weights
+        self.guard.check(self.global_step + 1, self.epoch)  # never validate or checkpoint NaN weights
         metrics = self.evaluate("val")
         self.last_val_step, self.last_metrics = self.global_step, metrics
         if hasattr(self.scheduler, "monitor"):  # scheduler=plateau: before checkpoints save its state
@@ -290,23 +247,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain values only: checkpoints are loaded with weights_only=True."""
-        callbacks = {name: cb.state_dict() for name, cb in self.callbacks.items() if hasattr(cb, "state_dict")}
-        state = {
-            "format": checkpoint.FORMAT_VERSION,
-            "model": distributed.model_state_dict(self.model),  # full, also under FSDP
-            "optimizer": distributed.optimizer_state_dict(self.model, self.optimizer) if self.optimizer else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.scaler.state_dict(),
-            "progress": {"global_step": self.global_step, "epoch": self.epoch,
-                         "batch_in_epoch": self.batch_in_epoch, "last_val_step": self.last_val_step,
-                         "window": self.window.state_dict()},
-            "callbacks": checkpoint.plain(callbacks),
-            "rng": checkpoint.rng_state(),
-            **checkpoint.plain(self.checkpoint_extras),  # the resolved config holds enum members
-        }
-        checkpoint.check_plain(state)  # on every rank, before anything is written
-        return state
+        return trainer_state.state_dict(self)
 
     def save_checkpoint(self, path: str, eval_weights: bool = False) -> None:
         """`eval_weights`: the model entry holds the weights evaluation uses (best.pt with callbacks.ema)."""
@@ -316,25 +257,7 @@ class Trainer:
                 checkpoint.save(state, path)  # a full disk: one line naming the file
 
     def load_checkpoint(self, path: str) -> None:
-        ckpt = checkpoint.load(path)
-        checkpoint.check_resumable(ckpt, checkpoint.plain(self.checkpoint_extras.get("config")), path)
-        checkpoint.load_model_state(self.model, ckpt["model"], path)
-        try:
-            distributed.load_optimizer_state_dict(self.model, self.optimizer, ckpt["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise checkpoint.CheckpointError(f"checkpoint {path!r}: optimizer state does not fit "
-                                             f"optimizer={type(self.optimizer).__name__} ({e})") from None
-        if self.scheduler is not None and ckpt["scheduler"] is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        p = ckpt["progress"]
-        self.global_step, self.epoch, self.batch_in_epoch = p["global_step"], p["epoch"], p["batch_in_epoch"]
-        self.last_val_step = p["last_val_step"]
-        self.window.load_state_dict(p["window"])
-        for name, state in ckpt["callbacks"].items():
-            if name in self.callbacks and hasattr(self.callbacks[name], "load_state_dict"):
-                self.callbacks[name].load_state_dict(state)
-        checkpoint.set_rng_state(ckpt["rng"])
+        trainer_state.load(self, path)
         self.print(f"resumed from {path} at epoch {self.epoch}, step {self.global_step}")
 
     def _request_stop(self, signal_name: str) -> None:

@@ -8,13 +8,15 @@ training steps of a log window on the host and synchronizes the device only at t
 
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
+from bigmodel.config import NonFinite
 from bigmodel.runtime import Runtime
 
 clock = time.perf_counter  # module-level so that tests can drive it
+MAX_SKIPS_IN_A_ROW = 25  # on_nonfinite=skip gives up after this many: the run cannot recover
 
 
 class Window:
@@ -83,6 +85,42 @@ class Window:
         self.sums = {k: torch.tensor(float(state[k]), dtype=torch.float64, device=self.device) for k in self.KEYS}
         norm = state.get("grad_norm")
         self.grad_norm = None if norm is None else torch.tensor(float(norm), device=self.device)
+
+
+class NonFiniteGuard:
+    """trainer.on_nonfinite. stop: each step's loss is recorded on the device and `check` raises,
+    naming the first bad step, where the loop reads anyway (a log step before its update, an epoch's
+    end, validation, the end of fit). skip: `drop` reads each step's flag (one read a step) so that a
+    dropped step counts neither as a step nor in the schedule; gives up after MAX_SKIPS_IN_A_ROW."""
+
+    def __init__(self, mode: NonFinite, window: Window, print_fn: Callable[[str], None]) -> None:
+        self.skip, self.window, self.runtime, self.print = mode == NonFinite.skip, window, window.runtime, print_fn
+        self.skipped_in_a_row = 0
+
+    def drop(self, loss: torch.Tensor, step: int, epoch: int, check: bool) -> bool:
+        """True: drop optimizer step `step` (skip mode, its loss is not finite on some process)."""
+        if not self.skip:
+            self.window.record_nonfinite(loss, step)
+            if check:
+                self.check(step, epoch)
+            return False
+        if not self.runtime.any_true(not bool(torch.isfinite(loss))):
+            self.skipped_in_a_row = 0
+            return False
+        self.skipped_in_a_row += 1
+        self.print(f"skipping step {step}: non-finite loss {loss.item()}")
+        if self.skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
+            raise FloatingPointError(f"{self.skipped_in_a_row} steps in a row had a non-finite loss (last at step "
+                                     f"{step}): the weights or the data hold NaN/inf; lower optimizer.lr or check the data")
+        self.runtime.back_off()  # fp16: forget this step's inf checks; halve the scale
+        return True
+
+    def check(self, step: int, epoch: int) -> None:
+        """stop mode: raise if a loss so far was not finite (one read)."""
+        bad = None if self.skip else self.window.first_nonfinite(step)
+        if bad is not None:
+            raise FloatingPointError(f"non-finite loss {bad[1]} at step {bad[0]} (epoch {epoch}); set "
+                                     "trainer.on_nonfinite=skip to drop such steps, or lower optimizer.lr")
 
 
 class Throughput:
