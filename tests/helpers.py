@@ -4,6 +4,7 @@ from functools import partial
 
 import torch
 
+from bigmodel.callbacks_inputs import InputImages
 from bigmodel.config import Device, TrainerConfig
 from bigmodel.losses import CrossEntropy
 from bigmodel.models.cnn import CNN
@@ -68,9 +69,10 @@ def make_trainer(*, callbacks=None, model_seed: int = 0, batch_size: int = 8, n:
                                     torch.nn.Dropout(0.0), torch.nn.Linear(16, 4))
     optimizer = torch.optim.SGD(param_groups(model, 1e-4), lr=lr, momentum=0.9)
     cfg = TrainerConfig(**{"device": Device.cpu, "progress_bar": False, "log_every_n_steps": 1, **config})
+    callbacks = {"input_images": InputImages(), **(callbacks or {})}  # as configs/callbacks/default.yaml
     return Trainer(cfg, model=model, loss_fn=CrossEntropy(), optimizer=optimizer,
                    scheduler=partial(cosine, warmup_steps=2), datamodule=dm, logger=RecordingLogger(),
-                   callbacks=callbacks or {})
+                   callbacks=callbacks)
 
 
 def ddp_worker(rank: int, world_size: int, port: int, out_dir: str, config: dict) -> None:

@@ -2,10 +2,12 @@
 
 import torch
 import torch.nn.functional as F
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+import bigmodel.train as train_module
 from bigmodel.checkpoint import load, load_model_state
-from conftest import write_fake_cifar10
+from conftest import compose_cfg, write_fake_cifar10
 
 
 def mean_test_loss(cfg, state) -> float:
@@ -23,7 +25,7 @@ def mean_test_loss(cfg, state) -> float:
     return total / n
 
 
-def test_the_test_split_is_evaluated_on_best_pt(compose_train, tmp_path):
+def test_the_test_split_is_evaluated_on_best_pt(compose_train, tmp_path, monkeypatch):
     from bigmodel.train import train
 
     write_fake_cifar10(tmp_path / "data" / "cifar10")
@@ -41,3 +43,11 @@ def test_the_test_split_is_evaluated_on_best_pt(compose_train, tmp_path):
     on_best, on_last = mean_test_loss(cfg, best["model"]), mean_test_loss(cfg, last["model"])
     assert abs(on_best - on_last) > 1e-3
     assert abs(test_loss - on_best) < 1e-5
+
+    # `bigmodel eval` measures the same on its own Runtime and the shared evaluation loop: no Trainer
+    GlobalHydra.instance().clear()
+    ev = compose_cfg("eval", [f"ckpt_path={tmp_path}/run/checkpoints/best.pt", "trainer.device=cpu",
+                              "trainer.limit_test_batches=-1"], tmp_path / "eval")
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(train_module, "Trainer", None)  # building one would fail
+    assert abs(train_module.evaluate(ev)["test/loss"] - on_best) < 1e-5

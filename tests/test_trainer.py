@@ -95,7 +95,7 @@ def test_nonfinite_loss_skip_drops_the_step(caplog):
 
 
 def test_nonfinite_skip_gives_up_when_every_step_is_nan():
-    from bigmodel.trainer import MAX_SKIPS_IN_A_ROW
+    from bigmodel.window import MAX_SKIPS_IN_A_ROW
 
     trainer = make_trainer(max_steps=5, on_nonfinite=NonFinite.skip, limit_val_batches=1)
     trainer.loss_fn = lambda logits, targets: logits.sum() * float("nan")
@@ -219,8 +219,8 @@ def test_compiled_model_checkpoint_loads_uncompiled(tmp_path):
 
     trainer = make_trainer(max_steps=2, compile=True, bn=False,
                            callbacks={"model_checkpoint": ModelCheckpoint(str(tmp_path), monitor="val/acc", mode="max")})
-    assert trainer.forward_model is not trainer.model
     trainer.fit()
+    assert hasattr(trainer.step_fn, "_torchdynamo_orig_callable")  # model + loss ran as one compiled function
     state = load(tmp_path / "last.pt")["model"]
     assert not any(k.startswith("_orig_mod") for k in state)
     plain = make_trainer(bn=False, model_seed=1).model
@@ -239,7 +239,7 @@ class Hooks:
         self.calls.append(("fit_start", trainer.global_step))
 
     def on_train_batch_end(self, trainer, loss):
-        assert isinstance(loss, float) and math.isfinite(loss)
+        assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and math.isfinite(float(loss))  # on the device
         self.calls.append(("batch", trainer.global_step))
 
     def on_validation_end(self, trainer, metrics):
@@ -360,29 +360,46 @@ def test_a_signal_during_training_marks_the_run_interrupted():
 
 
 def test_train_accuracy_skips_ignored_targets_and_throughput_counts_samples(monkeypatch):
-    import types
-
-    import bigmodel.trainer as trainer_module
+    import bigmodel.window as window_module
 
     trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, bn=False, augment=False, lr=0.0,
-                           limit_val_batches=1)
+                           limit_val_batches=1, val_check_interval=1)
     real = trainer.datamodule.loader
+    now = [0.0]  # a clock the test drives: 0.5 "s" to fetch each train batch, 1 "s" per loss, 100 per validation
 
-    def with_ignored(split, **kw):  # the first target of every train batch is ignored (-100)
-        for x, y in real(split, **kw):
-            yield x, (torch.cat([torch.tensor([-100]), y[1:]]) if split == "train" else y)
+    class Timed:
+        """The first target of every train batch is ignored (-100); fetching a batch takes time."""
 
-    trainer.datamodule.loader = lambda split, **kw: (list(with_ignored(split, **kw)) if split == "train"
-                                                     else real(split, **kw))
-    batches = trainer.datamodule.loader("train", epoch=0)[:6]
+        def __init__(self, split, **kw):
+            self.split, self.batches = split, list(real(split, **kw))
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __iter__(self):
+            for x, y in self.batches:
+                now[0] += 0.5 if self.split == "train" else 100.0
+                yield x, (torch.cat([torch.tensor([-100]), y[1:]]) if self.split == "train" else y)
+
+    def timed_loss(logits, targets):
+        now[0] += 1.0
+        return torch.nn.functional.cross_entropy(logits, targets)
+
+    trainer.datamodule.loader = Timed
+    trainer.loss_fn = timed_loss
+    batches = list(Timed("train", epoch=0))[:6]
     with torch.no_grad():
         hits = [((trainer.model(x).argmax(-1) == y) & (y != -100)).sum().item() for x, y in batches]
-    clock = iter(range(100))
-    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    monkeypatch.setattr(window_module, "clock", lambda: now[0])
     trainer.fit()
     expected = [(hits[2 * k] + hits[2 * k + 1]) / 14 for k in range(3)]  # 2 batches of 8, one ignored in each
     assert [v for _, v in trainer.logger.curve("train/acc")] == pytest.approx(expected)
-    assert [v for _, v in trainer.logger.curve("perf/samples_per_sec")] == [16.0] * 3  # 16 samples, 1 "second" apart
+    # each step: 2 batches (0.5 s waiting for each) and 2 losses (1 s each); validation after every step
+    # is not training time, so the throughput does not dip after it
+    assert [v for _, v in trainer.logger.curve("perf/step_time")] == [3.0] * 3
+    assert [v for _, v in trainer.logger.curve("perf/data_wait")] == [1.0] * 3
+    assert [v for _, v in trainer.logger.curve("perf/samples_per_sec")] == [16 / 3] * 3
+    assert trainer.logger.curve("perf/tokens_per_sec") == []  # (B,) class targets: not a sequence model
 
 
 def test_fp16_clipping_measures_the_unscaled_gradient_norm():
@@ -407,9 +424,9 @@ class NaNOn:
 
 
 def test_skips_in_a_row_reset_after_a_good_step(monkeypatch):
-    import bigmodel.trainer as trainer_module
+    import bigmodel.window as window_module
 
-    monkeypatch.setattr(trainer_module, "MAX_SKIPS_IN_A_ROW", 3)
+    monkeypatch.setattr(window_module, "MAX_SKIPS_IN_A_ROW", 3)
     trainer = make_trainer(max_steps=3, on_nonfinite=NonFinite.skip, limit_val_batches=1)
     trainer.loss_fn = NaNOn([1, 2, 4, 5, 7, 8])  # never 3 in a row
     trainer.fit()
@@ -457,15 +474,22 @@ def test_input_grid_shows_the_first_16_images_each_scaled_to_0_1():
 
 
 def test_only_image_batches_on_rank_zero_make_an_input_grid():
-    trainer = make_trainer()
+    import types
+
+    from bigmodel.callbacks_inputs import InputImages
+
+    callback, logger = InputImages(), RecordingLogger()
+    trainer = types.SimpleNamespace(global_step=0, batch_in_epoch=0, is_global_zero=True, logger=logger)
     for x in (torch.zeros(4, 3), torch.zeros(4, 2, 8, 8), torch.zeros(4, 8, 8)):  # tokens, 2 channels, no channels
-        trainer._log_inputs(x)
-    assert trainer.logger.images == []
-    trainer._log_inputs(torch.rand(4, 1, 8, 8))  # grey images are fine
-    assert trainer.logger.images == ["train/inputs"]
-    trainer.is_global_zero = False
-    trainer._log_inputs(torch.rand(4, 3, 8, 8))
-    assert trainer.logger.images == ["train/inputs"]
+        callback.on_train_batch_start(trainer, (x, None))
+    assert logger.images == []
+    callback.on_train_batch_start(trainer, (torch.rand(4, 1, 8, 8), None))  # grey images are fine
+    assert logger.images == ["train/inputs"]
+    trainer.batch_in_epoch = 1  # the first batch only
+    callback.on_train_batch_start(trainer, (torch.rand(4, 3, 8, 8), None))
+    trainer.batch_in_epoch, trainer.is_global_zero = 0, False
+    callback.on_train_batch_start(trainer, (torch.rand(4, 3, 8, 8), None))
+    assert logger.images == ["train/inputs"]
 
 
 def test_each_epoch_trains_on_that_epochs_order():

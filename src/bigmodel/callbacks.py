@@ -2,7 +2,8 @@
 
     on_fit_start(trainer)                           after a resumed checkpoint is loaded
     on_train_batch_start(trainer, batch)            before each (micro-)batch's forward
-    on_train_batch_end(trainer, loss: float)        after each optimizer step
+    on_train_batch_end(trainer, loss: Tensor)       after each optimizer step; loss is 0-d on the device
+                                                    (float(loss) waits for the GPU: only when needed)
     on_validation_end(trainer, metrics: dict)       metrics carry the "val/" prefix
     on_fit_end(trainer)                             also after an interrupt (SIGINT/SIGTERM)
     eval_weights(trainer)                           a context manager: the weights evaluation and best.pt use
@@ -109,6 +110,6 @@ class LearningRateMonitor:
     def __init__(self, every_n_steps: PositiveInt = 10) -> None:
         self.every_n_steps = every_n_steps
 
-    def on_train_batch_end(self, trainer, loss: float) -> None:
+    def on_train_batch_end(self, trainer, loss) -> None:
         if trainer.global_step % self.every_n_steps == 0:
             trainer.logger.log_metrics({"lr": trainer.optimizer.param_groups[0]["lr"]}, trainer.global_step)

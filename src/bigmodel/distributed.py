@@ -46,9 +46,10 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-def info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank), initializing the process group on first use under torchrun
-    (or in a multi-task submitit job)."""
+def init() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank). Under torchrun (or in a multi-task submitit job) the first call
+    starts the process group, selects this process's CUDA device, tears the group down at exit and
+    quiets logging on ranks > 0; later calls (and single processes) only read."""
     _from_submitit()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
@@ -60,15 +61,21 @@ def info() -> tuple[int, int, int]:
         atexit.register(_close)
         if dist.get_rank() > 0:  # each log line once: rank 0's (torchrun runs also set this via Hydra)
             logging.getLogger().setLevel(logging.WARNING)
+    return info()
+
+
+def info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) of this process; (0, 1, 0) until init() started a group."""
     if not dist.is_initialized():
         return 0, 1, 0
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def shared_stamp(fmt: str) -> str:
-    """The current time formatted as `fmt`, as rank 0 sees it (the same string on every process)."""
+    """The current time formatted as `fmt`, as rank 0 sees it (the same string on every process);
+    joins the process group (init()) under torchrun."""
     stamp = [datetime.now().strftime(fmt)]
-    if info()[1] > 1:
+    if init()[1] > 1:
         dist.broadcast_object_list(stamp, src=0)
     return stamp[0]
 
@@ -169,15 +176,6 @@ def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
     if not by_name:
         state = _keyed_by_name(model, optimizer, state)
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-
-def mean(t: torch.Tensor) -> torch.Tensor:
-    """The mean of a scalar over all processes (itself in a single process)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t)
-    return t / dist.get_world_size()
 
 
 def any_true(flag: bool, device: torch.device) -> bool:

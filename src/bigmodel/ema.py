@@ -79,7 +79,7 @@ class EMA:
             self._restore(trainer, self._loaded)
             self._loaded = None
 
-    def on_train_batch_end(self, trainer, loss: float) -> None:
+    def on_train_batch_end(self, trainer, loss) -> None:
         if not self.params:
             return
         d = self.decay_at(self.updates)

@@ -245,7 +245,7 @@ class KeepSparsity:
         self.pairs = [(params[k], m.to(device=params[k].device, dtype=params[k].dtype)) for k, m in self.masks.items()]
         self.apply()
 
-    def on_train_batch_end(self, trainer, loss: float) -> None:
+    def on_train_batch_end(self, trainer, loss) -> None:
         self.apply()
 
     @torch.no_grad()

@@ -5,14 +5,15 @@ as they are produced. Sampling uses its own seeded generator, so a seed gives th
 """
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from bigmodel import checkpoint, runtime
-from bigmodel.config import ConfigError, Device
+from bigmodel import checkpoint
+from bigmodel.config import ConfigError, Device, Precision, TrainerConfig
+from bigmodel.runtime import Runtime
+from bigmodel.runtime import resolve_device as torch_device
 from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
 from bigmodel.models.text_sample import sample_text
@@ -56,8 +57,7 @@ def check_options(cfg: DictConfig) -> None:
                           "folder with a Hugging Face GPT-2 checkpoint (config.json + model.safetensors)")
     for key in RANGES:
         check_option(key, cfg.get(key))
-    if str(cfg.precision) not in ("32", "fp32", "bf16"):
-        raise ConfigError(f"precision={cfg.precision!r} is not valid: use 32 (float32) or bf16")
+    precision_of(cfg.precision)
     if not isinstance(cfg.get("cache"), bool):
         raise ConfigError(f"cache={cfg.get('cache')!r} is not valid: use true (reuse keys and values) or false")
     stop_strings(cfg.get("stop"))
@@ -82,10 +82,20 @@ def stop_strings(stop) -> list[str]:
     return [s.replace("\\n", "\n") for s in stops]
 
 
+PRECISIONS = {"32": Precision.fp32, "fp32": Precision.fp32, "bf16": Precision.bf16}
+
+
+def precision_of(value) -> Precision:
+    """generate's `precision` setting as the Precision the Runtime autocasts to."""
+    if str(value) not in PRECISIONS:
+        raise ConfigError(f"precision={value!r} is not valid: use 32 (float32) or bf16")
+    return PRECISIONS[str(value)]
+
+
 def resolve_device(name: str) -> torch.device:
     if name not in Device.__members__:
         raise ConfigError(f"device={name!r} is not valid: use auto, cpu or cuda")
-    return runtime.resolve_device(Device[name], key="device")
+    return torch_device(Device[name], key="device")
 
 
 def check_top_k(top_k: int | None, vocab_size: int) -> None:
@@ -96,18 +106,17 @@ def check_top_k(top_k: int | None, vocab_size: int) -> None:
 
 def generate(cfg: DictConfig) -> list[str]:
     """Print `num_samples` continuations of the prompt; returns them."""
-    device = resolve_device(str(cfg.device))
+    resolve_device(str(cfg.device))  # the device first: one line naming it
     check_options(cfg)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    runtime = Runtime(TrainerConfig(device=Device[str(cfg.device)], precision=precision_of(cfg.precision),
+                                    num_threads=cfg.num_threads), device_key="device").init()
+    device = runtime.device
     model, tokenizer = load_for_generation(cfg.ckpt_path, device)
     prompt = read_text(Path(cfg.prompt_file), "utf-8", key=None) if cfg.prompt_file else str(cfg.prompt)
     prompt = prompt.replace("\\n", "\n")  # a typed "\n" on the command line means a newline
     check_top_k(cfg.top_k, model.vocab_size)
     tokenizer.encode(prompt)  # an unknown character fails here, before anything is printed
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    bf16 = str(cfg.precision) == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     options = dict(max_new_tokens=cfg.max_new_tokens, temperature=float(cfg.temperature), top_k=cfg.top_k,
                    top_p=float(cfg.top_p), repetition_penalty=float(cfg.repetition_penalty),
                    stop=stop_strings(cfg.stop), use_cache=cfg.cache)
@@ -115,7 +124,7 @@ def generate(cfg: DictConfig) -> list[str]:
     for i in range(int(cfg.num_samples)):
         print(f"--- sample {i + 1}/{cfg.num_samples}", flush=True)
         print(prompt, end="", flush=True)
-        text = sample_text(model, tokenizer, prompt, generator=generator, device=device, autocast=autocast,
+        text = sample_text(model, tokenizer, prompt, generator=generator, device=device, autocast=runtime.autocast,
                            on_text=lambda piece: print(piece, end="", flush=True), **options)
         print(flush=True)
         samples.append(text)

@@ -17,3 +17,9 @@ class CrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),
                                label_smoothing=self.label_smoothing, ignore_index=self.ignore_index)
+
+
+def ignore_index(loss_fn: object) -> int:
+    """The target value `loss_fn` ignores (padding, masked tokens): its `ignore_index`, else -100
+    (torch's cross-entropy default)."""
+    return getattr(loss_fn, "ignore_index", -100)

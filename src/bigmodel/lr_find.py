@@ -65,8 +65,8 @@ class LRSweep:
             group["lr"] = group["initial_lr"] = self.min_lr
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_at(step) / self.min_lr)
 
-    def on_train_batch_end(self, trainer, loss: float) -> None:
-        step = len(self.losses)
+    def on_train_batch_end(self, trainer, loss) -> None:
+        loss, step = float(loss), len(self.losses)  # a read each step: the range test needs every loss
         self.avg = self.beta * self.avg + (1 - self.beta) * loss
         smoothed = self.avg / (1 - self.beta ** (step + 1))
         self.lrs.append(self.lr_at(step))
@@ -131,7 +131,7 @@ def lr_find(cfg: DictConfig) -> float:
     sweep = LRSweep(opts.min_lr, opts.max_lr, opts.num_steps, opts.beta, opts.diverge)
     logger = build_logger(cfg, True)
     trainer = Trainer(config, model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
-                      scheduler=sweep.scheduler, datamodule=datamodule, logger=logger, seed=cfg.seed,
+                      scheduler=sweep.scheduler, datamodule=datamodule, logger=logger,
                       callbacks={"lr_sweep": sweep}, output_dir=output_dir(cfg))
     try:
         trainer.fit()

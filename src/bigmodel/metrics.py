@@ -3,6 +3,8 @@
 A metrics object has `reset()`, `update(logits, targets)`, `compute() -> dict[str, float]`
 (scalar names without a split prefix, e.g. {"acc": 0.91}) and `report(logger, prefix, step)`
 for what is not a scalar (figures, tables, PR curves). Under DDP the trainer sums `state()` across ranks.
+`train_counts(logits, targets, ignore_index)` gives a training batch's (correct, counted) as device
+tensors without reading them back, so the train loop stays free of host syncs.
 """
 
 import math
@@ -12,6 +14,12 @@ import torch.nn.functional as F
 
 PR_THRESHOLDS = 101  # PR curves: scores binned at 0.00, 0.01, ..., 1.00
 MAX_REPORTED_CLASSES = 100  # more classes: no confusion figure, no PR curves
+
+
+def train_counts(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct argmax predictions, targets not equal to `ignore_index`), both 0-d on the logits' device."""
+    keep = targets != ignore_index
+    return ((logits.argmax(-1) == targets) & keep).sum(), keep.sum()  # no mask indexing: no sync
 
 
 class Classification:
@@ -59,6 +67,11 @@ class Classification:
             classes = torch.arange(self.num_classes).expand_as(bins)
             idx = (positive * self.num_classes + classes) * PR_THRESHOLDS + bins
             self.scores += torch.bincount(idx.flatten(), minlength=self.scores.numel()).view_as(self.scores)
+
+    def train_counts(self, logits: torch.Tensor, targets: torch.Tensor,
+                     ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's (correct, counted); `ignore_index` from the loss, else this object's."""
+        return train_counts(logits, targets, self.ignore_index if ignore_index is None else ignore_index)
 
     def state(self) -> list[torch.Tensor]:
         """Tensors to sum across processes."""
@@ -140,6 +153,11 @@ class LanguageModel:
         keep = t != self.ignore_index
         self.correct += (flat.argmax(-1)[keep] == t[keep]).sum().cpu()
         self.total += keep.sum().cpu()
+
+    def train_counts(self, logits: torch.Tensor, targets: torch.Tensor,
+                     ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's (correct next tokens, counted tokens), as Classification.train_counts."""
+        return train_counts(logits, targets, self.ignore_index if ignore_index is None else ignore_index)
 
     def state(self) -> list[torch.Tensor]:
         return [self.nll, self.correct, self.total]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from bigmodel.config import Device, PredictConfig, check_ranges
+from bigmodel.config import Device, PredictConfig, TrainerConfig, check_ranges
 from bigmodel.data.errors import DataError
 from bigmodel.data.text import pad_batch
 from bigmodel.data.text_files import read_text
@@ -21,7 +21,7 @@ from bigmodel.data.vocab import Vocab
 from bigmodel.export import one_source
 from bigmodel.exported import Exported, ExportError, load_exported
 from bigmodel.restore import restore_model
-from bigmodel.runtime import resolve_device
+from bigmodel.runtime import Runtime
 
 log = logging.getLogger("bigmodel")
 
@@ -84,7 +84,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     if cfg.model_path is not None:  # an exported folder: runs on the CPU (onnxruntime / torch.export)
         model, vocab, names, device = *load_exported_classifier(cfg.model_path), torch.device("cpu")
     else:
-        device = resolve_device(Device(cfg.device), key="device")
+        device = Runtime(TrainerConfig(device=Device(cfg.device)), device_key="device").init().device
         model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")

@@ -94,7 +94,7 @@ class ModelSummary:
         self.done = True
         if not (trainer.is_global_zero or is_sharded(trainer.model)):
             return
-        args, _ = trainer._prepare(batch)
+        args, _ = trainer.runtime.prepare(batch)
         text = table(trainer.model, summarize(trainer.model, args, trainer.autocast))
         if not trainer.is_global_zero:
             return

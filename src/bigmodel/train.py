@@ -16,9 +16,11 @@ from bigmodel import checkpoint, distributed, finetune, hparams, rundir
 from bigmodel.config import ConfigError, TrainerConfig, check_targets
 from bigmodel.config import resolved as resolved_config
 from bigmodel.data.vectors import load_pretrained_vectors
+from bigmodel.evaluation import batch_limit, evaluate_split
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import param_groups
 from bigmodel.restore import restore_datamodule, restore_model
+from bigmodel.runtime import Runtime
 from bigmodel.trainer import Trainer
 
 log = logging.getLogger("bigmodel")
@@ -109,12 +111,13 @@ def train(cfg: DictConfig) -> float | None:
     """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
     seed_everything(cfg.seed)
     resolved = resolved_config(cfg)
-    trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
+    config = trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
     check_targets(resolved)  # wrong types, unknown keys and out-of-range values, named, before any work
+    runtime = Runtime(config).init()  # processes (under torchrun), device, threads, determinism
     warn_single_process(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     rundir.prepare(output_dir(cfg), checkpoint_dir(cfg), ckpt_path)  # before anything is written
-    if HydraConfig.initialized() and distributed.info()[0] == 0:
+    if HydraConfig.initialized() and runtime.is_global_zero:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
     datamodule, model, model_args, keeper = build(cfg, resolved)
     callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
@@ -125,10 +128,10 @@ def train(cfg: DictConfig) -> float | None:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     extras = {"config": resolved, "model_args": model_args,
               "data": datamodule.state_dict()}
-    logger = build_logger(cfg, distributed.info()[0] == 0)
-    trainer = Trainer(trainer_config(cfg), model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
-                      scheduler=scheduler, datamodule=datamodule, logger=logger, seed=cfg.seed,
-                      callbacks=callbacks, checkpoint_extras=extras, output_dir=output_dir(cfg))
+    logger = build_logger(cfg, runtime.is_global_zero)
+    trainer = Trainer(config, model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
+                      scheduler=scheduler, datamodule=datamodule, logger=logger, callbacks=callbacks,
+                      checkpoint_extras=extras, output_dir=output_dir(cfg), runtime=runtime)
     metrics = dict(trainer.fit(ckpt_path))
 
     if cfg.test and trainer.interrupted:
@@ -162,19 +165,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from bigmodel.export import evaluate_exported, one_source
 
     one_source(cfg, "bigmodel eval ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt")
-    trainer_config(cfg)  # trainer.* typed and in range before the data loads
+    config = trainer_config(cfg)  # trainer.* typed and in range before the data loads
     if cfg.get("model_path"):  # an exported folder (bigmodel export)
         return evaluate_exported(cfg)
     restored = restore_model(cfg.ckpt_path)
     datamodule = restore_datamodule(restored, cfg.get("data"))  # +data.KEY=... overrides are checked too
-    model, saved = restored.model.train(), restored.config
-    logger = build_logger(cfg, True)
-    trainer = Trainer(trainer_config(cfg), model=model, loss_fn=instantiate(saved.loss), optimizer=None,
-                      datamodule=datamodule, logger=logger, seed=saved.seed, output_dir=output_dir(cfg))
-    trainer.global_step = restored.progress["global_step"]
-    metrics = trainer.evaluate(cfg.split)
+    runtime = Runtime(config).init()
+    runtime.setup(restored.model)
+    logger, scores = build_logger(cfg, True), datamodule.metrics()
+    metrics = evaluate_split(runtime, runtime.wrapped, datamodule, cfg.split, instantiate(restored.config.loss),
+                             scores, batch_limit(config, cfg.split), logger, restored.progress["global_step"])
     print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    if hasattr(trainer.metrics, "table"):
-        print(trainer.metrics.table())
+    if hasattr(scores, "table"):
+        print(scores.table())
     logger.close()
     return metrics
