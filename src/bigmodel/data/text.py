@@ -77,9 +77,10 @@ class TextClassificationData:
 
     def __init__(self, load: Callable[[], tuple[Splits, list[str]]], *, tokenizer: Tokenizer | str,
                  lowercase: bool, min_freq: int, max_size: int | None, max_length: int | None,
-                 batch_size: int, eval_batch_size: int, bucket_pool: int, num_workers: int, seed: int) -> None:
+                 ngrams: int = 1, batch_size: int, eval_batch_size: int, bucket_pool: int, num_workers: int,
+                 seed: int) -> None:
         self.load, self.tokenizer, self.lowercase = load, Tokenizer(tokenizer), lowercase
-        self.min_freq, self.max_size, self.max_length = min_freq, max_size, max_length
+        self.min_freq, self.max_size, self.max_length, self.ngrams = min_freq, max_size, max_length, ngrams
         self.batch_size, self.eval_batch_size, self.bucket_pool = batch_size, eval_batch_size, bucket_pool
         self.num_workers, self.seed = num_workers, seed
         self._vocab: Vocab | None = None
@@ -106,7 +107,7 @@ class TextClassificationData:
             self.class_names = class_names
             self.vocab = Vocab.build((text for _, text in splits["train"]), min_freq=self.min_freq,
                                      max_size=self.max_size, tokenizer=self.tokenizer, lowercase=self.lowercase,
-                                     max_length=self.max_length)
+                                     max_length=self.max_length, ngrams=self.ngrams)
             if self.base_tokens is not None:
                 self.vocab = self._extend(self.base_tokens, self.vocab)
         elif class_names != self.class_names:
@@ -223,12 +224,13 @@ def load_csv_files(files: dict[str, str | None], text_column: str | int, label_c
 def labeled_text(root: str, class_names: list[str] | None = None, encoding: str | dict[str, str] = "utf-8",
                  val_fraction: Fraction = 0.1, tokenizer: str = "whitespace", lowercase: bool = True,
                  min_freq: PositiveInt = 1, max_size: PositiveInt | None = None, max_length: PositiveInt | None = None,
-                 batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512, bucket_pool: NonNegativeInt = 0,
-                 num_workers: NonNegativeInt = 0, seed: int = 0) -> TextClassificationData:
+                 ngrams: PositiveInt = 1, batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512,
+                 bucket_pool: NonNegativeInt = 0, num_workers: NonNegativeInt = 0,
+                 seed: int = 0) -> TextClassificationData:
     """SST-2/SST-5/TREC-style folders (see load_labeled_dir); labels are indices into class_names."""
     load = functools.partial(load_labeled_dir, root, encoding, class_names and list(class_names), val_fraction, seed)
     return TextClassificationData(load, tokenizer=tokenizer, lowercase=lowercase, min_freq=min_freq,
-                                  max_size=max_size, max_length=max_length, batch_size=batch_size,
+                                  max_size=max_size, max_length=max_length, ngrams=ngrams, batch_size=batch_size,
                                   eval_batch_size=eval_batch_size, bucket_pool=bucket_pool,
                                   num_workers=num_workers, seed=seed)
 
@@ -238,13 +240,13 @@ def text_csv(train_file: str, val_file: str | None = None, test_file: str | None
              header: bool = True, class_names: list[str] | None = None, encoding: str = "utf-8",
              val_fraction: Fraction = 0.1, tokenizer: str = "words", lowercase: bool = True,
              min_freq: PositiveInt = 1, max_size: PositiveInt | None = None, max_length: PositiveInt | None = 256,
-             batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512, bucket_pool: NonNegativeInt = 0,
-             num_workers: NonNegativeInt = 0, seed: int = 0) -> TextClassificationData:
+             ngrams: PositiveInt = 1, batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512,
+             bucket_pool: NonNegativeInt = 0, num_workers: NonNegativeInt = 0, seed: int = 0) -> TextClassificationData:
     """A user's CSV/TSV files; labels are class names (or indices into class_names)."""
     files = {"train": train_file, "val": val_file, "test": test_file}
     load = functools.partial(load_csv_files, files, text_column, label_column, delimiter, header, encoding,
                              class_names and list(class_names), val_fraction, seed)
     return TextClassificationData(load, tokenizer=tokenizer, lowercase=lowercase, min_freq=min_freq,
-                                  max_size=max_size, max_length=max_length, batch_size=batch_size,
+                                  max_size=max_size, max_length=max_length, ngrams=ngrams, batch_size=batch_size,
                                   eval_batch_size=eval_batch_size, bucket_pool=bucket_pool,
                                   num_workers=num_workers, seed=seed)

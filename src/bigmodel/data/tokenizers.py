@@ -3,7 +3,8 @@
 Text classification (`Tokenizer`, `tokenize`): `whitespace` for pre-tokenized text, `words` for raw
 text (words and punctuation; every CJK character is a token of its own), `chars` (every non-space
 character), `jieba` (Chinese word segmentation, the optional `zh` extra). The choice is saved with
-the vocabulary, so `bigmodel predict` splits text exactly as training did.
+the vocabulary, so `bigmodel predict` splits text exactly as training did. `with_ngrams` adds the
+n-grams of adjacent tokens as tokens of their own (`data.ngrams`; character bigrams for Chinese).
 
 Language models: characters, or GPT-2 BPE through tiktoken (optional). Both turn text into ids below
 65536 (token caches hold uint16) and back, and save themselves as a small dict that travels in the
@@ -49,6 +50,17 @@ def tokenize(text: str, tokenizer: Tokenizer | str = Tokenizer.whitespace, lower
     if tokenizer == Tokenizer.chars:
         return [c for c in text if not c.isspace()]
     return [t for t in _jieba().lcut(text) if not t.isspace()]
+
+
+def with_ngrams(tokens: list[str], ngrams: int = 1) -> list[str]:
+    """`tokens`, then the n-grams of 2..`ngrams` adjacent tokens (space-joined), each order in text order:
+    ["很", "好", "用"], 2 -> ["很", "好", "用", "很 好", "好 用"]. The n-grams follow the whole text rather
+    than sit between its tokens, so a convolution or an LSTM reads the tokens and the n-grams as two
+    sequences of neighbours, and a bag-of-tokens model sees them all."""
+    out = list(tokens)
+    for n in range(2, ngrams + 1):
+        out += [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return out
 
 
 def _jieba():
