@@ -15,6 +15,7 @@ COMMANDS = {  # name -> (config name, "module:function", one-line help)
     "eval": ("eval", "bigmodel.train:evaluate", "evaluate a checkpoint: bigmodel eval ckpt_path=..."),
     "predict": ("predict", "bigmodel.predict:predict", "classify text with a checkpoint: text=... or input_file=..."),
     "generate": ("generate", "bigmodel.generate:generate", "sample text from a GPT checkpoint: prompt=..."),
+    "prune": ("prune", "bigmodel.prune:prune", "magnitude-prune a checkpoint: ckpt_path=... amount=0.5 [structured=true]"),
     "lr_find": ("lr_find", "bigmodel.lr_find:lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
 
