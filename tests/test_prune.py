@@ -91,8 +91,9 @@ def test_fine_tuning_from_it_keeps_the_pruned_sparsity(cnn_ckpt, tmp_path):
     root = cnn_ckpt.parents[2]
     run = run_train(root, "tuned", [*CNN_RUN, "trainer.max_steps=4", "optimizer.lr=0.01",
                                     f"init_from={tmp_path / 'p.pt'}"])  # init_keep_sparsity left at null: automatic
-    tuned = checkpoint.load(run / "checkpoints" / "last.pt")["model"]
-    names = record["tensors"]
+    ckpt = checkpoint.load(run / "checkpoints" / "last.pt")
+    tuned, names = ckpt["model"], record["tensors"]
+    assert ckpt["callbacks"]["keep_sparsity"]["tensors"] == names  # fine-tuning from this one keeps them too
     assert zero_share(tuned, names) == zero_share(pruned, names) == pytest.approx(0.7, abs=1e-3)
     for n in names:  # the same positions are zero, in every layer (also those the global threshold barely touched)
         assert torch.equal(tuned[n] == 0, pruned[n] == 0), n

@@ -116,7 +116,8 @@ class InitFrom:
 
     def load_weights(self, model: nn.Module, datamodule, config: dict[str, Any] | None = None) -> Report:
         """Copy the checkpoint's weights into `model` (built for `datamodule`) where they fit."""
-        report = Report(pruned=(self.ckpt.get("pruning") or {}).get("tensors"))
+        kept = ((self.ckpt.get("callbacks") or {}).get("keep_sparsity") or {}).get("tensors")  # a fine-tuned one
+        report = Report(pruned=(self.ckpt.get("pruning") or {}).get("tensors", kept))
         own = model.state_dict()
         state = fold_pruning({k.removeprefix("_orig_mod.").removeprefix("module."): v
                               for k, v in self.ckpt["model"].items()})
@@ -260,6 +261,10 @@ class KeepSparsity:
 
     def on_train_batch_end(self, trainer, loss: float) -> None:
         self.apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in the run's checkpoints, so fine-tuning from them again keeps the same zeros."""
+        return {"tensors": list(self.masks)}
 
     @torch.no_grad()
     def apply(self) -> None:
