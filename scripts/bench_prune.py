@@ -3,7 +3,8 @@
     python scripts/bench_prune.py logs/<run>/checkpoints/best.pt --amount 0.5 --batch 1 64
 
 Four versions of the same model, timed the same way (eager PyTorch, inference mode, rounds
-interleaved so that other load on the machine hits them alike; the median per batch is shown):
+interleaved so that other load on the machine hits them alike; the median wall and CPU time per
+batch are shown, and the speed-up in CPU time):
   dense         the checkpoint as trained
   unstructured  global magnitude pruning (bigmodel prune amount=A): zeros inside dense tensors
   channels      channel pruning, zeroed in place (structured=true shrink=false): same shapes
@@ -37,19 +38,21 @@ def versions(ckpt: str, amount: float) -> dict[str, torch.nn.Module]:
 
 
 @torch.inference_mode()
-def latency_ms(models: dict[str, torch.nn.Module], batch: int, size: int, rounds: int, reps: int) -> dict[str, float]:
-    """Median milliseconds per batch of each model; the rounds alternate between the models."""
+def latency_ms(models: dict[str, torch.nn.Module], batch: int, size: int, rounds: int,
+               reps: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) milliseconds per batch of each model; the rounds alternate between the
+    models. CPU time (this process, all threads) is the steadier figure when other jobs share the cores."""
     x = torch.randn(batch, 3, size, size)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
     for model in models.values():  # warm-up
         model(x)
     for _ in range(rounds):
         for name, model in models.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(reps):
                 model(x)
-            times[name].append((time.perf_counter() - start) / reps * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[name].append(((time.perf_counter() - wall) / reps * 1e3, (time.process_time() - cpu) / reps * 1e3))
+    return {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
 
 
 def main() -> None:
@@ -67,12 +70,13 @@ def main() -> None:
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     nonzero = {n: sum(int((p != 0).sum()) for p in m.parameters()) for n, m in models.items()}
     results = {b: latency_ms(models, b, args.size, args.rounds, max(1, 8 // b)) for b in args.batch}
-    print(f"{'version':<13} {'params':>9} {'nonzero':>9} " + " ".join(f"{f'ms @{b}':>9} {'speed-up':>8}"
-                                                                    for b in args.batch))
+    print(f"{'version':<13} {'params':>9} {'nonzero':>9} " + " ".join(
+        f"{f'wall ms @{b}':>12} {f'CPU ms @{b}':>11} {'speed-up':>8}" for b in args.batch))
     for name in models:
-        cells = " ".join(f"{results[b][name]:>9.2f} {results[b]['dense'] / results[b][name]:>7.2f}x"
-                         for b in args.batch)
+        cells = " ".join(f"{results[b][name][0]:>12.2f} {results[b][name][1]:>11.2f} "
+                         f"{results[b]['dense'][1] / results[b][name][1]:>7.2f}x" for b in args.batch)
         print(f"{name:<13} {params[name]:>9,} {nonzero[name]:>9,} {cells}")
+    print("speed-up: dense CPU time / this version's CPU time")
 
 
 if __name__ == "__main__":

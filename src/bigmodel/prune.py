@@ -158,7 +158,8 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save(pruned_checkpoint(ckpt, model, record, model_config), out)  # atomic: temp file, then rename
     print(f"parameters: {before:,} -> {after:,}; wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
-    print(f"fine-tune it (the zeros stay zero): bigmodel train <the run's overrides> init_from={out}"
+    how = "the zeros stay zero" if names else "the smaller model"
+    print(f"fine-tune it ({how}): bigmodel train <the run's overrides> init_from={out}"
           + shrunk_overrides(model_config, original))
     return record
 
