@@ -138,7 +138,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     restored = restore_model(cfg.ckpt_path, "cpu")
     model, amount = restored.model, float(cfg.amount)
     ckpt = checkpoint.load(cfg.ckpt_path)
-    original = OmegaConf.to_container(restored.config.model, resolve=True)
+    original: dict[str, Any] = OmegaConf.to_container(restored.config.model, resolve=True)  # type: ignore[assignment]
     model_config = dict(original)
     before = sum(p.numel() for p in model.parameters())
     if cfg.structured:

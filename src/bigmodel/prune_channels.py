@@ -26,7 +26,7 @@ from bigmodel.finetune import head_keys
 from bigmodel.models.cnn import CNN
 
 
-def conv_norm_pairs(model: CNN) -> list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]]:
+def conv_norm_pairs(model: Any) -> list[tuple[str, Any, str, Any]]:
     """Each convolution of the CNN with the BatchNorm after it, in order (stem, then conv1, conv2 per block)."""
     pairs = [("stem.0", model.stem[0], "stem.1", model.stem[1])]
     for i, block in enumerate(model.blocks):
@@ -36,7 +36,7 @@ def conv_norm_pairs(model: CNN) -> list[tuple[str, nn.Conv2d, str, nn.BatchNorm2
 
 
 @torch.no_grad()
-def kill_channels(conv: nn.Conv2d, norm: nn.BatchNorm2d, amount: float) -> torch.Tensor:
+def kill_channels(conv: Any, norm: Any, amount: float) -> torch.Tensor:
     """Zero the `amount` share of `conv`'s output channels with the smallest BN-folded L1 norm, and
     their BatchNorm scale and shift; returns the kept channels as a bool mask (out_channels,)."""
     scale = (norm.weight / (norm.running_var + norm.eps).sqrt()).abs()
@@ -50,12 +50,12 @@ def kill_channels(conv: nn.Conv2d, norm: nn.BatchNorm2d, amount: float) -> torch
 
 
 @torch.no_grad()
-def shrink_cnn(model: CNN, keeps: list[torch.Tensor], model_config: dict[str, Any],
+def shrink_cnn(model: Any, keeps: list[torch.Tensor], model_config: dict[str, Any],
                model_args: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """The CNN without its pruned channels (same outputs), and its model config with the new widths."""
     widths = [int(k.sum()) for k in keeps]  # stem, then conv1 and conv2 of each block (equal: same share pruned)
     config = {**model_config, "stem_width": widths[0], "widths": widths[1::2]}
-    small = instantiate(config, **model_args)
+    small: Any = instantiate(config, **model_args)
     prev = torch.ones(model.stem[0].in_channels, dtype=torch.bool)
     for (_, conv, _, norm), (_, sconv, _, snorm), keep in zip(conv_norm_pairs(model), conv_norm_pairs(small), keeps):
         sconv.weight.copy_(conv.weight[keep][:, prev])
