@@ -194,11 +194,11 @@ def test_nothing_fitting_and_missing_files_are_clear_errors(sst_ckpt, tmp_path):
 
 
 def test_init_keys_are_checked():
-    with pytest.raises(ConfigError, match="init_keep_sparsity='yes' is not valid; use true or false"):
+    with pytest.raises(ConfigError, match="init_keep_sparsity='yes' is not valid; use true, false or null"):
         from_config(None, "yes")
     with pytest.raises(ConfigError, match="init_keep_sparsity=true needs init_from=PATH"):
         from_config(None, True)
-    assert from_config(None, False) is None
+    assert from_config(None, False) is None and from_config(None, None) is None
 
 
 def prune_half(ckpt_path: Path, out: Path) -> dict[str, torch.Tensor]:

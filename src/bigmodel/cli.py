@@ -17,6 +17,7 @@ COMMANDS = {  # name -> (config name, one-line help); the function each runs: co
     "generate": ("generate", "sample text from a GPT checkpoint: prompt=..."),
     "export": ("export", "a checkpoint as ONNX or a .pt2 program: ckpt_path=... format=onnx|pt2"),
     "quantize": ("quantize", "int8 copy of a model (ckpt_path= or model_path=) with size, accuracy, latency"),
+    "prune": ("prune", "magnitude-prune a checkpoint: ckpt_path=... amount=0.5 [structured=true]"),
     "serve": ("serve", "an HTTP server for a checkpoint or an exported folder: ckpt_path=... [port=8000]"),
     "lr_find": ("lr_find", "sweep the learning rate over a few steps; suggests optimizer.lr"),
 }
@@ -49,6 +50,10 @@ def command_function(command: str) -> Callable[[Any], object]:
         from bigmodel.quantize import quantize
 
         return quantize
+    if command == "prune":
+        from bigmodel.prune import prune
+
+        return prune
     if command == "serve":
         from bigmodel.serve.server import serve
 

@@ -8,7 +8,9 @@ and left as the new model initialized it. Two size changes are expected and hand
   fresh initialization;
 - the classes: a head for another number of classes is re-initialized; the same classes in another
   order have their rows re-ordered by name.
-`init_keep_sparsity=true` keeps the zeros of a pruned checkpoint at zero while fine-tuning (KeepSparsity).
+A checkpoint written by `bigmodel prune` lists the tensors it pruned: fine-tuning from it keeps their
+zeros at zero (KeepSparsity) unless `init_keep_sparsity=false`; for other checkpoints,
+`init_keep_sparsity=true` keeps the zeros of every weight matrix that is mostly zeros.
 """
 
 import logging
@@ -72,6 +74,7 @@ class Report:
     mismatched: list[str] = field(default_factory=list)
     grown: list[str] = field(default_factory=list)  # vocabulary-sized: old rows copied, new rows kept
     head_reset: list[str] = field(default_factory=list)
+    pruned: list[str] | None = None  # the tensors `bigmodel prune` zeroed (None: not a pruned checkpoint)
     lines: list[str] = field(default_factory=list)
 
     def say(self, line: str, level: int = logging.INFO) -> None:
@@ -79,10 +82,11 @@ class Report:
         log.log(level, line)
 
 
-def from_config(init_from: str | None, keep_sparsity: object = False) -> "InitFrom | None":
-    """The top-level `init_from` / `init_keep_sparsity` keys, checked."""
-    if not isinstance(keep_sparsity, bool):
-        raise ConfigError(f"init_keep_sparsity={keep_sparsity!r} is not valid; use true or false")
+def from_config(init_from: str | None, keep_sparsity: object = None) -> "InitFrom | None":
+    """The top-level `init_from` / `init_keep_sparsity` keys, checked (keep_sparsity None: automatic)."""
+    if keep_sparsity is not None and not isinstance(keep_sparsity, bool):
+        raise ConfigError(f"init_keep_sparsity={keep_sparsity!r} is not valid; use true, false or null "
+                          "(null: keep the zeros of a checkpoint written by bigmodel prune)")
     if not init_from:
         if keep_sparsity:
             raise ConfigError("init_keep_sparsity=true needs init_from=PATH (the pruned checkpoint to fine-tune)")
@@ -94,7 +98,7 @@ class InitFrom:
     """A checkpoint to start from. Call reuse_vocabulary(datamodule) before its setup(), then
     load_weights(model, datamodule) on the freshly built model."""
 
-    def __init__(self, path: str, keep_sparsity: bool = False) -> None:
+    def __init__(self, path: str, keep_sparsity: bool | None = None) -> None:
         self.path, self.keep_sparsity = str(resolve_path(path)), keep_sparsity
         try:
             self.ckpt = checkpoint.load(self.path)
@@ -112,7 +116,8 @@ class InitFrom:
 
     def load_weights(self, model: nn.Module, datamodule, config: dict[str, Any] | None = None) -> Report:
         """Copy the checkpoint's weights into `model` (built for `datamodule`) where they fit."""
-        report = Report()
+        kept = ((self.ckpt.get("callbacks") or {}).get("keep_sparsity") or {}).get("tensors")  # a fine-tuned one
+        report = Report(pruned=(self.ckpt.get("pruning") or {}).get("tensors", kept))
         own = model.state_dict()
         state = fold_pruning({k.removeprefix("_orig_mod.").removeprefix("module."): v
                               for k, v in self.ckpt["model"].items()})
@@ -209,9 +214,18 @@ def sparse_masks(report: Report, model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
-def keep_sparsity(report: Report, model: nn.Module, keep: bool) -> "KeepSparsity | None":
-    """The callback that holds the checkpoint's zeros at zero (keep=true), or a hint that one exists."""
-    masks = sparse_masks(report, model)
+def pruned_masks(report: Report, model: nn.Module) -> dict[str, torch.Tensor]:
+    """name -> (tensor != 0) for each tensor `bigmodel prune` zeroed that was loaded into a parameter,
+    whatever its share of zeros (a global threshold leaves some layers only lightly pruned)."""
+    params = dict(model.named_parameters())
+    return {k: report.loaded[k] != 0 for k in report.pruned or [] if k in report.loaded and k in params}
+
+
+def keep_sparsity(report: Report, model: nn.Module, keep: bool | None) -> "KeepSparsity | None":
+    """The callback that holds the checkpoint's zeros at zero, or a hint that one exists. keep=None:
+    yes for a checkpoint `bigmodel prune` wrote, no (with the hint) for others."""
+    pruned = report.pruned is not None and keep is not False
+    masks = pruned_masks(report, model) if pruned else sparse_masks(report, model)
     if not masks:
         if keep:
             log.warning(f"init_keep_sparsity=true: no weight matrix of the checkpoint has >= {SPARSE_FRACTION:.0%} "
@@ -219,8 +233,8 @@ def keep_sparsity(report: Report, model: nn.Module, keep: bool) -> "KeepSparsity
         return None
     zeros = sum(int((~m).sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    what = f"{len(masks)} weight tensors of the checkpoint are {zeros / total:.1%} zeros"
-    if not keep:
+    what = f"{len(masks)} {'pruned' if pruned else 'weight'} tensors of the checkpoint are {zeros / total:.1%} zeros"
+    if not (keep or pruned):
         log.info(f"init_from: {what} (pruned?); init_keep_sparsity=true keeps them at zero while fine-tuning")
         return None
     log.info(f"init_keep_sparsity: {what}; they stay zero after every optimizer step")
@@ -247,6 +261,10 @@ class KeepSparsity:
 
     def on_train_batch_end(self, trainer, loss) -> None:
         self.apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in the run's checkpoints, so fine-tuning from them again keeps the same zeros."""
+        return {"tensors": list(self.masks)}
 
     @torch.no_grad()
     def apply(self) -> None:

@@ -89,7 +89,7 @@ def build(cfg: DictConfig, resolved: dict[str, Any]) -> tuple[Any, torch.nn.Modu
     """The data module and model a run starts from (init_from's vocabulary and weights, pretrained
     vectors), the model's constructor args for checkpoints, and the callback that keeps a pruned
     checkpoint's zeros at zero (None when not asked for)."""
-    init = finetune.from_config(cfg.get("init_from"), cfg.get("init_keep_sparsity", False))  # weights to start from
+    init = finetune.from_config(cfg.get("init_from"), cfg.get("init_keep_sparsity"))  # weights to start from
     datamodule = instantiate(cfg.data)
     if init:
         init.reuse_vocabulary(datamodule)  # the checkpoint's words keep their ids; new words are appended
