@@ -16,8 +16,9 @@ from bigmodel import checkpoint, distributed, finetune, rundir
 from bigmodel.config import ConfigError, TrainerConfig, check_targets, require
 from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.loggers import LoggerGroup
-from bigmodel.optim import param_groups
+from bigmodel.optim import make_optimizer
 from bigmodel.restore import restore_datamodule, restore_model
+from bigmodel.runtime import resolve_device
 from bigmodel.trainer import Trainer
 
 log = logging.getLogger("bigmodel")
@@ -135,7 +136,8 @@ def train(cfg: DictConfig) -> float | None:
     if keeper:
         callbacks["keep_sparsity"] = keeper
 
-    optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
+    device = resolve_device(trainer_config(cfg).device, distributed.info()[2])  # where the Trainer puts the model
+    optimizer = make_optimizer(instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0), device)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     extras = {"config": resolved, "model_args": model_args,
               "data": datamodule.state_dict()}
