@@ -167,18 +167,43 @@ def check_resumable(ckpt: dict[str, Any], config: dict[str, Any] | None, path: s
         raise CheckpointError(f"ckpt_path={path!r} does not fit this run: {'; '.join(lines)}")
 
 
-def rng_state() -> dict[str, Any]:
+def _own_rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())  # this process's GPU only
     return state
 
 
+def rng_state() -> dict[str, Any]:
+    """Python's, torch's and this process's GPU's RNG states; with several processes (every one
+    calls this) also each rank's under "ranks", as each draws its own dropout masks."""
+    own = _own_rng_state()
+    ranks = distributed.gather_objects(own)
+    return own if len(ranks) == 1 else {**ranks[0], "ranks": ranks}
+
+
+def _set_cuda_rng_state(cuda: Any) -> None:
+    device = torch.cuda.current_device()
+    if isinstance(cuda, (list, tuple)):  # written before: one state per GPU visible then
+        if device >= len(cuda):
+            return  # a GPU the saving run did not see: it keeps its stream
+        cuda = cuda[device]
+    torch.cuda.set_rng_state(cuda, device)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() saved: this rank's states (rank 0's from a one-process run). A rank
+    the saving run did not have keeps the seed + rank stream it started with. Resuming on fewer
+    visible GPUs works: only this process's GPU is restored."""
+    if "ranks" in state:
+        rank = distributed.rank()
+        if rank >= len(state["ranks"]):
+            return
+        state = state["ranks"][rank]
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        _set_cuda_rng_state(state["cuda"])
 
 
 def newest(run_glob_root: str | os.PathLike, name: str = "last.pt", exclude: str | None = None) -> Path:

@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 from datetime import datetime
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -197,3 +198,17 @@ def all_reduce_sum(tensors: list[torch.Tensor], device: torch.device) -> None:
         buf = t.to(device)
         dist.all_reduce(buf)
         t.copy_(buf)
+
+
+def rank() -> int:
+    """This process's rank (0 in a single process); starts nothing."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """`obj` of every process, by rank, on every process ([obj] in a single process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -26,7 +26,15 @@ log = logging.getLogger("bigmodel")
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also every GPU's
+
+
+def seed_rank(seed: int, rank: int, world_size: int) -> None:
+    """Once the model is built (the same weights in every process): with several processes each
+    draws its own dropout masks, from seed + rank. Data order and augmentation come from their own
+    generators keyed on `seed` alone, so the processes still split one shuffled epoch."""
+    if world_size > 1:
+        seed_everything(seed + rank)
 
 
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
@@ -132,6 +140,7 @@ def train(cfg: DictConfig) -> float | None:
     if HydraConfig.initialized() and distributed.info()[0] == 0:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
     datamodule, model, model_args, keeper = build(cfg, resolved)
+    seed_rank(cfg.seed, *distributed.info()[:2])
     callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
     if keeper:
         callbacks["keep_sparsity"] = keeper
