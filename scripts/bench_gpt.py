@@ -120,7 +120,7 @@ def trainer_loop(args, dm: LMData, device: torch.device) -> list[float]:
     model, opt, _ = build(args, dm.tokenizer.vocab_size, device)
     precision = {"bf16": Precision.bf16, "fp16": Precision.fp16}.get(args.dtype, Precision.fp32)
     cfg = TrainerConfig(device=Device(device.type), precision=precision, compile=args.compile,
-                        max_steps=args.steps, gradient_clip_val=1.0, limit_val_batches=0,
+                        max_steps=args.steps, gradient_clip_val=1.0, limit_val_batches=1,  # one batch, once, after the last timestamp
                         log_every_n_steps=10, progress_bar=False)
     timer = WindowTimer(args, device)
     trainer = Trainer(cfg, model=model, loss_fn=CrossEntropy(), optimizer=opt, datamodule=dm, logger=NullLogger(),
