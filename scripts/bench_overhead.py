@@ -96,7 +96,7 @@ def plain_loop(args, dm, device) -> list[float]:
 def trainer_loop(args, dm, device) -> list[float]:
     model, opt = build(args)
     clock = WindowClock(args.window, device)
-    cfg = TrainerConfig(device=Device(device.type), max_steps=args.steps, limit_val_batches=1,  # one batch, once, after the last timestamp
+    cfg = TrainerConfig(device=Device(device.type), max_steps=args.steps, limit_val_batches=1,
                         progress_bar=False, log_every_n_steps=10**9)
     trainer = Trainer(cfg, model=model, loss_fn=CrossEntropy(), optimizer=opt, datamodule=dm,
                       logger=NullLogger(), callbacks={"clock": clock})
