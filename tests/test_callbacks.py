@@ -77,9 +77,12 @@ class FakeTrainer:
         self.printed, self.should_stop = [], False
 
     @contextmanager
-    def eval_weights(self):
+    def eval_weights(self):  # swaps other weights in, in place, as callbacks.ema does
+        held = self.weight.clone()
         self.in_eval = True
+        self.weight.fill_(9.0)
         yield
+        self.weight.copy_(held)
         self.in_eval = False
 
     def state_dict(self):
@@ -96,7 +99,7 @@ def saved(monkeypatch):
     rows = []
     monkeypatch.setattr(checkpoint, "save", lambda state, path: rows.append(
         (os.path.basename(path), state["progress"]["global_step"], state["eval"], state["optimizer"] is not None,
-         state["model"]["w"])))
+         state["model"]["w"].clone())))  # as it is when written
     return rows
 
 
@@ -130,6 +133,16 @@ def test_last_is_written_every_n_validations_and_at_the_end(saved):
     keep = ModelCheckpoint("ck", monitor="val/m", best_with_optimizer=True, save_last=False)
     keep.on_fit_end(FakeTrainer())  # no validation: the final weights are the best known
     assert saved[-1][:4] == ("best.pt", 0, True, True)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_best_pt_holds_the_swapped_in_weights(saved, background):
+    cb, fake = ModelCheckpoint("ck", monitor="val/m", background=background), FakeTrainer()
+    cb.on_validation_end(fake, {"val/m": 1.0})
+    cb.on_fit_end(fake)
+    assert [(name, w.tolist()) for name, *_, w in saved] == [
+        ("best.pt", [9.0] * 3), ("last.pt", [0.0] * 3), ("last.pt", [0.0] * 3)]
+    assert fake.weight.tolist() == [0.0] * 3  # the training weights are back
 
 
 def test_writes_run_behind_training_on_a_copy(monkeypatch):

@@ -86,13 +86,13 @@ class ModelCheckpoint:
                 return
             if best and not self.best_with_optimizer:
                 state = {**state, "optimizer": None}
-            state = checkpoint.to_host(state) if self.background else state
-        if not self.background:
-            checkpoint.save(state, path)
-            return
-        copied = torch.cuda.Event() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        if copied is not None:
-            copied.record()
+            if not self.background:
+                checkpoint.save(state, path)
+                return
+            state = checkpoint.to_host(state)
+            copied = torch.cuda.Event() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+            if copied is not None:
+                copied.record()  # after the copies on the stream, before anything changes the weights
         self.writer.write(state, path, copied)
 
     def state_dict(self) -> dict:
