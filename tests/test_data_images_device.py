@@ -107,3 +107,21 @@ def test_channels_last_batches_need_no_second_copy(on_device):
         assert x2.contiguous(memory_format=torch.channels_last).data_ptr() == x2.data_ptr()  # a no-op
     x, _ = next(iter(last.loader("val")))  # evaluation batches too
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_training_on_device_batches_stops_and_resumes_exactly(tmp_path):
+    from bigmodel.callbacks import ModelCheckpoint
+    from helpers import StopAt, make_trainer
+
+    def trainer(folder, **callbacks):
+        t = make_trainer(max_steps=12, callbacks={"model_checkpoint": ModelCheckpoint(str(folder)), **callbacks})
+        t.datamodule.on_device = t.datamodule.channels_last = True  # on the CPU here: the same code path
+        return t
+
+    straight = trainer(tmp_path / "a")
+    straight.fit()
+    trainer(tmp_path / "b", stop=StopAt(5)).fit()  # mid-epoch: 8 batches an epoch
+    resumed = trainer(tmp_path / "c")
+    resumed.fit(ckpt_path=str(tmp_path / "b" / "last.pt"))
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
