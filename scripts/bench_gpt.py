@@ -3,6 +3,7 @@
     python scripts/bench_gpt.py --device cuda --dtype bf16 --compile --peak-tflops 989   # H100, reference config
     python scripts/bench_gpt.py --device cpu --n-layer 4 --n-head 4 --n-embd 128 --block-size 128 --batch-size 32
     python scripts/bench_gpt.py ... --full --data ../shared/data   # also: the whole preset run, time and val loss
+    python scripts/bench_gpt.py --device cuda --dtype bf16 --compile --full-only --data ../shared/data
 
 Defaults are nanoGPT's shakespeare_char reference (6 layers, 6 heads, 384 wide, block 256, batch 64,
 dropout 0.2, AdamW lr 1e-3 with warm-up and cosine decay, grad clip 1.0). Both loops draw random
@@ -10,13 +11,16 @@ contiguous blocks from the same token memmap (the tiny shakespeare cache when --
 random-token corpus: speed does not depend on the text). Time per iteration is the median over
 windows of --window steps, synchronized at window edges only, after --warmup steps (compilation).
 MFU uses 6N + 12*L*H*Q*T FLOPs per token (N non-embedding params, Q head size, T block size).
+--full runs `bigmodel train experiment=shakespeare_char` itself (validation, samples, checkpoints:
+what a user runs) with scripts/step_clock.py as one more callback, and reports its ms/iter the same
+way (median over windows), the average with everything included, and when val loss reached --target-loss.
 """
 
 import argparse
 import contextlib
+import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -120,7 +124,7 @@ def trainer_loop(args, dm: LMData, device: torch.device) -> list[float]:
     model, opt, _ = build(args, dm.tokenizer.vocab_size, device)
     precision = {"bf16": Precision.bf16, "fp16": Precision.fp16}.get(args.dtype, Precision.fp32)
     cfg = TrainerConfig(device=Device(device.type), precision=precision, compile=args.compile,
-                        max_steps=args.steps, gradient_clip_val=1.0, limit_val_batches=0,
+                        max_steps=args.steps, gradient_clip_val=1.0, limit_val_batches=1,
                         log_every_n_steps=10, progress_bar=False)
     timer = WindowTimer(args, device)
     trainer = Trainer(cfg, model=model, loss_fn=CrossEntropy(), optimizer=opt, datamodule=dm, logger=NullLogger(),
@@ -134,21 +138,40 @@ def ms_per_iter(times: list[float], window: int) -> float:
 
 
 def full_run(args) -> str:
-    """`bigmodel train experiment=<preset>` in a subprocess: wall time, best and final val loss."""
-    cmd = [sys.executable, "-m", "bigmodel", "train", f"experiment={args.experiment}", "trainer.progress_bar=false",
-           f"trainer.device={args.device.split(':')[0]}", f"trainer.compile={str(args.compile).lower()}",
-           f"trainer.precision={args.dtype if args.dtype != 'fp32' else 32}", *args.overrides]
-    env = {**os.environ, "BIGMODEL_DATA_DIR": str(Path(args.data).expanduser().resolve())}
-    print("running:", " ".join(cmd[2:]), flush=True)
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
-    wall = time.perf_counter() - t0
-    if out.returncode:
-        sys.exit(out.stderr[-3000:])
-    losses = [(int(s), float(v)) for s, v in re.findall(r"step (\d+): val/loss=([0-9.]+)", out.stdout + out.stderr)]
-    best = min(losses, key=lambda sv: sv[1])
-    return (f"full run: {wall:.0f} s wall (including start-up, compilation and {len(losses)} evaluations); "
-            f"best val loss {best[1]:.4f} at step {best[0]}; final val loss {losses[-1][1]:.4f} at step {losses[-1][0]}")
+    """`bigmodel train experiment=<preset>` in a subprocess, as a user runs it (validation, text
+    samples, checkpoints), timed by scripts/step_clock.py: ms/iter, wall time, time to --target-loss."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clock = Path(tmp) / "clock.json"
+        cmd = [sys.executable, "-m", "bigmodel", "train", f"experiment={args.experiment}", "trainer.progress_bar=false",
+               f"trainer.device={args.device.split(':')[0]}", f"trainer.compile={str(args.compile).lower()}",
+               f"trainer.precision={args.dtype if args.dtype != 'fp32' else 32}",
+               "+callbacks.step_clock._target_=step_clock.StepClock", f"+callbacks.step_clock.out={clock}",
+               f"+callbacks.step_clock.window={args.window}", *args.overrides]
+        path = [str(REPO / "scripts"), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "BIGMODEL_DATA_DIR": str(Path(args.data).expanduser().resolve()),
+               "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+        print("running:", " ".join(cmd[2:]), flush=True)
+        launched = time.time()
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+        if out.returncode:
+            sys.exit(out.stderr[-3000:])
+        return summarize(json.loads(clock.read_text()), launched, args)
+
+
+def summarize(clock: dict, launched: float, args) -> str:
+    edges = [(s, t) for s, t in clock["edges"] if s >= args.warmup]  # compilation and warm-up left out
+    windows = [1e3 * (t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(edges, edges[1:]) if s2 > s1]
+    (s0, t0), (s1, _) = edges[0], edges[-1]
+    mean = 1e3 * (clock["end"] - t0) / max(s1 - s0, 1)  # validations, samples and checkpoints included
+    vals = [(s, t, m["val/loss"]) for s, t, m in clock["validations"]]
+    best = min(vals, key=lambda v: v[2]) if vals else (0, 0.0, float("nan"))
+    hit = next(((s, t) for s, t, loss in vals if loss <= args.target_loss), None)
+    reached = (f"val loss <= {args.target_loss:g} at step {hit[0]}, {hit[1] - launched:.1f} s after launch"
+               if hit else f"val loss never <= {args.target_loss:g}")
+    return (f"full run ({args.experiment}): {statistics.median(windows):.2f} ms/iter (median of {len(windows)} "
+            f"windows of {args.window} steps after step {args.warmup}); {mean:.2f} ms/iter on average with "
+            f"validation, samples and checkpoints; {reached}; best val loss {best[2]:.4f} at step {best[0]}; "
+            f"{clock['end'] - launched:.1f} s from launch to the end of fit (start-up and compilation included)")
 
 
 def main() -> None:
@@ -168,7 +191,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed first steps (compilation, allocator)")
     p.add_argument("--window", type=int, default=10, help="steps between synchronized timestamps")
     p.add_argument("--data", default=None, help="a data dir with tinyshakespeare/input.txt (else random tokens)")
-    p.add_argument("--full", action="store_true", help="then run the whole --experiment preset and report it")
+    p.add_argument("--full", action="store_true",
+                   help="then run the whole --experiment preset through `bigmodel train` and report it")
+    p.add_argument("--full-only", action="store_true", help="--full without the two loops before it")
+    p.add_argument("--target-loss", type=float, default=1.48, help="--full: report when val loss first reaches it")
     p.add_argument("--experiment", default="shakespeare_char")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for --full")
     args = p.parse_args()
@@ -177,12 +203,22 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if args.peak_tflops is None and args.dtype in ("bf16", "fp16"):
             args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
+    if (args.full or args.full_only) and not args.data:
+        sys.exit("--full needs --data (the folder that has tinyshakespeare/input.txt)")
+    if not args.full_only:
+        loops(args, device)
+    if args.full or args.full_only:
+        print(full_run(args))
+
+
+def loops(args, device: torch.device) -> None:
+    """The plain loop and the Trainer on the same model and data: one Markdown row."""
     with tempfile.TemporaryDirectory() as cache:
         dm = make_data(args, cache)
         plain = ms_per_iter(plain_loop(args, dm, device), args.window)
         ours = ms_per_iter(trainer_loop(args, dm, device), args.window)
         fpt = GPT(dm.tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                       n_embd=args.n_embd, bias=False).flops_per_token()
+                  n_embd=args.n_embd, bias=False).flops_per_token()
     tokens = args.batch_size * args.block_size
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     threads = "" if device.type == "cuda" else f", {torch.get_num_threads()} threads"
@@ -197,10 +233,6 @@ def main() -> None:
     row.append(f"Trainer/plain time {ours / plain:.3f}")
     print("| " + " | ".join(row) + " |", flush=True)
     print(f"5000 iterations at the Trainer's rate: {5000 * ours / 1e3:.0f} s (no evaluation, no compilation)")
-    if args.full:
-        if not args.data:
-            sys.exit("--full needs --data (the folder that has tinyshakespeare/input.txt)")
-        print(full_run(args))
 
 
 if __name__ == "__main__":

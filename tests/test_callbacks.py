@@ -1,8 +1,13 @@
 """Callbacks: best/last checkpoints, early stopping, learning-rate logging."""
 
+import os
+import threading
+from contextlib import contextmanager
+
 import pytest
 import torch
 
+from bigmodel import checkpoint
 from bigmodel.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from bigmodel.config import ConfigError
 from helpers import make_trainer
@@ -64,18 +69,38 @@ def test_early_stopped_run_is_still_tested(compose_train, tmp_path):
 
 
 class FakeTrainer:
-    """Records which checkpoint files are written at which step, what is printed and stop requests."""
+    """A trainer's state and eval_weights; records what is printed and stop requests."""
 
     def __init__(self):
-        self.global_step, self.saved, self.eval_weights = 0, [], []
+        self.global_step, self.is_global_zero, self.in_eval = 0, True, False
+        self.weight = torch.zeros(3)
         self.printed, self.should_stop = [], False
 
-    def save_checkpoint(self, path, eval_weights=False):
-        self.saved.append((path.rsplit("/", 1)[-1], self.global_step))
-        self.eval_weights.append(eval_weights)
+    @contextmanager
+    def eval_weights(self):  # swaps other weights in, in place, as callbacks.ema does
+        held = self.weight.clone()
+        self.in_eval = True
+        self.weight.fill_(9.0)
+        yield
+        self.weight.copy_(held)
+        self.in_eval = False
+
+    def state_dict(self):
+        return {"model": {"w": self.weight}, "optimizer": {"state": {}}, "eval": self.in_eval,
+                "progress": {"global_step": self.global_step}}
 
     def print(self, msg):
         self.printed.append(msg)
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """(file name, step, written inside eval_weights, has optimizer state, weights) of each checkpoint written."""
+    rows = []
+    monkeypatch.setattr(checkpoint, "save", lambda state, path: rows.append(
+        (os.path.basename(path), state["progress"]["global_step"], state["eval"], state["optimizer"] is not None,
+         state["model"]["w"].clone())))  # as it is when written
+    return rows
 
 
 @pytest.mark.parametrize("mode,values,best_steps", [
@@ -83,16 +108,88 @@ class FakeTrainer:
     ("min", [2.0, 1.0, 1.5, 0.5, 0.5, 3.0], [1, 2, 4]),
     ("min", [float("nan"), 2.0, float("nan"), 1.0], [2, 4]),  # a NaN is never the best
 ])
-def test_best_is_written_only_when_the_monitor_improves(mode, values, best_steps):
+def test_best_is_written_only_when_the_monitor_improves(mode, values, best_steps, saved):
     cb, fake = ModelCheckpoint("ck", monitor="val/m", mode=mode), FakeTrainer()
     for step, v in enumerate(values, 1):
         fake.global_step = step
         cb.on_validation_end(fake, {"val/m": v})
-    assert [s for name, s in fake.saved if name == "best.pt"] == best_steps
-    assert [s for name, s in fake.saved if name == "last.pt"] == list(range(1, len(values) + 1))
+    cb.writer.wait()
+    assert [s for name, s, *_ in saved if name == "best.pt"] == best_steps
+    assert [s for name, s, *_ in saved if name == "last.pt"] == list(range(1, len(values) + 1))
     assert cb.best == values[best_steps[-1] - 1]
-    # best.pt holds the weights evaluation uses (the EMA average when on), last.pt the training weights
-    assert [name == "best.pt" for name, _ in fake.saved] == fake.eval_weights
+    # best.pt holds the weights evaluation uses (the EMA average when on) and no optimizer state;
+    # last.pt the training weights and everything a resume needs
+    assert [(name == "best.pt", name != "best.pt") for name, _, ev, opt, _ in saved] == [(ev, opt) for *_, ev, opt, _ in saved]
+
+
+def test_last_is_written_every_n_validations_and_at_the_end(saved):
+    cb, fake = ModelCheckpoint("ck", monitor="val/m", every_n_val=3, save_best=False), FakeTrainer()
+    for step in range(1, 8):
+        fake.global_step = step
+        cb.on_validation_end(fake, {"val/m": 1.0})
+    fake.global_step = 8
+    cb.on_fit_end(fake)  # also after a signal: the trainer ends fit() through on_fit_end
+    assert [s for _, s, *_ in saved] == [3, 6, 8]
+    keep = ModelCheckpoint("ck", monitor="val/m", best_with_optimizer=True, save_last=False)
+    keep.on_fit_end(FakeTrainer())  # no validation: the final weights are the best known
+    assert saved[-1][:4] == ("best.pt", 0, True, True)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_best_pt_holds_the_swapped_in_weights(saved, background):
+    cb, fake = ModelCheckpoint("ck", monitor="val/m", background=background), FakeTrainer()
+    cb.on_validation_end(fake, {"val/m": 1.0})
+    cb.on_fit_end(fake)
+    assert [(name, w.tolist()) for name, *_, w in saved] == [
+        ("best.pt", [9.0] * 3), ("last.pt", [0.0] * 3), ("last.pt", [0.0] * 3)]
+    assert fake.weight.tolist() == [0.0] * 3  # the training weights are back
+
+
+def test_writes_run_behind_training_on_a_copy(monkeypatch):
+    started, release, rows = threading.Event(), threading.Event(), []
+
+    def slow_save(state, path):
+        started.set()
+        assert release.wait(10)
+        rows.append(state["model"]["w"])
+
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    cb, fake = ModelCheckpoint("ck", monitor="val/m", save_best=False), FakeTrainer()
+    cb.on_validation_end(fake, {"val/m": 1.0})  # returns while the file is still being written
+    assert started.wait(10) and not rows
+    fake.weight.add_(5)  # training goes on and changes the weights in place
+    release.set()
+    cb.on_fit_end(fake)  # waits for every write
+    assert [w.tolist() for w in rows] == [[0.0] * 3, [5.0] * 3]  # the first file holds the weights as they were
+
+
+def test_a_failed_background_write_is_raised_at_the_next_write(monkeypatch, tmp_path):
+    (tmp_path / "ro").mkdir()
+    cb, fake = ModelCheckpoint(str(tmp_path / "ro" / "file" / "x"), monitor="val/m"), FakeTrainer()
+    (tmp_path / "ro" / "file").write_text("not a folder")
+    with pytest.raises(checkpoint.CheckpointError, match="could not write the checkpoint .*best.pt"):
+        cb.on_validation_end(fake, {"val/m": 1.0})  # best.pt fails in the background; last.pt, next, reports it
+    cb.save_best = False
+    with pytest.raises(checkpoint.CheckpointError, match="could not write the checkpoint .*last.pt"):
+        cb.on_fit_end(fake)  # the last write of a run is waited for
+
+
+def test_resume_runs_from_last_pt_and_best_pt_is_refused_with_a_hint(tmp_path):
+    from helpers import StopAt
+
+    straight = make_trainer(max_steps=8, val_check_interval=2)
+    straight.fit()
+    cb = ModelCheckpoint(str(tmp_path), monitor="val/loss", every_n_val=100)  # last.pt only at the stop
+    first = make_trainer(max_steps=8, val_check_interval=2, callbacks={"model_checkpoint": cb, "stop": StopAt(5)})
+    first.fit()
+    assert checkpoint.load(tmp_path / "last.pt")["progress"]["global_step"] == 5
+    assert checkpoint.load(tmp_path / "best.pt")["optimizer"] is None
+    resumed = make_trainer(max_steps=8, val_check_interval=2, model_seed=3)
+    resumed.fit(ckpt_path=str(tmp_path / "last.pt"))
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(checkpoint.CheckpointError, match="holds no optimizer state .* resume from the run's checkpoints/last.pt"):
+        make_trainer(max_steps=8).fit(ckpt_path=str(tmp_path / "best.pt"))
 
 
 class Snapshots:

@@ -47,7 +47,7 @@ def test_average_matches_a_hand_computation(warmup):
 
 
 def _callbacks(folder, **ema):
-    return {"model_checkpoint": ModelCheckpoint(str(folder), monitor="val/acc", mode="max"),
+    return {"model_checkpoint": ModelCheckpoint(str(folder), monitor="val/acc", mode="max", best_with_optimizer=True),
             "model_summary": ModelSummary(str(folder)), "ema": EMA(decay=0.9, **ema)}
 
 

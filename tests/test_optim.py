@@ -80,3 +80,21 @@ def test_schedules_with_one_step_after_warmup_and_past_the_end():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     cos, one = cosine(opt, 4, min_lr_ratio=0.2).lr_lambdas[0], onecycle(opt, 4, final_ratio=0.2).lr_lambdas[0]
     assert [cos(s) for s in (4, 6, 8)] == pytest.approx([0.2] * 3) and [one(s) for s in (4, 6)] == pytest.approx([0.2] * 2)
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+def test_optimizers_are_fused_on_cuda_only(cls):
+    from functools import partial
+
+    from bigmodel.optim import make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    on_gpu = make_optimizer(partial(cls, lr=0.1), model, 0.01, torch.device("cuda", 0))  # built only: no step
+    assert on_gpu.defaults["fused"] is True
+    assert [g["weight_decay"] for g in on_gpu.param_groups] == [0.01, 0.0]  # the usual groups
+    on_cpu = make_optimizer(partial(cls, lr=0.1), model, 0.01, torch.device("cpu"))
+    assert not on_cpu.defaults["fused"]
+    chosen = make_optimizer(partial(cls, lr=0.1, foreach=True), model, 0.0, torch.device("cuda"))
+    assert not chosen.defaults["fused"] and chosen.defaults["foreach"]  # the config's choice is kept
+    other = make_optimizer(partial(torch.optim.RMSprop, lr=0.1), model, 0.0, torch.device("cuda"))
+    assert "fused" not in other.defaults  # no fused kernel: built as configured

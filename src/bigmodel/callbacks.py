@@ -13,9 +13,12 @@
 
 import math
 import os
-from pathlib import Path
+from contextlib import nullcontext
 from typing import Literal
 
+import torch
+
+from bigmodel import checkpoint
 from bigmodel.config import ConfigError
 from bigmodel.ranges import NonNegativeFloat, NonNegativeInt, PositiveInt
 
@@ -38,16 +41,23 @@ def _check_mode(mode: str) -> str:
 
 
 class ModelCheckpoint:
-    """Writes `last.pt` after every validation and at the end, and `best.pt` when `monitor` improves.
-    `best.pt` holds the weights that were evaluated (the average, with callbacks.ema)."""
+    """`last.pt`, everything a resume needs, every `every_n_val` validations, at the end and after a
+    signal (SIGINT/SIGTERM); `best.pt` when `monitor` improves: the weights that were evaluated (the
+    average, with callbacks.ema), without optimizer state (it is for eval, export and init_from;
+    resume uses last.pt) unless `best_with_optimizer`. With `background`, the state is copied to
+    CPU memory and written by a thread while training goes on (atomically, one file at a time)."""
 
     def __init__(self, dirpath: str, monitor: str = "val/loss", mode: Literal["min", "max"] = "min",
-                 save_last: bool = True, save_best: bool = True) -> None:
+                 save_last: bool = True, save_best: bool = True, every_n_val: PositiveInt = 1,
+                 best_with_optimizer: bool = False, background: bool = True) -> None:
         self.dirpath, self.monitor, self.mode = dirpath, monitor, _check_mode(mode)
-        self.save_last, self.save_best = save_last, save_best
+        self.save_last, self.save_best, self.every_n_val = save_last, save_best, every_n_val
+        self.best_with_optimizer, self.background = best_with_optimizer, background
         self.best: float | None = None
+        self.validations = 0  # since the start of this process: the schedule of last.pt
         self.best_path = os.path.join(dirpath, "best.pt")
         self.last_path = os.path.join(dirpath, "last.pt")
+        self.writer = checkpoint.BackgroundWriter()
 
     def on_fit_start(self, trainer) -> None:
         _check_monitor("callbacks.model_checkpoint.monitor", self.monitor, trainer.metric_names("val"))
@@ -55,17 +65,36 @@ class ModelCheckpoint:
     def on_validation_end(self, trainer, metrics: dict[str, float]) -> None:
         _check_monitor("callbacks.model_checkpoint.monitor", self.monitor, list(metrics))
         value = metrics[self.monitor]
+        self.validations += 1
         if self.save_best and _improved(value, self.best, self.mode):
             self.best = value
-            trainer.save_checkpoint(self.best_path, eval_weights=True)
-        if self.save_last:
-            trainer.save_checkpoint(self.last_path)
+            self.write(trainer, self.best_path, best=True)
+        if self.save_last and self.validations % self.every_n_val == 0:
+            self.write(trainer, self.last_path)
 
     def on_fit_end(self, trainer) -> None:
         if self.save_last:
-            trainer.save_checkpoint(self.last_path)
-        if self.save_best and not Path(self.best_path).exists():
-            trainer.save_checkpoint(self.best_path, eval_weights=True)  # no validation ran: the final weights are the best known
+            self.write(trainer, self.last_path)
+        if self.save_best and self.best is None:  # no validation measured: the final weights are the best known
+            self.write(trainer, self.best_path, best=True)  # (decided alike on every process: no file test)
+        self.writer.wait()  # every file complete when fit() returns
+
+    def write(self, trainer, path: str, best: bool = False) -> None:
+        """Every process takes part (FSDP gathers shards); rank 0 writes."""
+        with trainer.eval_weights() if best else nullcontext():  # copied inside: the state holds views
+            state = trainer.state_dict()
+            if not trainer.is_global_zero:
+                return
+            if best and not self.best_with_optimizer:
+                state = {**state, "optimizer": None}
+            if not self.background:
+                checkpoint.save(state, path)
+                return
+            state = checkpoint.to_host(state)
+            copied = torch.cuda.Event() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+            if copied is not None:
+                copied.record()  # after the copies on the stream, before anything changes the weights
+        self.writer.write(state, path, copied)
 
     def state_dict(self) -> dict:
         return {"best": self.best}

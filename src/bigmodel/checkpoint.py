@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import threading
 import warnings
 from contextlib import nullcontext
 from enum import Enum
@@ -138,6 +139,9 @@ def config_diff(saved: Any, now: Any, key: str) -> list[tuple[str, Any, Any]]:
 
 def check_resumable(ckpt: dict[str, Any], config: dict[str, Any] | None, path: str) -> None:
     """Resuming needs the checkpoint's model architecture and optimizer: name the keys that differ."""
+    if "optimizer" in ckpt and ckpt["optimizer"] is None:  # a Trainer checkpoint always has the entry
+        raise CheckpointError(f"ckpt_path={path!r} holds no optimizer state (best.pt is written for eval, export "
+                              "and init_from): resume from the run's checkpoints/last.pt (ckpt_path=auto finds it)")
     saved = ckpt.get("config") or {}
     if not config or not saved:
         return
@@ -151,18 +155,43 @@ def check_resumable(ckpt: dict[str, Any], config: dict[str, Any] | None, path: s
         raise CheckpointError(f"ckpt_path={path!r} does not fit this run: {'; '.join(lines)}")
 
 
-def rng_state() -> dict[str, Any]:
+def _own_rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())  # this process's GPU only
     return state
 
 
+def rng_state() -> dict[str, Any]:
+    """Python's, torch's and this process's GPU's RNG states; with several processes (every one
+    calls this) also each rank's under "ranks", as each draws its own dropout masks."""
+    own = _own_rng_state()
+    ranks = distributed.gather_objects(own)
+    return own if len(ranks) == 1 else {**ranks[0], "ranks": ranks}
+
+
+def _set_cuda_rng_state(cuda: Any) -> None:
+    device = torch.cuda.current_device()
+    if isinstance(cuda, (list, tuple)):  # written before: one state per GPU visible then
+        if device >= len(cuda):
+            return  # a GPU the saving run did not see: it keeps its stream
+        cuda = cuda[device]
+    torch.cuda.set_rng_state(cuda, device)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() saved: this rank's states (rank 0's from a one-process run). A rank
+    the saving run did not have keeps the seed + rank stream it started with. Resuming on fewer
+    visible GPUs works: only this process's GPU is restored."""
+    if "ranks" in state:
+        rank = distributed.rank()
+        if rank >= len(state["ranks"]):
+            return
+        state = state["ranks"][rank]
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        _set_cuda_rng_state(state["cuda"])
 
 
 def newest(run_glob_root: str | os.PathLike, name: str = "last.pt", exclude: str | None = None) -> Path:
@@ -184,3 +213,51 @@ def save(obj: Any, path: str | os.PathLike) -> None:
         raise CheckpointError(f"could not write the checkpoint {str(path)!r}: {e.strerror or e}; the checkpoints "
                               "saved before it are unchanged (free space, or set callbacks.model_checkpoint.dirpath "
                               "to another disk)") from None
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of a state for writing later: every tensor copied to CPU memory (from a GPU into pinned
+    memory, queued on the stream, so the host does not wait), every dict/list/tuple rebuilt, so
+    training may change the live state while the copy is written."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.device.type == "cpu":
+            return t.clone()
+        return torch.empty_like(t, device="cpu", pin_memory=torch.cuda.is_available()).copy_(t, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj) if not hasattr(obj, "_fields") else type(obj)(*map(to_host, obj))
+    return obj
+
+
+class BackgroundWriter:
+    """Writes checkpoints with save() in one background thread, one file at a time: write() first
+    waits for the previous write (and raises its error, if it failed); wait() at the end of a run.
+    The thread is not a daemon, so a write under way completes even when the run fails."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, state: dict[str, Any], path: str | os.PathLike, copied: Any = None) -> None:
+        """Write `state` (already copied by to_host) to `path`; `copied`: a CUDA event the copies wait for."""
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(state, path, copied), name="checkpoint-writer")
+        self._thread.start()
+
+    def _run(self, state: dict[str, Any], path: str | os.PathLike, copied: Any) -> None:
+        try:
+            if copied is not None:
+                copied.synchronize()  # the device-to-host copies have landed
+            save(state, path)
+        except BaseException as e:  # handed to the training thread at the next write or wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error

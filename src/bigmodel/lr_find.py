@@ -25,9 +25,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from bigmodel import distributed
 from bigmodel.config import ConfigError, NonFinite, check_targets
 from bigmodel.config import resolved as resolved_config
-from bigmodel.optim import param_groups
+from bigmodel.optim import make_optimizer
+from bigmodel.runtime import resolve_device
 from bigmodel.train import build, build_logger, output_dir, seed_everything, trainer_config
 from bigmodel.trainer import Trainer
 
@@ -127,7 +129,8 @@ def lr_find(cfg: DictConfig) -> float:
                                  on_nonfinite=NonFinite.stop)
     check_targets(resolved)
     datamodule, model, _, _ = build(cfg, resolved)  # as `bigmodel train` starts (init_from, vectors)
-    optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
+    device = resolve_device(config.device, distributed.info()[2])  # where the Trainer puts the model
+    optimizer = make_optimizer(instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0), device)
     sweep = LRSweep(opts.min_lr, opts.max_lr, opts.num_steps, opts.beta, opts.diverge)
     logger = build_logger(cfg, True)
     trainer = Trainer(config, model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,

@@ -1,10 +1,11 @@
-"""Optimizer parameter groups and learning-rate schedules.
+"""Optimizers (parameter groups, fused kernels on CUDA) and learning-rate schedules.
 
 Schedules are stepped once per optimizer step, except one that names a `monitor` (plateau): the
 trainer steps it once per validation, with that metric.
 """
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
@@ -19,6 +20,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+FUSED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)  # optimizers with a fused CUDA kernel
+
+
+def make_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.nn.Module, weight_decay: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """`factory` (optimizer=..., a partial) over param_groups(model); with fused=True when the model
+    trains on CUDA and the optimizer has a fused kernel (one launch per step, not one per tensor),
+    unless the config chose `fused` or `foreach` itself. On the CPU it is built as configured."""
+    groups = param_groups(model, weight_decay)
+    chosen = getattr(factory, "keywords", {}) or {}
+    if device.type == "cuda" and getattr(factory, "func", factory) in FUSED and not {"fused", "foreach"} & set(chosen):
+        return factory(groups, fused=True)
+    return factory(groups)
 
 
 def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: NonNegativeInt = 0,

@@ -76,7 +76,8 @@ class Runtime:
         model = model.to(self.device)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model, self.wrapped = model, distributed.wrap(model, self.config.strategy, self.device, optimizer)
+        self.model, self.wrapped = model, distributed.wrap(model, self.config.strategy, self.device, optimizer,
+                                                           self.config.precision)
         return model
 
     def train_step_fn(self, loss_fn: Callable, counts: Callable | None = None) -> Callable:
@@ -107,9 +108,8 @@ class Runtime:
 
     # ---------------------------------------------------------------- backward and step
     def no_sync(self, sync: bool):
-        """DDP: no gradient all-reduce on a micro-batch that does not end an optimizer step."""
-        no_sync = getattr(self.wrapped, "no_sync", None)
-        return nullcontext() if (sync or no_sync is None) else no_sync()
+        """DDP / FSDP2: no gradient reduction on a micro-batch that does not end an optimizer step."""
+        return distributed.no_sync(self.wrapped, last_micro_batch=sync)
 
     def backward(self, loss: torch.Tensor, accum: int = 1) -> None:
         self.scaler.scale(loss / accum).backward()

@@ -18,7 +18,7 @@ from bigmodel.config import resolved as resolved_config
 from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.evaluation import batch_limit, evaluate_split
 from bigmodel.loggers import LoggerGroup
-from bigmodel.optim import param_groups
+from bigmodel.optim import make_optimizer
 from bigmodel.restore import restore_datamodule, restore_model
 from bigmodel.runtime import Runtime
 from bigmodel.trainer import Trainer
@@ -28,7 +28,15 @@ log = logging.getLogger("bigmodel")
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also every GPU's
+
+
+def seed_rank(seed: int, rank: int, world_size: int) -> None:
+    """Once the model is built (the same weights in every process): with several processes each
+    draws its own dropout masks, from seed + rank. Data order and augmentation come from their own
+    generators keyed on `seed` alone, so the processes still split one shuffled epoch."""
+    if world_size > 1:
+        seed_everything(seed + rank)
 
 
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
@@ -120,11 +128,13 @@ def train(cfg: DictConfig) -> float | None:
     if HydraConfig.initialized() and runtime.is_global_zero:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
     datamodule, model, model_args, keeper = build(cfg, resolved)
+    seed_rank(cfg.seed, runtime.rank, runtime.world_size)
     callbacks = {name: instantiate(c) for name, c in (cfg.callbacks or {}).items() if c}
     if keeper:
         callbacks["keep_sparsity"] = keeper
 
-    optimizer = instantiate(cfg.optimizer)(param_groups(model, cfg.optimizer.get("weight_decay", 0.0)))
+    optimizer = make_optimizer(instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0),
+                               runtime.device)  # fused kernels on CUDA
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     extras = {"config": resolved, "model_args": model_args,
               "data": datamodule.state_dict()}

@@ -104,8 +104,10 @@ def load_cifar10(root: str, download: bool, val_size: int, seed: int, fallback: 
 def cifar10(root: str, download: bool = True, val_size: NonNegativeInt = 5000, fallback: str | None = None,
             cache_dir: str = "~/.cache/bigmodel", batch_size: PositiveInt = 128,
             eval_batch_size: PositiveInt = 1000, augment: Augment | None = None, on_device: bool = False,
-            mean: list[float] = CIFAR10_MEAN, std: list[PositiveFloat] = CIFAR10_STD, seed: int = 0) -> ImageData:
+            mean: list[float] = CIFAR10_MEAN, std: list[PositiveFloat] = CIFAR10_STD, seed: int = 0,
+            channels_last: bool = False) -> ImageData:
     """The CIFAR-10 data module (see ImageData for loaders and augmentation)."""
     load = functools.partial(load_cifar10, root, download, val_size, seed, fallback, cache_dir)
     return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
-                     mean=list(mean), std=list(std), on_device=on_device, seed=seed)
+                     mean=list(mean), std=list(std), on_device=on_device, seed=seed,
+                     channels_last=channels_last)

@@ -169,8 +169,10 @@ def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: 
 def image_folder(root: str, cache_dir: str, image_size: PositiveInt = 32, val_fraction: Fraction = 0.1,
                  batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, augment: Augment | None = None,
                  on_device: bool = False, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[PositiveFloat] = (0.25, 0.25, 0.25), seed: int = 0) -> ImageData:
+                 std: Sequence[PositiveFloat] = (0.25, 0.25, 0.25), seed: int = 0,
+                 channels_last: bool = False) -> ImageData:
     """The ImageFolder data module (see ImageData for loaders and augmentation)."""
     load = functools.partial(load_image_folder, root, cache_dir, image_size, val_fraction, seed)
     return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
-                     mean=list(mean), std=list(std), on_device=on_device, seed=seed)
+                     mean=list(mean), std=list(std), on_device=on_device, seed=seed,
+                     channels_last=channels_last)

@@ -26,18 +26,23 @@ class ResumableSampler(Sampler[int]):
         self.epoch_size = min(num_samples, limit) if limit else num_samples  # the first `limit` of the order
         self.per_rank = math.ceil(self.epoch_size / world_size)
 
-    def __iter__(self) -> Iterator[int]:
+    def indices(self, device: torch.device | None = None) -> torch.Tensor:
+        """This rank's rest of the epoch as a tensor on `device`, shuffled by a generator on that
+        device: on the CPU the order __iter__ gives; on a GPU another order, as reproducible, drawn
+        without a copy from the host."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g)
+            g = torch.Generator(device or "cpu").manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g, device=device)
         else:
-            order = torch.arange(self.num_samples)
+            order = torch.arange(self.num_samples, device=device)
         order = order[: self.epoch_size]
         pad = self.per_rank * self.world_size - self.epoch_size
         if pad:
             order = torch.cat([order, order[:pad]])
-        mine = order[self.rank :: self.world_size]
-        return iter(mine[self.skip :].tolist())
+        return order[self.rank :: self.world_size][self.skip :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
 
     def __len__(self) -> int:
         return max(self.per_rank - self.skip, 0)
