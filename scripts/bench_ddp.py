@@ -52,9 +52,19 @@ def throughput(run_dir: Path) -> float:
 
 def run(overrides: list[str], nprocs: int, batch_size: int, args, out: Path) -> float:
     label = f"{nprocs}x{batch_size}"
-    cmd = [sys.executable, "-m", "bigmodel", "train", *overrides, *FIXED, f"trainer.max_steps={args.steps}",
-           f"trainer.log_every_n_steps={args.log_every}", f"data.batch_size={batch_size}",
-           f"trainer.devices={nprocs}", f"hydra.run.dir={out / label}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bigmodel",
+        "train",
+        *overrides,
+        *FIXED,
+        f"trainer.max_steps={args.steps}",
+        f"trainer.log_every_n_steps={args.log_every}",
+        f"data.batch_size={batch_size}",
+        f"trainer.devices={nprocs}",
+        f"hydra.run.dir={out / label}",
+    ]
     print("$", " ".join(cmd[1:]), flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -65,8 +75,14 @@ def run(overrides: list[str], nprocs: int, batch_size: int, args, out: Path) -> 
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name()}"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or platform.machine(),
+    )
     return f"{os.cpu_count()}-core {model}"
 
 
@@ -87,18 +103,22 @@ def main() -> None:
         for r in range(args.rounds):
             for n, b in setups if r % 2 == 0 else reversed(setups):
                 results[(n, b)].append(run(args.overrides, n, b, args, Path(tmp) / f"round{r}"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
+    ).stdout.strip()
     base = statistics.median(results[setups[0]])
-    print(f"\n{' '.join(args.overrides)} | {machine()} | torch {torch.__version__} | {args.steps} steps x "
-          f"{args.rounds} rounds | {datetime.date.today()} | commit {commit}")
+    print(
+        f"\n{' '.join(args.overrides)} | {machine()} | torch {torch.__version__} | {args.steps} steps x "
+        f"{args.rounds} rounds | {datetime.date.today()} | commit {commit}"
+    )
     print("| processes | batch per process | global batch | samples/s (range) | tokens/s | vs 1 process |")
     print("|---|---|---|---|---|---|")
     for (n, b), values in results.items():
         sps = statistics.median(values)
         tps = f"{sps * tokens:,.0f}" if tokens else "-"
-        print(f"| {n} | {b} | {n * b} | {sps:,.1f} ({min(values):,.0f}-{max(values):,.0f}) | {tps} | "
-              f"{sps / base:.2f}x |")
+        print(
+            f"| {n} | {b} | {n * b} | {sps:,.1f} ({min(values):,.0f}-{max(values):,.0f}) | {tps} | {sps / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Each checkpoint is exported with `bigmodel.export.export_model` (format=onnx, checked against the
 checkpoint) into a temporary folder. The inputs are real validation examples of the checkpoint's own
-data (N drawn at random from the val split, seeded; texts padded to the longest of them). Eager runs `model(*inputs)` under
+data (N drawn at random from the val split, seeded; texts padded to the longest of them).
+Eager runs `model(*inputs)` under
 torch.inference_mode with `--threads` intra-op threads; onnxruntime runs with the same number of
 threads. A round times `--iters` calls of each, alternating which goes first (load from other
 processes hits both alike), after warm-up; the figure is the median per-call time over the rounds'
@@ -53,7 +54,9 @@ def bench(ckpt: str, batch: int, exported, rounds: int, iters: int) -> tuple[flo
     restored = restore_model(ckpt)
     args = val_inputs(restored, batch)
     if len(args) == 2:
-        print(f"#   batch {batch}: texts of {args[1].float().mean():.1f} tokens on average, padded to {args[0].shape[1]}")
+        print(
+            f"#   batch {batch}: texts of {args[1].float().mean():.1f} tokens on average, padded to {args[0].shape[1]}"
+        )
     with torch.inference_mode():
         eager = lambda: restored.model(*args)  # noqa: E731
         onnx = lambda: exported(*args)  # noqa: E731
@@ -84,8 +87,11 @@ def main() -> None:
             exported = load_exported(folder, threads=a.threads)
             for batch in a.batches:
                 e, o = bench(ckpt, batch, exported, a.rounds, a.iters)
-                print(f"| {Path(ckpt).parent.parent.parent.parent.name} | {exported.spec['model_class']} | {batch} "
-                      f"| {1e3 * e:.2f} | {1e3 * o:.2f} | {e / o:.2f}x |", flush=True)
+                print(
+                    f"| {Path(ckpt).parent.parent.parent.parent.name} | {exported.spec['model_class']} | {batch} "
+                    f"| {1e3 * e:.2f} | {1e3 * o:.2f} | {e / o:.2f}x |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

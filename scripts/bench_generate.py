@@ -33,8 +33,17 @@ def tokens_per_second(model: GPT, tokenizer: CharTokenizer, args, use_cache: boo
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    text = sample_text(model, tokenizer, "\n", max_new_tokens=args.new_tokens, temperature=0.8, top_k=200,
-                       generator=generator, device=device, use_cache=use_cache)
+    text = sample_text(
+        model,
+        tokenizer,
+        "\n",
+        max_new_tokens=args.new_tokens,
+        temperature=0.8,
+        top_k=200,
+        generator=generator,
+        device=device,
+        use_cache=use_cache,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     assert len(text) == 1 + args.new_tokens
@@ -43,8 +52,9 @@ def tokens_per_second(model: GPT, tokenizer: CharTokenizer, args, use_cache: boo
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
 
@@ -64,8 +74,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = GPT(vocab_size=len(CHARS), block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                n_embd=args.n_embd).to(device).eval()
+    model = (
+        GPT(
+            vocab_size=len(CHARS),
+            block_size=args.block_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+        )
+        .to(device)
+        .eval()
+    )
     tokenizer = CharTokenizer(CHARS)
     tokens_per_second(model, tokenizer, argparse.Namespace(new_tokens=20), True, device)  # warm-up
     cached, full, ratios = [], [], []
@@ -75,15 +94,23 @@ def main() -> None:
         cached.append(speeds[True])
         full.append(speeds[False])
         ratios.append(speeds[True] / speeds[False])
-        print(f"round {r + 1}: cache {speeds[True]:.1f} tok/s, no cache {speeds[False]:.1f} tok/s, "
-              f"{ratios[-1]:.1f}x", flush=True)
+        print(
+            f"round {r + 1}: cache {speeds[True]:.1f} tok/s, no cache {speeds[False]:.1f} tok/s, {ratios[-1]:.1f}x",
+            flush=True,
+        )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"machine: {device.type} ({name}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"commit {commit()}, {time.strftime('%Y-%m-%d')}")
-    print(f"GPT L{args.n_layer} H{args.n_head} C{args.n_embd} T{args.block_size}, "
-          f"{model.num_params() / 1e6:.2f} M parameters, {args.new_tokens} new tokens, {args.rounds} rounds")
-    print(f"with cache: {statistics.median(cached):.1f} tok/s | without: {statistics.median(full):.1f} tok/s | "
-          f"speed-up: {statistics.median(ratios):.1f}x (median of per-round ratios)")
+    print(
+        f"machine: {device.type} ({name}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
+        f"commit {commit()}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        f"GPT L{args.n_layer} H{args.n_head} C{args.n_embd} T{args.block_size}, "
+        f"{model.num_params() / 1e6:.2f} M parameters, {args.new_tokens} new tokens, {args.rounds} rounds"
+    )
+    print(
+        f"with cache: {statistics.median(cached):.1f} tok/s | without: {statistics.median(full):.1f} tok/s | "
+        f"speed-up: {statistics.median(ratios):.1f}x (median of per-round ratios)"
+    )
 
 
 if __name__ == "__main__":

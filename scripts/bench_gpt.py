@@ -59,8 +59,9 @@ def make_data(args, cache_dir: str) -> LMData:
     if text is None or not text.is_file():  # a random corpus of 65 symbols, 1 M characters
         rng = np.random.default_rng(0)
         text = Path(cache_dir) / "random.txt"
-        text.write_text("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-&$3"),
-                                           1_000_000)))
+        text.write_text(
+            "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-&$3"), 1_000_000))
+        )
     dm = LMData(str(text), cache_dir=cache_dir, block_size=args.block_size, batch_size=args.batch_size, seed=0)
     dm.setup()
     return dm
@@ -68,8 +69,15 @@ def make_data(args, cache_dir: str) -> LMData:
 
 def build(args, vocab_size: int, device: torch.device):
     torch.manual_seed(0)
-    model = GPT(vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                n_embd=args.n_embd, dropout=args.dropout, bias=False).to(device)
+    model = GPT(
+        vocab_size,
+        block_size=args.block_size,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        dropout=args.dropout,
+        bias=False,
+    ).to(device)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99), fused=device.type == "cuda")
     return model, opt, cosine(opt, 5000, warmup_steps=100, min_lr_ratio=0.1)
 
@@ -123,12 +131,27 @@ class WindowTimer:
 def trainer_loop(args, dm: LMData, device: torch.device) -> list[float]:
     model, opt, _ = build(args, dm.tokenizer.vocab_size, device)
     precision = {"bf16": Precision.bf16, "fp16": Precision.fp16}.get(args.dtype, Precision.fp32)
-    cfg = TrainerConfig(device=Device(device.type), precision=precision, compile=args.compile,
-                        max_steps=args.steps, gradient_clip_val=1.0, limit_val_batches=1,
-                        log_every_n_steps=10, progress_bar=False)
+    cfg = TrainerConfig(
+        device=Device(device.type),
+        precision=precision,
+        compile=args.compile,
+        max_steps=args.steps,
+        gradient_clip_val=1.0,
+        limit_val_batches=1,
+        log_every_n_steps=10,
+        progress_bar=False,
+    )
     timer = WindowTimer(args, device)
-    trainer = Trainer(cfg, model=model, loss_fn=CrossEntropy(), optimizer=opt, datamodule=dm, logger=NullLogger(),
-                      scheduler=partial(cosine, warmup_steps=100, min_lr_ratio=0.1), callbacks={"timer": timer})
+    trainer = Trainer(
+        cfg,
+        model=model,
+        loss_fn=CrossEntropy(),
+        optimizer=opt,
+        datamodule=dm,
+        logger=NullLogger(),
+        scheduler=partial(cosine, warmup_steps=100, min_lr_ratio=0.1),
+        callbacks={"timer": timer},
+    )
     trainer.fit()
     return timer.times
 
@@ -142,14 +165,27 @@ def full_run(args) -> str:
     samples, checkpoints), timed by scripts/step_clock.py: ms/iter, wall time, time to --target-loss."""
     with tempfile.TemporaryDirectory() as tmp:
         clock = Path(tmp) / "clock.json"
-        cmd = [sys.executable, "-m", "bigmodel", "train", f"experiment={args.experiment}", "trainer.progress_bar=false",
-               f"trainer.device={args.device.split(':')[0]}", f"trainer.compile={str(args.compile).lower()}",
-               f"trainer.precision={args.dtype if args.dtype != 'fp32' else 32}",
-               "+callbacks.step_clock._target_=step_clock.StepClock", f"+callbacks.step_clock.out={clock}",
-               f"+callbacks.step_clock.window={args.window}", *args.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bigmodel",
+            "train",
+            f"experiment={args.experiment}",
+            "trainer.progress_bar=false",
+            f"trainer.device={args.device.split(':')[0]}",
+            f"trainer.compile={str(args.compile).lower()}",
+            f"trainer.precision={args.dtype if args.dtype != 'fp32' else 32}",
+            "+callbacks.step_clock._target_=step_clock.StepClock",
+            f"+callbacks.step_clock.out={clock}",
+            f"+callbacks.step_clock.window={args.window}",
+            *args.overrides,
+        ]
         path = [str(REPO / "scripts"), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "BIGMODEL_DATA_DIR": str(Path(args.data).expanduser().resolve()),
-               "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+        env = {
+            **os.environ,
+            "BIGMODEL_DATA_DIR": str(Path(args.data).expanduser().resolve()),
+            "PYTHONPATH": os.pathsep.join(p for p in path if p),
+        }
         print("running:", " ".join(cmd[2:]), flush=True)
         launched = time.time()
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
@@ -166,12 +202,17 @@ def summarize(clock: dict, launched: float, args) -> str:
     vals = [(s, t, m["val/loss"]) for s, t, m in clock["validations"]]
     best = min(vals, key=lambda v: v[2]) if vals else (0, 0.0, float("nan"))
     hit = next(((s, t) for s, t, loss in vals if loss <= args.target_loss), None)
-    reached = (f"val loss <= {args.target_loss:g} at step {hit[0]}, {hit[1] - launched:.1f} s after launch"
-               if hit else f"val loss never <= {args.target_loss:g}")
-    return (f"full run ({args.experiment}): {statistics.median(windows):.2f} ms/iter (median of {len(windows)} "
-            f"windows of {args.window} steps after step {args.warmup}); {mean:.2f} ms/iter on average with "
-            f"validation, samples and checkpoints; {reached}; best val loss {best[2]:.4f} at step {best[0]}; "
-            f"{clock['end'] - launched:.1f} s from launch to the end of fit (start-up and compilation included)")
+    reached = (
+        f"val loss <= {args.target_loss:g} at step {hit[0]}, {hit[1] - launched:.1f} s after launch"
+        if hit
+        else f"val loss never <= {args.target_loss:g}"
+    )
+    return (
+        f"full run ({args.experiment}): {statistics.median(windows):.2f} ms/iter (median of {len(windows)} "
+        f"windows of {args.window} steps after step {args.warmup}); {mean:.2f} ms/iter on average with "
+        f"validation, samples and checkpoints; {reached}; best val loss {best[2]:.4f} at step {best[0]}; "
+        f"{clock['end'] - launched:.1f} s from launch to the end of fit (start-up and compilation included)"
+    )
 
 
 def main() -> None:
@@ -179,8 +220,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's peak for --dtype, for MFU (H100 SXM bf16 dense: 989; A100 bf16: 312)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak for --dtype, for MFU (H100 SXM bf16 dense: 989; A100 bf16: 312)",
+    )
     p.add_argument("--n-layer", type=int, default=6)
     p.add_argument("--n-head", type=int, default=6)
     p.add_argument("--n-embd", type=int, default=384)
@@ -191,8 +236,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed first steps (compilation, allocator)")
     p.add_argument("--window", type=int, default=10, help="steps between synchronized timestamps")
     p.add_argument("--data", default=None, help="a data dir with tinyshakespeare/input.txt (else random tokens)")
-    p.add_argument("--full", action="store_true",
-                   help="then run the whole --experiment preset through `bigmodel train` and report it")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="then run the whole --experiment preset through `bigmodel train` and report it",
+    )
     p.add_argument("--full-only", action="store_true", help="--full without the two loops before it")
     p.add_argument("--target-loss", type=float, default=1.48, help="--full: report when val loss first reaches it")
     p.add_argument("--experiment", default="shakespeare_char")
@@ -202,7 +250,9 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if args.peak_tflops is None and args.dtype in ("bf16", "fp16"):
-            args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
+            args.peak_tflops = next(
+                (v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None
+            )
     if (args.full or args.full_only) and not args.data:
         sys.exit("--full needs --data (the folder that has tinyshakespeare/input.txt)")
     if not args.full_only:
@@ -217,18 +267,31 @@ def loops(args, device: torch.device) -> None:
         dm = make_data(args, cache)
         plain = ms_per_iter(plain_loop(args, dm, device), args.window)
         ours = ms_per_iter(trainer_loop(args, dm, device), args.window)
-        fpt = GPT(dm.tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                  n_embd=args.n_embd, bias=False).flops_per_token()
+        fpt = GPT(
+            dm.tokenizer.vocab_size,
+            block_size=args.block_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            bias=False,
+        ).flops_per_token()
     tokens = args.batch_size * args.block_size
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     threads = "" if device.type == "cuda" else f", {torch.get_num_threads()} threads"
     cfg = f"L{args.n_layer} H{args.n_head} C{args.n_embd} T{args.block_size} B{args.batch_size}"
-    row = [f"{device.type} ({name}{threads})", f"torch {torch.__version__}", cfg,
-           f"{args.dtype}{' + compile' if args.compile else ''}"]
+    row = [
+        f"{device.type} ({name}{threads})",
+        f"torch {torch.__version__}",
+        cfg,
+        f"{args.dtype}{' + compile' if args.compile else ''}",
+    ]
     for label, ms in (("plain", plain), ("Trainer", ours)):
         flops = fpt * tokens / (ms / 1e3)  # model FLOP/s achieved
-        mfu = (", MFU n/a (--peak-tflops)" if args.peak_tflops is None
-               else f", MFU {100 * flops / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops:g}")
+        mfu = (
+            ", MFU n/a (--peak-tflops)"
+            if args.peak_tflops is None
+            else f", MFU {100 * flops / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops:g}"
+        )
         row.append(f"{label} {ms:.2f} ms/iter = {tokens / ms * 1e3 / 1e6:.3f} M tok/s, {flops / 1e12:.3f} TFLOP/s{mfu}")
     row.append(f"Trainer/plain time {ours / plain:.3f}")
     print("| " + " | ".join(row) + " |", flush=True)

@@ -61,8 +61,16 @@ def make_data(n: int, batch_size: int, on_device: bool) -> ImageData:
         y = torch.randint(0, 10, (n,), generator=g)
         return {"train": (x, y), "val": (x[:256], y[:256]), "test": (x[:256], y[:256])}, [str(i) for i in range(10)]
 
-    dm = ImageData(load, batch_size=batch_size, eval_batch_size=256, augment=Augment(), mean=[0.5] * 3,
-                   std=[0.25] * 3, on_device=on_device, seed=0)
+    dm = ImageData(
+        load,
+        batch_size=batch_size,
+        eval_batch_size=256,
+        augment=Augment(),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        on_device=on_device,
+        seed=0,
+    )
     dm.setup()
     return dm
 
@@ -96,10 +104,22 @@ def plain_loop(args, dm, device) -> list[float]:
 def trainer_loop(args, dm, device) -> list[float]:
     model, opt = build(args)
     clock = WindowClock(args.window, device)
-    cfg = TrainerConfig(device=Device(device.type), max_steps=args.steps, limit_val_batches=1,
-                        progress_bar=False, log_every_n_steps=10**9)
-    trainer = Trainer(cfg, model=model, loss_fn=CrossEntropy(), optimizer=opt, datamodule=dm,
-                      logger=NullLogger(), callbacks={"clock": clock})
+    cfg = TrainerConfig(
+        device=Device(device.type),
+        max_steps=args.steps,
+        limit_val_batches=1,
+        progress_bar=False,
+        log_every_n_steps=10**9,
+    )
+    trainer = Trainer(
+        cfg,
+        model=model,
+        loss_fn=CrossEntropy(),
+        optimizer=opt,
+        datamodule=dm,
+        logger=NullLogger(),
+        callbacks={"clock": clock},
+    )
     trainer.fit()
     return clock.times
 
@@ -116,8 +136,12 @@ def main() -> None:
     p.add_argument("--window", type=int, default=10, help="steps between synchronized timestamps")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--tiny", action="store_true", help="a linear model instead of the CNN: the loops' own cost per step")
-    p.add_argument("--on-device", action="store_true", help="data.on_device=true: images and augmentation on the device")
+    p.add_argument(
+        "--tiny", action="store_true", help="a linear model instead of the CNN: the loops' own cost per step"
+    )
+    p.add_argument(
+        "--on-device", action="store_true", help="data.on_device=true: images and augmentation on the device"
+    )
     args = p.parse_args()
     if args.steps < 3 * args.window:
         p.error("--steps must be at least 3 x --window (two timed windows)")
@@ -132,16 +156,19 @@ def main() -> None:
         ours.append(times[trainer_loop])
     p_ms, o_ms = 1e3 * statistics.median(plain), 1e3 * statistics.median(ours)
     paired = statistics.median(o / p for o, p in zip(ours, plain))  # per round: the same machine state
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
+    ).stdout.strip()
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"plain loop per-round medians (ms): {[round(1e3 * t, 2) for t in plain]}")
     print(f"Trainer    per-round medians (ms): {[round(1e3 * t, 2) for t in ours]}")
-    print(f"| {device.type} ({name}, {torch.get_num_threads()} threads) | torch {torch.__version__} | "
-          f"{'linear' if args.tiny else 'CNN'}, batch {args.batch_size}{', on device' if args.on_device else ''}, "
-          f"windows of {args.window} steps | plain {p_ms:.2f} ms | Trainer {o_ms:.2f} ms | "
-          f"overhead {100 * (o_ms / p_ms - 1):+.1f}% (median of per-round ratios {100 * (paired - 1):+.1f}%) | "
-          f"commit {commit} |")
+    print(
+        f"| {device.type} ({name}, {torch.get_num_threads()} threads) | torch {torch.__version__} | "
+        f"{'linear' if args.tiny else 'CNN'}, batch {args.batch_size}{', on device' if args.on_device else ''}, "
+        f"windows of {args.window} steps | plain {p_ms:.2f} ms | Trainer {o_ms:.2f} ms | "
+        f"overhead {100 * (o_ms / p_ms - 1):+.1f}% (median of per-round ratios {100 * (paired - 1):+.1f}%) | "
+        f"commit {commit} |"
+    )
 
 
 if __name__ == "__main__":

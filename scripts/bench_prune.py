@@ -38,8 +38,9 @@ def versions(ckpt: str, amount: float) -> dict[str, torch.nn.Module]:
 
 
 @torch.inference_mode()
-def latency_ms(models: dict[str, torch.nn.Module], batch: int, size: int, rounds: int,
-               reps: int) -> dict[str, tuple[float, float]]:
+def latency_ms(
+    models: dict[str, torch.nn.Module], batch: int, size: int, rounds: int, reps: int
+) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) milliseconds per batch of each model; the rounds alternate between the
     models. CPU time (this process, all threads) is the steadier figure when other jobs share the cores."""
     x = torch.randn(batch, 3, size, size)
@@ -70,11 +71,16 @@ def main() -> None:
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     nonzero = {n: sum(int((p != 0).sum()) for p in m.parameters()) for n, m in models.items()}
     results = {b: latency_ms(models, b, args.size, args.rounds, max(1, 8 // b)) for b in args.batch}
-    print(f"{'version':<13} {'params':>9} {'nonzero':>9} " + " ".join(
-        f"{f'wall ms @{b}':>12} {f'CPU ms @{b}':>11} {'speed-up':>8}" for b in args.batch))
+    print(
+        f"{'version':<13} {'params':>9} {'nonzero':>9} "
+        + " ".join(f"{f'wall ms @{b}':>12} {f'CPU ms @{b}':>11} {'speed-up':>8}" for b in args.batch)
+    )
     for name in models:
-        cells = " ".join(f"{results[b][name][0]:>12.2f} {results[b][name][1]:>11.2f} "
-                         f"{results[b]['dense'][1] / results[b][name][1]:>7.2f}x" for b in args.batch)
+        cells = " ".join(
+            f"{results[b][name][0]:>12.2f} {results[b][name][1]:>11.2f} "
+            f"{results[b]['dense'][1] / results[b][name][1]:>7.2f}x"
+            for b in args.batch
+        )
         print(f"{name:<13} {params[name]:>9,} {nonzero[name]:>9,} {cells}")
     print("speed-up: dense CPU time / this version's CPU time")
 

@@ -22,10 +22,15 @@ from pathlib import Path
 def run_quantize(ckpt: str, out: Path, repeats: int, reuse: bool) -> dict:
     """`bigmodel quantize` on ckpt, keeping the fp32 export next to the int8 folder; its report."""
     fp32, int8 = out / "fp32", out / "int8"
-    export = [] if reuse and (fp32 / "bigmodel.json").is_file() else [
-        ["export", f"ckpt_path={ckpt}", f"output_dir={fp32}", "overwrite=true"]]
-    for args in (*export,
-                 ["quantize", f"model_path={fp32}", f"output_dir={int8}", "overwrite=true", f"bench_repeats={repeats}"]):
+    export = (
+        []
+        if reuse and (fp32 / "bigmodel.json").is_file()
+        else [["export", f"ckpt_path={ckpt}", f"output_dir={fp32}", "overwrite=true"]]
+    )
+    for args in (
+        *export,
+        ["quantize", f"model_path={fp32}", f"output_dir={int8}", "overwrite=true", f"bench_repeats={repeats}"],
+    ):
         done = subprocess.run([sys.executable, "-m", "bigmodel", *args], check=False, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"bigmodel {args[0]} failed for {ckpt}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -36,8 +41,12 @@ def row(name: str, r: dict) -> str:
     lat = r["latency_ms"]
     b1, b64 = (lat[k] for k in sorted(lat, key=lambda k: int(k.split()[-1])))
     mb = {k: v / 1e6 for k, v in r["file_bytes"].items()}
-    cells = [name, r["method"], f"{mb['fp32']:.2f} / {mb['int8']:.2f} ({r['size_ratio']:.2f}x)",
-             f"{r['metrics']['fp32']:.4f} / {r['metrics']['int8']:.4f}"]
+    cells = [
+        name,
+        r["method"],
+        f"{mb['fp32']:.2f} / {mb['int8']:.2f} ({r['size_ratio']:.2f}x)",
+        f"{r['metrics']['fp32']:.4f} / {r['metrics']['int8']:.4f}",
+    ]
     for b in (b1, b64):
         cells.append(" / ".join(f"{b[k]:.2f}" for k in ("fp32 eager", "fp32 onnx", "int8 onnx")))
     cells.append(f"{b64['fp32 eager'] / b64['int8 onnx']:.2f}x")
@@ -94,8 +103,10 @@ def main() -> None:
         if args.profile:
             notes.append(profiles(name, args.out / name))
             print(notes[-1], flush=True)
-    print("\n| model | int8 method | file MB fp32 / int8 | test acc (GPT: val loss) fp32 / int8 | ms batch 1: "
-          "eager / onnx fp32 / int8 | ms batch 64: eager / onnx fp32 / int8 | int8 vs eager throughput, batch 64 |")
+    print(
+        "\n| model | int8 method | file MB fp32 / int8 | test acc (GPT: val loss) fp32 / int8 | ms batch 1: "
+        "eager / onnx fp32 / int8 | ms batch 64: eager / onnx fp32 / int8 | int8 vs eager throughput, batch 64 |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if notes:

@@ -37,10 +37,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start_server(ckpt: str, batching: bool, args) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "bigmodel", "serve", f"ckpt_path={ckpt}", "host=127.0.0.1", "port=0",
-           f"batching={str(batching).lower()}", f"max_batch_size={args.max_batch_size}",
-           f"max_wait_ms={args.max_wait_ms}", f"num_threads={args.threads}", "device=cpu",
-           f"paths.log_dir={args.log_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bigmodel",
+        "serve",
+        f"ckpt_path={ckpt}",
+        "host=127.0.0.1",
+        "port=0",
+        f"batching={str(batching).lower()}",
+        f"max_batch_size={args.max_batch_size}",
+        f"max_wait_ms={args.max_wait_ms}",
+        f"num_threads={args.threads}",
+        "device=cpu",
+        f"paths.log_dir={args.log_dir}",
+    ]
     Path(args.log_dir).mkdir(parents=True, exist_ok=True)
     out = Path(args.log_dir) / f"server-{'batched' if batching else 'unbatched'}.out"
     with open(out, "w") as f:
@@ -78,8 +89,10 @@ def raw_requests(url: str, bodies: list[dict]) -> list[bytes]:
     out = []
     for body in bodies:
         data = json.dumps(body).encode()
-        head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n")
+        head = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        )
         out.append(head.encode() + data)
     return out
 
@@ -99,8 +112,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def load(url: str, requests: list[bytes], clients: int, max_requests: int, seconds: float,
-               pid: int | None = None) -> dict:
+async def load(
+    url: str, requests: list[bytes], clients: int, max_requests: int, seconds: float, pid: int | None = None
+) -> dict:
     """`clients` concurrent clients, one connection each, until max_requests are answered or `seconds`
     have passed. The load generator shares the CPU with the server, so it is kept lean: raw HTTP/1.1
     on asyncio streams, requests encoded beforehand (an httpx client costs more CPU than the server)."""
@@ -128,9 +142,13 @@ async def load(url: str, requests: list[bytes], clients: int, max_requests: int,
         wall, cpu = time.perf_counter() - start, (cpu_seconds(pid) - cpu if pid else 0.0)
         after = (await http.get("/v1/stats")).json()
     calls = after["batches"] - before["batches"]
-    return {"ms": [1000 * x for x in latencies], "failed": failed, "rps": len(latencies) / wall,
-            "batch": (after["requests"] - before["requests"]) / calls if calls else 0.0,
-            "cpu_ms": 1000 * cpu / max(len(latencies), 1)}
+    return {
+        "ms": [1000 * x for x in latencies],
+        "failed": failed,
+        "rps": len(latencies) / wall,
+        "batch": (after["requests"] - before["requests"]) / calls if calls else 0.0,
+        "cpu_ms": 1000 * cpu / max(len(latencies), 1),
+    }
 
 
 def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) -> dict[str, dict]:
@@ -144,14 +162,22 @@ def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) 
     out = {}
     for mode, rows in runs.items():
         ms = sorted(x for r in rows for x in r["ms"])
-        out[mode] = {"rps": statistics.median(r["rps"] for r in rows), "p50": statistics.median(ms),
-                     "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))], "requests": len(ms),
-                     "failed": sum(r["failed"] for r in rows), "batch": statistics.median(r["batch"] for r in rows),
-                     "cpu_ms": statistics.median(r["cpu_ms"] for r in rows),
-                     "ratios": [b["rps"] / u["rps"] for b, u in zip(runs["batched"], runs["unbatched"])]}
-        print(f"{mode:>9}  {clients:>3} clients  {len(ms):>5} requests  {out[mode]['rps']:7.1f} req/s  "
-              f"p50 {out[mode]['p50']:6.1f} ms  p99 {out[mode]['p99']:6.1f} ms  mean batch {out[mode]['batch']:4.1f}  "
-              f"server CPU {out[mode]['cpu_ms']:.2f} ms/request  failed {out[mode]['failed']}", flush=True)
+        out[mode] = {
+            "rps": statistics.median(r["rps"] for r in rows),
+            "p50": statistics.median(ms),
+            "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+            "requests": len(ms),
+            "failed": sum(r["failed"] for r in rows),
+            "batch": statistics.median(r["batch"] for r in rows),
+            "cpu_ms": statistics.median(r["cpu_ms"] for r in rows),
+            "ratios": [b["rps"] / u["rps"] for b, u in zip(runs["batched"], runs["unbatched"])],
+        }
+        print(
+            f"{mode:>9}  {clients:>3} clients  {len(ms):>5} requests  {out[mode]['rps']:7.1f} req/s  "
+            f"p50 {out[mode]['p50']:6.1f} ms  p99 {out[mode]['p99']:6.1f} ms  mean batch {out[mode]['batch']:4.1f}  "
+            f"server CPU {out[mode]['cpu_ms']:.2f} ms/request  failed {out[mode]['failed']}",
+            flush=True,
+        )
     return out
 
 
@@ -169,8 +195,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads (serve's default 1; 0 = torch's)")
     p.add_argument("--log-dir", default="/tmp/bench_serve_logs")
     args = p.parse_args()
-    print(f"# bench_serve: {args.ckpt}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"max_batch_size={args.max_batch_size} max_wait_ms={args.max_wait_ms}", flush=True)
+    print(
+        f"# bench_serve: {args.ckpt}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"max_batch_size={args.max_batch_size} max_wait_ms={args.max_wait_ms}",
+        flush=True,
+    )
     procs, servers = [], {}
     try:
         for mode in ("batched", "unbatched"):
@@ -184,15 +213,19 @@ def main() -> None:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-    print("\n| clients | batched req/s | p50 / p99 ms | mean batch | CPU ms/req | unbatched req/s | p50 / p99 ms "
-          "| CPU ms/req | req/s ratio (rounds) | CPU ratio |")
+    print(
+        "\n| clients | batched req/s | p50 / p99 ms | mean batch | CPU ms/req | unbatched req/s | p50 / p99 ms "
+        "| CPU ms/req | req/s ratio (rounds) | CPU ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for clients, row in table.items():
         b, u = row["batched"], row["unbatched"]
         ratios = ", ".join(f"{r:.2f}" for r in b["ratios"])
-        print(f"| {clients} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {b['batch']:.1f} | {b['cpu_ms']:.2f} | "
-              f"{u['rps']:.0f} | {u['p50']:.1f} / {u['p99']:.1f} | {u['cpu_ms']:.2f} | "
-              f"{statistics.median(b['ratios']):.2f}x ({ratios}) | {u['cpu_ms'] / b['cpu_ms']:.2f}x |")
+        print(
+            f"| {clients} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {b['batch']:.1f} | {b['cpu_ms']:.2f} | "
+            f"{u['rps']:.0f} | {u['p50']:.1f} / {u['p99']:.1f} | {u['cpu_ms']:.2f} | "
+            f"{statistics.median(b['ratios']):.2f}x ({ratios}) | {u['cpu_ms'] / b['cpu_ms']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

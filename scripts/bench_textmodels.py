@@ -52,8 +52,12 @@ def step_times(model: torch.nn.Module, batches: list, steps: int) -> list[float]
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "?"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "?"
+        )
     except OSError:
         return "?"
 
@@ -68,9 +72,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    batches = [((torch.randint(2, VOCAB, (args.batch_size, args.length)),
-                 torch.full((args.batch_size,), args.length)), torch.randint(0, CLASSES, (args.batch_size,)))
-               for _ in range(4)]
+    batches = [
+        (
+            (torch.randint(2, VOCAB, (args.batch_size, args.length)), torch.full((args.batch_size,), args.length)),
+            torch.randint(0, CLASSES, (args.batch_size,)),
+        )
+        for _ in range(4)
+    ]
     models = {name: build(name) for name in ("lstm", "textcnn")}
     per_step: dict[str, list[float]] = {name: [] for name in models}
     ratios = []
@@ -82,11 +90,13 @@ def main() -> None:
         ratios.append(med["lstm"] / med["textcnn"])
         print(f"round {r}: " + "  ".join(f"{n} {args.batch_size / t:.1f} samples/s" for n, t in med.items()))
     rate = {name: args.batch_size / statistics.median(ts) for name, ts in per_step.items()}
-    print(f"| {time.strftime('%Y-%m-%d')} | {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} thread(s) | `python scripts/bench_textmodels.py --length {args.length} --batch-size "
-          f"{args.batch_size} --steps {args.steps} --rounds {args.rounds} --threads {args.threads}` | "
-          f"{rate['lstm']:.1f} | {rate['textcnn']:.1f} | **{rate['textcnn'] / rate['lstm']:.1f}x** "
-          f"(per-round median {statistics.median(ratios):.1f}x) | {commit()} |")
+    print(
+        f"| {time.strftime('%Y-%m-%d')} | {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s) | `python scripts/bench_textmodels.py --length {args.length} --batch-size "
+        f"{args.batch_size} --steps {args.steps} --rounds {args.rounds} --threads {args.threads}` | "
+        f"{rate['lstm']:.1f} | {rate['textcnn']:.1f} | **{rate['textcnn'] / rate['lstm']:.1f}x** "
+        f"(per-round median {statistics.median(ratios):.1f}x) | {commit()} |"
+    )
 
 
 if __name__ == "__main__":

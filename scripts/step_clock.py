@@ -43,8 +43,15 @@ class StepClock:
     def on_fit_end(self, trainer) -> None:
         if trainer.is_global_zero:
             with open(self.out, "w") as f:
-                json.dump({"window": self.window, "edges": self.edges, "validations": self.validations,
-                           "end": self._now(trainer)}, f)
+                json.dump(
+                    {
+                        "window": self.window,
+                        "edges": self.edges,
+                        "validations": self.validations,
+                        "end": self._now(trainer),
+                    },
+                    f,
+                )
 
 
 def report(clock: dict, warmup: int = 0) -> str:
@@ -54,7 +61,10 @@ def report(clock: dict, warmup: int = 0) -> str:
     edges = [(s, t) for s, t in clock["edges"] if s >= warmup]
     windows = [1e3 * (t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(edges, edges[1:]) if s2 > s1]
     ms = statistics.median(windows) if windows else float("nan")
-    lines = [f"fit: {end - start:.2f} s for {clock['edges'][-1][0]} steps; {ms:.2f} ms/iter (median of {len(windows)} windows)"]
+    lines = [
+        f"fit: {end - start:.2f} s for {clock['edges'][-1][0]} steps; "
+        f"{ms:.2f} ms/iter (median of {len(windows)} windows)"
+    ]
     for step, t, metrics in clock["validations"]:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         lines.append(f"  step {step} at {t - start:.2f} s: {shown}")

@@ -46,10 +46,22 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> Dic
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m bigmodel <args>` in cwd, runs written under cwd/logs, no network needed."""
-    full_env = {**os.environ, "BIGMODEL_LOG_DIR": str(cwd / "logs"), "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
-                "BIGMODEL_DATA_DIR": str(cwd / "data"), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bigmodel", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    full_env = {
+        **os.environ,
+        "BIGMODEL_LOG_DIR": str(cwd / "logs"),
+        "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
+        "BIGMODEL_DATA_DIR": str(cwd / "data"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bigmodel", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -57,15 +69,19 @@ def compose_train(tmp_path):
     """compose_train(overrides) -> the train config with every output under tmp_path."""
 
     def make(overrides: list[str]) -> DictConfig:
-        return compose_cfg("train", [f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
-                                     *overrides], tmp_path / "run")
+        return compose_cfg(
+            "train",
+            [f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache", *overrides],
+            tmp_path / "run",
+        )
 
     yield make
     GlobalHydra.instance().clear()
 
 
 def write_fake_cifar10(root: Path, n_train: int = 100, n_test: int = 40, seed: int = 0) -> Path:
-    """A small CIFAR-10 in torchvision's on-disk format: root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
+    """A small CIFAR-10 in torchvision's on-disk format:
+    root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
     import pickle
 
     import numpy as np
@@ -86,8 +102,9 @@ def write_fake_cifar10(root: Path, n_train: int = 100, n_test: int = 40, seed: i
     return folder
 
 
-def tiny_image_data(n: int = 64, num_classes: int = 4, size: int = 8, batch_size: int = 8,
-                    augment: bool = True, seed: int = 0):
+def tiny_image_data(
+    n: int = 64, num_classes: int = 4, size: int = 8, batch_size: int = 8, augment: bool = True, seed: int = 0
+):
     """An in-memory ImageData with random (but learnable) images; no files."""
     import torch
 
@@ -98,9 +115,19 @@ def tiny_image_data(n: int = 64, num_classes: int = 4, size: int = 8, batch_size
         splits = {}
         for split, m in (("train", n), ("val", n // 2), ("test", n // 2)):
             y = torch.randint(0, num_classes, (m,), generator=g)
-            x = torch.randint(0, 40, (m, size, size, 3), generator=g, dtype=torch.uint8) + (y * 60).view(-1, 1, 1, 1).to(torch.uint8)
+            x = torch.randint(0, 40, (m, size, size, 3), generator=g, dtype=torch.uint8) + (y * 60).view(
+                -1, 1, 1, 1
+            ).to(torch.uint8)
             splits[split] = (x, y)
         return splits, [f"c{i}" for i in range(num_classes)]
 
-    return ImageData(load, batch_size=batch_size, eval_batch_size=16, augment=Augment(crop_padding=1) if augment else None,
-                     mean=[0.5] * 3, std=[0.25] * 3, on_device=False, seed=seed)
+    return ImageData(
+        load,
+        batch_size=batch_size,
+        eval_batch_size=16,
+        augment=Augment(crop_padding=1) if augment else None,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        on_device=False,
+        seed=seed,
+    )

@@ -58,11 +58,24 @@ def test_early_stopped_run_is_still_tested(compose_train, tmp_path):
 
     write_fake_cifar10(tmp_path / "data" / "cifar10")
     (tmp_path / "run").mkdir()
-    cfg = compose_train([f"paths.data_dir={tmp_path}/data", "data.download=false", "data.val_size=20",
-                         "trainer=debug", "trainer.max_steps=40", "trainer.limit_train_batches=-1",
-                         "trainer.val_check_interval=1", "logger=none", "callbacks=early_stopping",
-                         "callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=10",
-                         "model.stem_width=4", "model.widths=[8]", "optimized_metric=test/acc"])
+    cfg = compose_train(
+        [
+            f"paths.data_dir={tmp_path}/data",
+            "data.download=false",
+            "data.val_size=20",
+            "trainer=debug",
+            "trainer.max_steps=40",
+            "trainer.limit_train_batches=-1",
+            "trainer.val_check_interval=1",
+            "logger=none",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=2",
+            "callbacks.early_stopping.min_delta=10",
+            "model.stem_width=4",
+            "model.widths=[8]",
+            "optimized_metric=test/acc",
+        ]
+    )
     test_acc = train(cfg)
     assert load(str(tmp_path / "run" / "checkpoints" / "last.pt"))["progress"]["global_step"] == 3  # 1 best + 2 stalls
     assert test_acc is not None and 0.0 <= test_acc <= 1.0
@@ -86,8 +99,12 @@ class FakeTrainer:
         self.in_eval = False
 
     def state_dict(self):
-        return {"model": {"w": self.weight}, "optimizer": {"state": {}}, "eval": self.in_eval,
-                "progress": {"global_step": self.global_step}}
+        return {
+            "model": {"w": self.weight},
+            "optimizer": {"state": {}},
+            "eval": self.in_eval,
+            "progress": {"global_step": self.global_step},
+        }
 
     def print(self, msg):
         self.printed.append(msg)
@@ -97,17 +114,30 @@ class FakeTrainer:
 def saved(monkeypatch):
     """(file name, step, written inside eval_weights, has optimizer state, weights) of each checkpoint written."""
     rows = []
-    monkeypatch.setattr(checkpoint, "save", lambda state, path: rows.append(
-        (os.path.basename(path), state["progress"]["global_step"], state["eval"], state["optimizer"] is not None,
-         state["model"]["w"].clone())))  # as it is when written
+    monkeypatch.setattr(
+        checkpoint,
+        "save",
+        lambda state, path: rows.append(
+            (
+                os.path.basename(path),
+                state["progress"]["global_step"],
+                state["eval"],
+                state["optimizer"] is not None,
+                state["model"]["w"].clone(),
+            )
+        ),
+    )  # as it is when written
     return rows
 
 
-@pytest.mark.parametrize("mode,values,best_steps", [
-    ("max", [0.5, 0.3, 0.7, 0.7, 0.6], [1, 3]),  # ties are no improvement
-    ("min", [2.0, 1.0, 1.5, 0.5, 0.5, 3.0], [1, 2, 4]),
-    ("min", [float("nan"), 2.0, float("nan"), 1.0], [2, 4]),  # a NaN is never the best
-])
+@pytest.mark.parametrize(
+    "mode,values,best_steps",
+    [
+        ("max", [0.5, 0.3, 0.7, 0.7, 0.6], [1, 3]),  # ties are no improvement
+        ("min", [2.0, 1.0, 1.5, 0.5, 0.5, 3.0], [1, 2, 4]),
+        ("min", [float("nan"), 2.0, float("nan"), 1.0], [2, 4]),  # a NaN is never the best
+    ],
+)
 def test_best_is_written_only_when_the_monitor_improves(mode, values, best_steps, saved):
     cb, fake = ModelCheckpoint("ck", monitor="val/m", mode=mode), FakeTrainer()
     for step, v in enumerate(values, 1):
@@ -119,7 +149,9 @@ def test_best_is_written_only_when_the_monitor_improves(mode, values, best_steps
     assert cb.best == values[best_steps[-1] - 1]
     # best.pt holds the weights evaluation uses (the EMA average when on) and no optimizer state;
     # last.pt the training weights and everything a resume needs
-    assert [(name == "best.pt", name != "best.pt") for name, _, ev, opt, _ in saved] == [(ev, opt) for *_, ev, opt, _ in saved]
+    assert [(name == "best.pt", name != "best.pt") for name, _, ev, opt, _ in saved] == [
+        (ev, opt) for *_, ev, opt, _ in saved
+    ]
 
 
 def test_last_is_written_every_n_validations_and_at_the_end(saved):
@@ -141,7 +173,10 @@ def test_best_pt_holds_the_swapped_in_weights(saved, background):
     cb.on_validation_end(fake, {"val/m": 1.0})
     cb.on_fit_end(fake)
     assert [(name, w.tolist()) for name, *_, w in saved] == [
-        ("best.pt", [9.0] * 3), ("last.pt", [0.0] * 3), ("last.pt", [0.0] * 3)]
+        ("best.pt", [9.0] * 3),
+        ("last.pt", [0.0] * 3),
+        ("last.pt", [0.0] * 3),
+    ]
     assert fake.weight.tolist() == [0.0] * 3  # the training weights are back
 
 
@@ -188,7 +223,9 @@ def test_resume_runs_from_last_pt_and_best_pt_is_refused_with_a_hint(tmp_path):
     resumed.fit(ckpt_path=str(tmp_path / "last.pt"))
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
-    with pytest.raises(checkpoint.CheckpointError, match="holds no optimizer state .* resume from the run's checkpoints/last.pt"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match="holds no optimizer state .* resume from the run's checkpoints/last.pt"
+    ):
         make_trainer(max_steps=8).fit(ckpt_path=str(tmp_path / "best.pt"))
 
 
@@ -199,8 +236,9 @@ class Snapshots:
         self.monitor, self.rows = monitor, []
 
     def on_validation_end(self, trainer, metrics):
-        self.rows.append((trainer.global_step, metrics[self.monitor],
-                          {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+        self.rows.append(
+            (trainer.global_step, metrics[self.monitor], {k: v.clone() for k, v in trainer.model.state_dict().items()})
+        )
 
 
 def test_best_pt_holds_the_weights_and_step_of_the_best_validation(tmp_path):
@@ -221,8 +259,10 @@ def test_best_pt_holds_the_weights_and_step_of_the_best_validation(tmp_path):
 
 
 def _stoppers(folder):
-    return {"model_checkpoint": ModelCheckpoint(str(folder), monitor="val/loss", mode="min"),
-            "early_stopping": EarlyStopping(monitor="val/loss", mode="min", patience=3, min_delta=0.02)}
+    return {
+        "model_checkpoint": ModelCheckpoint(str(folder), monitor="val/loss", mode="min"),
+        "early_stopping": EarlyStopping(monitor="val/loss", mode="min", patience=3, min_delta=0.02),
+    }
 
 
 def test_early_stopping_and_best_survive_a_stop_and_resume(tmp_path):
@@ -232,7 +272,10 @@ def test_early_stopping_and_best_survive_a_stop_and_resume(tmp_path):
     cfg = dict(max_steps=40, val_check_interval=1)
     straight = make_trainer(callbacks=_stoppers(tmp_path / "a"), **cfg)
     straight.fit()
-    stop_step, best_step = straight.global_step, torch.load(tmp_path / "a" / "best.pt", weights_only=False)["progress"]["global_step"]
+    stop_step, best_step = (
+        straight.global_step,
+        torch.load(tmp_path / "a" / "best.pt", weights_only=False)["progress"]["global_step"],
+    )
     assert stop_step < 40 and straight.callbacks["early_stopping"].bad_evals == 3
     interrupt = stop_step - 1  # two stalled validations already counted, the best lies before
     assert best_step < interrupt
@@ -280,9 +323,13 @@ def test_early_stopping_counts_stalls_by_mode_and_min_delta():
 
 
 def test_a_monitor_missing_at_validation_is_named():
-    for cb, key in ((ModelCheckpoint("ck", monitor="val/m"), "model_checkpoint"),
-                    (EarlyStopping(monitor="val/m"), "early_stopping")):
-        with pytest.raises(ConfigError, match=f"^callbacks.{key}.monitor='val/m' is not a logged metric; valid: \\['val/x'\\]$"):
+    for cb, key in (
+        (ModelCheckpoint("ck", monitor="val/m"), "model_checkpoint"),
+        (EarlyStopping(monitor="val/m"), "early_stopping"),
+    ):
+        with pytest.raises(
+            ConfigError, match=f"^callbacks.{key}.monitor='val/m' is not a logged metric; valid: \\['val/x'\\]$"
+        ):
             cb.on_validation_end(FakeTrainer(), {"val/x": 1.0})
 
 
@@ -291,8 +338,12 @@ def test_lr_monitor_logs_the_first_group_every_n_steps():
 
     fake = FakeTrainer()
     fake.logger = RecordingLogger()
-    fake.optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
-                                      {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2}])
+    fake.optimizer = torch.optim.SGD(
+        [
+            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2},
+        ]
+    )
     mon = LearningRateMonitor(every_n_steps=3)
     for step in range(1, 8):
         fake.global_step = step

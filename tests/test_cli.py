@@ -12,8 +12,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import run_cli, write_fake_cifar10
 
-SMALL = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "trainer.progress_bar=false",
-         "data.val_size=20", "data.batch_size=16"]
+SMALL = [
+    "model.stem_width=4",
+    "model.widths=[8]",
+    "data.download=false",
+    "trainer.progress_bar=false",
+    "data.val_size=20",
+    "data.batch_size=16",
+]
 
 
 def scalar_tags(run_dir) -> set[str]:
@@ -26,8 +32,9 @@ def scalar_tags(run_dir) -> set[str]:
 def test_train_on_fake_cifar_writes_a_complete_run(tmp_path):
     write_fake_cifar10(tmp_path / "data" / "cifar10")
     run_dir = tmp_path / "run"
-    out = run_cli("train", *SMALL, "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
-                  f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    out = run_cli(
+        "train", *SMALL, "trainer.max_epochs=2", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir / "config.yaml").is_file() and "max_epochs: 2" in (run_dir / "config.yaml").read_text()
     assert "test/acc" in (run_dir / "train.log").read_text()
@@ -54,8 +61,13 @@ def test_train_on_fake_cifar_writes_a_complete_run(tmp_path):
     assert best["progress"]["global_step"] == best_step
     assert best["callbacks"]["model_checkpoint"]["best"] == pytest.approx(best_acc, rel=1e-6)
 
-    ev = run_cli("eval", f"ckpt_path={run_dir}/checkpoints/best.pt", "trainer.progress_bar=false",
-                 f"hydra.run.dir={tmp_path}/eval", cwd=tmp_path)
+    ev = run_cli(
+        "eval",
+        f"ckpt_path={run_dir}/checkpoints/best.pt",
+        "trainer.progress_bar=false",
+        f"hydra.run.dir={tmp_path}/eval",
+        cwd=tmp_path,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert "true\\pred" in ev.stdout
     test_acc = re.findall(r"test/acc=([0-9.]+)", (run_dir / "train.log").read_text())
@@ -72,14 +84,17 @@ def test_missing_cifar_offline_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override,expected", [
-    ("trainer.max_stepz=3", "max_stepz"),
-    ("trainer.max_steps=abc", "max_steps"),
-    ("trainer.precision=fp64", "precision"),
-    ("model=resnet9000", "model"),
-    ("data.batch_size=abc", "data.batch_size='abc' is not a valid int"),
-    ("scheduler.warmup_steps=1.5", "scheduler.warmup_steps=1.5 is not a valid int"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("trainer.max_stepz=3", "max_stepz"),
+        ("trainer.max_steps=abc", "max_steps"),
+        ("trainer.precision=fp64", "precision"),
+        ("model=resnet9000", "model"),
+        ("data.batch_size=abc", "data.batch_size='abc' is not a valid int"),
+        ("scheduler.warmup_steps=1.5", "scheduler.warmup_steps=1.5 is not a valid int"),
+    ],
+)
 def test_bad_override_fails_at_start_naming_the_key(tmp_path, override, expected):
     out = run_cli("train", override, cwd=tmp_path)
     assert out.returncode != 0
@@ -93,8 +108,17 @@ def test_help_lists_commands_and_groups(tmp_path):
     assert top.returncode == 0 and all(c in top.stdout for c in ("train", "eval", "generate", "tensorboard"))
     train = run_cli("train", "--help", cwd=tmp_path)
     assert train.returncode == 0
-    for group in ("model:", "data:", "optimizer:", "scheduler:", "trainer:", "logger:", "callbacks:",
-                  "experiment:", "debug:"):
+    for group in (
+        "model:",
+        "data:",
+        "optimizer:",
+        "scheduler:",
+        "trainer:",
+        "logger:",
+        "callbacks:",
+        "experiment:",
+        "debug:",
+    ):
         assert group in train.stdout, group
     assert "cifar10" in train.stdout and "adamw" in train.stdout
 
@@ -104,14 +128,31 @@ def test_help_lists_commands_and_groups(tmp_path):
 def test_signal_finishes_the_step_saves_and_resumes(tmp_path, sig):
     write_fake_cifar10(tmp_path / "data" / "cifar10", n_train=400)
     run_dir = tmp_path / "run"
-    env = {"BIGMODEL_LOG_DIR": str(tmp_path / "logs"), "BIGMODEL_DATA_DIR": str(tmp_path / "data"),
-           "BIGMODEL_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    env = {
+        "BIGMODEL_LOG_DIR": str(tmp_path / "logs"),
+        "BIGMODEL_DATA_DIR": str(tmp_path / "data"),
+        "BIGMODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
     import os
 
-    proc = subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *SMALL, "trainer.max_steps=100000",
-                             "trainer.val_check_interval=2", f"hydra.run.dir={run_dir}"],
-                            cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bigmodel",
+            "train",
+            *SMALL,
+            "trainer.max_steps=100000",
+            "trainer.val_check_interval=2",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     deadline = time.time() + 120
     for line in proc.stdout:  # wait until training is under way
@@ -127,8 +168,15 @@ def test_signal_finishes_the_step_saves_and_resumes(tmp_path, sig):
     stopped_at = ckpt["progress"]["global_step"]
     assert 4 <= stopped_at < 100000
 
-    resumed = run_cli("train", *SMALL, f"trainer.max_steps={stopped_at + 2}", "test=false",
-                      f"ckpt_path={run_dir}/checkpoints/last.pt", f"hydra.run.dir={tmp_path}/run2", cwd=tmp_path)
+    resumed = run_cli(
+        "train",
+        *SMALL,
+        f"trainer.max_steps={stopped_at + 2}",
+        "test=false",
+        f"ckpt_path={run_dir}/checkpoints/last.pt",
+        f"hydra.run.dir={tmp_path}/run2",
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at epoch 0, step {stopped_at}" in (tmp_path / "run2" / "train.log").read_text()
     final = torch.load(tmp_path / "run2" / "checkpoints" / "last.pt", weights_only=False)
@@ -138,11 +186,26 @@ def test_signal_finishes_the_step_saves_and_resumes(tmp_path, sig):
 @pytest.mark.slow
 def test_ckpt_path_auto_resumes_the_newest_run(tmp_path):
     write_fake_cifar10(tmp_path / "data" / "cifar10")
-    first = run_cli("train", *SMALL, "name=exp", "trainer.max_steps=3", "test=false",
-                    f"hydra.run.dir={tmp_path}/logs/exp/runs/1", cwd=tmp_path)
+    first = run_cli(
+        "train",
+        *SMALL,
+        "name=exp",
+        "trainer.max_steps=3",
+        "test=false",
+        f"hydra.run.dir={tmp_path}/logs/exp/runs/1",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli("train", *SMALL, "name=exp", "trainer.max_steps=5", "test=false", "ckpt_path=auto",
-                     f"hydra.run.dir={tmp_path}/logs/exp/runs/2", cwd=tmp_path)
+    second = run_cli(
+        "train",
+        *SMALL,
+        "name=exp",
+        "trainer.max_steps=5",
+        "test=false",
+        "ckpt_path=auto",
+        f"hydra.run.dir={tmp_path}/logs/exp/runs/2",
+        cwd=tmp_path,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     log = (tmp_path / "logs" / "exp" / "runs" / "2" / "train.log").read_text()
     assert "resumed from" in log and "runs/1/checkpoints/last.pt" in log and "step 3" in log
@@ -152,7 +215,8 @@ def test_ckpt_path_auto_resumes_the_newest_run(tmp_path):
 def test_user_config_dir_adds_options_without_forking(tmp_path):
     (tmp_path / "my" / "model").mkdir(parents=True)
     (tmp_path / "my" / "model" / "tiny_cnn.yaml").write_text(
-        "_target_: bigmodel.models.cnn.CNN\nstem_width: 4\nwidths: [6]\n")
+        "_target_: bigmodel.models.cnn.CNN\nstem_width: 4\nwidths: [6]\n"
+    )
     out = run_cli("train", "--config-dir", str(tmp_path / "my"), "model=tiny_cnn", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "widths:\n  - 6" in out.stdout
@@ -162,8 +226,23 @@ def test_user_config_dir_adds_options_without_forking(tmp_path):
 def test_wheel_ships_the_configs(tmp_path):
     from conftest import REPO
 
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, cwd=tmp_path)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     import zipfile
 
@@ -173,6 +252,11 @@ def test_wheel_ships_the_configs(tmp_path):
     out = run_cli("train", "--cfg", "job", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "bigmodel.models.cnn.CNN" in out.stdout
-    probe = subprocess.run([sys.executable, "-c", "import bigmodel.cli as c; print(c.config_dir())"],
-                           cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import bigmodel.cli as c; print(c.config_dir())"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "site")},
+        capture_output=True,
+        text=True,
+    )
     assert str(tmp_path / "site") in probe.stdout

@@ -46,8 +46,10 @@ def family(name: str):
         cls = LSTMClassifier if name == "lstm" else TransformerClassifier
         kw = dict(embed_dim=8, hidden_size=8) if name == "lstm" else dict(hidden_size=8, n_layer=1, n_head=2)
         model = cls(vocab_size=20, num_classes=2, dropout=0.0, **kw)
-        batches = [((torch.randint(1, 20, (4, 6), generator=g), torch.full((4,), 6)), torch.randint(2, (4,), generator=g))
-                   for _ in range(3)]
+        batches = [
+            ((torch.randint(1, 20, (4, 6), generator=g), torch.full((4,), 6)), torch.randint(2, (4,), generator=g))
+            for _ in range(3)
+        ]
         return model, batches, lambda: Classification(2)
     model = GPT(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8)
     batches = [(torch.randint(16, (2, 8), generator=g), torch.randint(16, (2, 8), generator=g)) for _ in range(3)]
@@ -57,10 +59,17 @@ def family(name: str):
 def run(name: str, compile: bool) -> tuple[list[float], Trainer]:
     torch.manual_seed(0)
     model, batches, metrics = family(name)
-    config = TrainerConfig(device=Device.cpu, max_steps=3, log_every_n_steps=1, progress_bar=False, compile=compile,
-                           limit_val_batches=1)
-    trainer = Trainer(config, model=model, loss_fn=CrossEntropy(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                      datamodule=FixedData(batches, metrics), logger=RecordingLogger())
+    config = TrainerConfig(
+        device=Device.cpu, max_steps=3, log_every_n_steps=1, progress_bar=False, compile=compile, limit_val_batches=1
+    )
+    trainer = Trainer(
+        config,
+        model=model,
+        loss_fn=CrossEntropy(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        datamodule=FixedData(batches, metrics),
+        logger=RecordingLogger(),
+    )
     trainer.fit()
     return [v for _, v in trainer.logger.curve("train/loss")], trainer
 

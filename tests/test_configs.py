@@ -21,8 +21,9 @@ def options(group: str) -> list[str]:
 
 def test_configs_ship_with_the_package_lookup():
     assert (CONFIGS / "train.yaml").is_file()
-    assert {"model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment",
-            "debug"} <= {p.name for p in CONFIGS.iterdir() if p.is_dir()}
+    assert {"model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "debug"} <= {
+        p.name for p in CONFIGS.iterdir() if p.is_dir()
+    }
 
 
 def build_model(cfg_model):
@@ -147,8 +148,11 @@ def test_experiments_compose_and_build(compose_train, option):
     instantiate(cfg.loss)
 
 
-SHIPPED = [f"{g}={o}" for g in ("model", "data", "optimizer", "scheduler", "loss", "logger", "callbacks", "experiment")
-           for o in options(g)]
+SHIPPED = [
+    f"{g}={o}"
+    for g in ("model", "data", "optimizer", "scheduler", "loss", "logger", "callbacks", "experiment")
+    for o in options(g)
+]
 
 
 @pytest.mark.parametrize("override", SHIPPED)
@@ -162,14 +166,17 @@ def test_shipped_configs_fit_their_targets_signatures(compose_train, override):
     check_targets(cfg)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.batch_size=abc", "data.batch_size='abc' is not a valid int"),
-    ("optimizer.lr=abc", "optimizer.lr='abc' is not a valid float"),
-    ("model.widths=abc", "model.widths='abc' is not a valid"),
-    ("data.augment.hflip=maybe", "data.augment.hflip='maybe' is not a valid bool"),
-    ("scheduler.warmup_steps=1.5", "scheduler.warmup_steps=1.5 is not a valid int"),
-    ("+data.colour=1", "data.colour is not an argument of bigmodel.data.cifar10.cifar10; valid: .*batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=abc", "data.batch_size='abc' is not a valid int"),
+        ("optimizer.lr=abc", "optimizer.lr='abc' is not a valid float"),
+        ("model.widths=abc", "model.widths='abc' is not a valid"),
+        ("data.augment.hflip=maybe", "data.augment.hflip='maybe' is not a valid bool"),
+        ("scheduler.warmup_steps=1.5", "scheduler.warmup_steps=1.5 is not a valid int"),
+        ("+data.colour=1", "data.colour is not an argument of bigmodel.data.cifar10.cifar10; valid: .*batch_size"),
+    ],
+)
 def test_bad_values_in_target_groups_name_the_key(compose_train, override, message):
     from omegaconf import OmegaConf
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, write_fake_cifar10
 from hydra.core.hydra_config import HydraConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
@@ -20,6 +19,7 @@ from bigmodel.console import TqdmHandler
 from bigmodel.figures import confusion_figure
 from bigmodel.loggers import LoggerGroup
 from bigmodel.runs import find_runs
+from conftest import run_cli, write_fake_cifar10
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 CLASSIFIER = {f"{s}/{m}" for s in ("val", "test") for m in ("loss", "acc", "precision", "recall", "f1")}
@@ -66,10 +66,24 @@ def check_no_clutter(acc: EventAccumulator, run_dir: Path) -> None:
 def test_text_classifier_dashboard(tmp_path):
     csv_path = write_reviews(tmp_path / "reviews.csv")
     run_dir = tmp_path / "logs" / "mine" / "runs" / "r1"
-    out = run_cli("train", "model=lstm", "model.embed_dim=16", "model.hidden_size=16", "data=text_csv",
-                  f"data.train_file={csv_path}", "data.min_freq=1", "data.val_fraction=0.3", "data.batch_size=16",
-                  "trainer=debug", "trainer.limit_val_batches=-1", "name=mine", "optimizer.lr=3e-3",
-                  f"hydra.run.dir={run_dir}", cwd=tmp_path, env=ONE_THREAD)
+    out = run_cli(
+        "train",
+        "model=lstm",
+        "model.embed_dim=16",
+        "model.hidden_size=16",
+        "data=text_csv",
+        f"data.train_file={csv_path}",
+        "data.min_freq=1",
+        "data.val_fraction=0.3",
+        "data.batch_size=16",
+        "trainer=debug",
+        "trainer.limit_val_batches=-1",
+        "name=mine",
+        "optimizer.lr=3e-3",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     acc = events(run_dir)  # the event files lie in the run folder itself
     check_no_clutter(acc, run_dir)
@@ -109,9 +123,21 @@ def test_gpt_dashboard(tmp_path):
     (tmp_path / "data" / "text").mkdir(parents=True)
     (tmp_path / "data" / "text" / "play.txt").write_text("ROMEO:\nBut soft, what light through yonder window?\n" * 40)
     run_dir = tmp_path / "run"
-    out = run_cli("train", "model=gpt", "data=text_lm", "trainer=debug", "model.n_layer=1", "model.n_head=2",
-                  "model.n_embd=16", "model.block_size=16", "data.batch_size=8",
-                  "callbacks.text_sample.max_new_tokens=20", f"hydra.run.dir={run_dir}", cwd=tmp_path, env=ONE_THREAD)
+    out = run_cli(
+        "train",
+        "model=gpt",
+        "data=text_lm",
+        "trainer=debug",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.n_embd=16",
+        "model.block_size=16",
+        "data.batch_size=8",
+        "callbacks.text_sample.max_new_tokens=20",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     acc = events(run_dir)
     check_no_clutter(acc, run_dir)
@@ -128,8 +154,14 @@ def test_gpt_dashboard(tmp_path):
 @pytest.mark.slow
 def test_two_job_sweep_dashboard(tmp_path):
     write_fake_cifar10(tmp_path / "data" / "cifar10")
-    tiny = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "data.val_size=20",
-            "data.batch_size=16", "debug=fast"]
+    tiny = [
+        "model.stem_width=4",
+        "model.widths=[8]",
+        "data.download=false",
+        "data.val_size=20",
+        "data.batch_size=16",
+        "debug=fast",
+    ]
     out = run_cli("train", "-m", *tiny, "optimizer.lr=1e-3,3e-3", cwd=tmp_path, env=ONE_THREAD)
     assert out.returncode == 0, out.stderr[-3000:]
     (sweep,) = (tmp_path / "logs").glob("cnn-cifar10/multirun/*")
@@ -175,7 +207,7 @@ def test_log_lines_go_above_the_progress_bar():
     out = buf.getvalue()
     before = out[: out.index("validation done")]
     assert before.endswith(("\r", "\n"))  # the bar's line was cleared first
-    assert "epoch 0" in out[out.index("validation done"):]  # and the bar drawn again below the line
+    assert "epoch 0" in out[out.index("validation done") :]  # and the bar drawn again below the line
     bar.close()
 
 
@@ -199,9 +231,20 @@ def test_columns_values_and_paths(monkeypatch):
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # outside Hydra: no overrides, no choices
     assert hparams.column_value(True) is True and hparams.column_value(128) == 128.0
     assert hparams.column_value(Device.cpu) == "cpu" and hparams.column_value([8, 16]) == "[8, 16]"
-    resolved = {"name": "x", "seed": 3, "data": {"cache_dir": "/c", "root": "/r", "batch_size": 8, "fallback": "/f",
-                                               "train_file": "a.csv", "lowercase": False},
-                "optimizer": {"lr": 0.1}, "paths": {"log_dir": "logs"}}
+    resolved = {
+        "name": "x",
+        "seed": 3,
+        "data": {
+            "cache_dir": "/c",
+            "root": "/r",
+            "batch_size": 8,
+            "fallback": "/f",
+            "train_file": "a.csv",
+            "lowercase": False,
+        },
+        "optimizer": {"lr": 0.1},
+        "paths": {"log_dir": "logs"},
+    }
     columns, shown = hparams.run_columns(resolved, torch.nn.Linear(3, 2))
     assert columns["model.num_params"] == 8.0 and columns["data.lowercase"] is False and columns["seed"] == 3.0
     assert not {"data.cache_dir", "data.root", "data.fallback", "data.train_file", "paths.log_dir"} & set(columns)

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, write_fake_cifar10
-from test_predict import ckpt  # noqa: F401  (the fixture: a small trained text classifier)
-from test_text_data import write_sentiment
 
 from bigmodel.data.errors import DataError
 from bigmodel.data.lm import LMData
 from bigmodel.data.loading import seeded_split
 from bigmodel.data.text_files import MAX_TEXT_CHARS, read_csv_rows, read_label_lines, read_text
+from conftest import run_cli, write_fake_cifar10
+from test_predict import ckpt  # noqa: F401  (the fixture: a small trained text classifier)
+from test_text_data import write_sentiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -47,8 +47,16 @@ def write_images(root: Path, splits=("train", "test"), classes=("a", "b"), n: in
 
 
 def train_images(tmp_path: Path, root: Path):
-    return run_cli("train", "model=cnn", "data=image_folder", f"data.root={root}", "trainer=debug", "logger=none",
-                   cwd=tmp_path, env=ONE_THREAD)
+    return run_cli(
+        "train",
+        "model=cnn",
+        "data=image_folder",
+        f"data.root={root}",
+        "trainer=debug",
+        "logger=none",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
 
 
 # ---------------------------------------------------------------- tracebacks before
@@ -162,15 +170,22 @@ def test_cli_latin1_prompt_file_is_one_line(tmp_path):
 
     save_lm_checkpoint(tmp_path / "lm.pt", tiny_model())
     (tmp_path / "prompt.txt").write_bytes("ROMEO: caf\xe9\n".encode("latin-1"))
-    out = run_cli("generate", f"ckpt_path={tmp_path / 'lm.pt'}", f"prompt_file={tmp_path / 'prompt.txt'}",
-                  "max_new_tokens=2", "device=cpu", cwd=tmp_path, env=ONE_THREAD)
+    out = run_cli(
+        "generate",
+        f"ckpt_path={tmp_path / 'lm.pt'}",
+        f"prompt_file={tmp_path / 'prompt.txt'}",
+        "max_new_tokens=2",
+        "device=cpu",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert_one_line_error(out, "prompt.txt:1", "cannot decode byte 0xe9", "save the file as UTF-8")
 
 
 # ---------------------------------------------------------------- silent before
 def test_tsv_text_with_a_tab_must_be_quoted(tmp_path):
     f = tmp_path / "train.tsv"
-    f.write_text('label\ttext\npos\tgreat\tfilm\n', encoding="utf-8")
+    f.write_text("label\ttext\npos\tgreat\tfilm\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"train\.tsv:2: 3 fields, but the header has 2 .*must be quoted"):
         read_csv_rows(f, "utf-8", "text", "label")
     f.write_text('label\ttext\npos\t"great\tfilm"\n', encoding="utf-8")
@@ -179,8 +194,14 @@ def test_tsv_text_with_a_tab_must_be_quoted(tmp_path):
 
 @pytest.mark.parametrize("closed_later", [False, True])
 def test_tsv_open_quote_does_not_swallow_rows(tmp_path, closed_later):
-    rows = ["pos\tgood", 'neg\t"bad', "pos\tnice", "neg\tawful" + ('"' if closed_later else ""),
-            "pos\tgreat", "neg\tworse"]
+    rows = [
+        "pos\tgood",
+        'neg\t"bad',
+        "pos\tnice",
+        "neg\tawful" + ('"' if closed_later else ""),
+        "pos\tgreat",
+        "neg\tworse",
+    ]
     f = tmp_path / "train.tsv"
     f.write_text("label\ttext\n" + "\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"train\.tsv:3: .*quote"):
@@ -251,11 +272,14 @@ def test_cli_predict_latin1_suggests_the_key_that_works(tmp_path, ckpt):
     assert fixed.returncode == 0 and "a good café film" in fixed.stdout, fixed.stderr[-2000:]
 
 
-@pytest.mark.parametrize("text,val_fraction,needle", [
-    ("hello", 0.1, "the corpus has 5 tokens.*needs 34; use more text"),
-    ("x" * 40, 0.1, "the val split has 4 tokens.*use a larger data.val_fraction"),
-    ("x" * 40, 0.8, "the train split has 8 tokens.*use a smaller data.val_fraction"),
-])
+@pytest.mark.parametrize(
+    "text,val_fraction,needle",
+    [
+        ("hello", 0.1, "the corpus has 5 tokens.*needs 34; use more text"),
+        ("x" * 40, 0.1, "the val split has 4 tokens.*use a larger data.val_fraction"),
+        ("x" * 40, 0.8, "the train split has 8 tokens.*use a smaller data.val_fraction"),
+    ],
+)
 def test_too_little_text_gets_advice_that_helps(tmp_path, text, val_fraction, needle):
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
     dm = LMData(str(tmp_path / "t.txt"), cache_dir=str(tmp_path / "cache"), block_size=16, val_fraction=val_fraction)
@@ -269,4 +293,3 @@ def test_decode_error_without_an_encoding_key_says_to_convert(tmp_path):
     expected = r"p\.txt:1: cannot decode byte 0xe9 \(column 4\) as utf-8; save the file as UTF-8"
     with pytest.raises(DataError, match=expected):
         read_text(f, "utf-8", key=None)
-

@@ -28,8 +28,10 @@ def test_sampler_shards_and_resumes():
 def test_sampler_lengths_limits_and_order():
     assert list(ResumableSampler(4, shuffle=False, seed=0)) == [0, 1, 2, 3]
     assert list(ResumableSampler(9, shuffle=True, seed=3)) == list(ResumableSampler(9, shuffle=True, seed=3, epoch=0))
-    assert list(ResumableSampler(7, shuffle=True, seed=7, epoch=5)) == torch.randperm(
-        7, generator=torch.Generator().manual_seed(7 + 5)).tolist()  # the order depends on seed + epoch only
+    assert (
+        list(ResumableSampler(7, shuffle=True, seed=7, epoch=5))
+        == torch.randperm(7, generator=torch.Generator().manual_seed(7 + 5)).tolist()
+    )  # the order depends on seed + epoch only
     s = ResumableSampler(10, shuffle=False, seed=0, rank=1, world_size=3, skip=1)
     assert (len(s), list(s)) == (3, [4, 7, 0])  # 4 per rank (padded), one skipped
     assert len(ResumableSampler(10, shuffle=False, seed=0, skip=12)) == 0
@@ -43,8 +45,15 @@ def test_make_loader_batches_resumes_and_passes_its_options():
     from bigmodel.data.loading import default_workers, make_loader
 
     data = torch.utils.data.TensorDataset(torch.arange(10))
-    loader = make_loader(data, batch_size=3, shuffle=False, seed=0, skip_batches=1, drop_last=True,
-                         collate_fn=lambda items: [int(i) for (i,) in items])
+    loader = make_loader(
+        data,
+        batch_size=3,
+        shuffle=False,
+        seed=0,
+        skip_batches=1,
+        drop_last=True,
+        collate_fn=lambda items: [int(i) for (i,) in items],
+    )
     assert list(loader) == [[3, 4, 5], [6, 7, 8]]  # batches after the first; the last partial one dropped
     assert loader.num_workers == 0 and loader.prefetch_factor is None and not loader.pin_memory
     two = make_loader(data, batch_size=4, shuffle=True, seed=2, epoch=1, rank=1, world_size=2)
@@ -75,7 +84,7 @@ def test_default_workers_leaves_one_core(monkeypatch):
     from bigmodel.data import loading
 
     for cores, workers in ((None, 0), (1, 0), (2, 1), (5, 4), (64, 8)):
-        monkeypatch.setattr(loading.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(loading.os, "cpu_count", lambda cores=cores: cores)
         assert loading.default_workers() == workers, cores
 
 
@@ -85,8 +94,17 @@ def test_each_rank_draws_its_own_augmentation():
 
     def first_batch(rank: int) -> torch.Tensor:
         sampler = ResumableSampler(4, shuffle=False, seed=0, rank=rank, world_size=2)
-        batches = ImageBatches(images, labels, batch_size=2, sampler=sampler, mean=torch.zeros(3),
-                               std=torch.ones(3), augment=Augment(crop_padding=3), seed=0, device=None)
+        batches = ImageBatches(
+            images,
+            labels,
+            batch_size=2,
+            sampler=sampler,
+            mean=torch.zeros(3),
+            std=torch.ones(3),
+            augment=Augment(crop_padding=3),
+            seed=0,
+            device=None,
+        )
         return next(iter(batches))[0]
 
     assert torch.equal(first_batch(0), first_batch(0))  # reproducible per rank
@@ -117,8 +135,12 @@ def test_crops_shift_pixels_by_up_to_the_padding():
     padded = torch.nn.functional.pad(x, (p, p, p, p))
     shifts = []
     for i in range(32):
-        found = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                 if torch.equal(out[i, 0], padded[i, 0, dy : dy + h, dx : dx + w])]
+        found = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if torch.equal(out[i, 0], padded[i, 0, dy : dy + h, dx : dx + w])
+        ]
         assert len(found) == 1, i  # each output is one window of the padded image
         shifts.append(found[0])
     assert len(set(shifts)) >= 10  # 25 offsets are possible: crops really move, and not all alike

@@ -9,13 +9,22 @@ from bigmodel.data.images import Augment, ImageBatches, ImageData, augment_batch
 
 def distinct_images(n: int = 48, size: int = 6) -> ImageData:
     """Images whose pixels all differ (within and across images), so a crop/flip can be identified."""
+
     def load():
         x = torch.arange(n * size * size * 3).view(n, size, size, 3) % 251  # uint8, distinct per image and pixel
         y = torch.arange(n) % 4
         return {"train": (x.to(torch.uint8), y), "val": (x[:8].to(torch.uint8), y[:8])}, ["a", "b", "c", "d"]
 
-    return ImageData(load, batch_size=8, eval_batch_size=8, augment=Augment(crop_padding=2),
-                     mean=[0.0] * 3, std=[1 / 255] * 3, on_device=True, seed=5)  # normalized = the raw pixel
+    return ImageData(
+        load,
+        batch_size=8,
+        eval_batch_size=8,
+        augment=Augment(crop_padding=2),
+        mean=[0.0] * 3,
+        std=[1 / 255] * 3,
+        on_device=True,
+        seed=5,
+    )  # normalized = the raw pixel
 
 
 def batches(dm: ImageData, **kw) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -82,8 +91,12 @@ def test_on_device_crops_stay_within_the_padding_and_flip_about_half():
     flips, offsets = 0, set()
     for k, i in enumerate(order):
         windows = {(dy, dx): padded[i, :, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)}
-        found = [(dy, dx, f) for (dy, dx), win in windows.items() for f in (0, 1)
-                 if torch.equal(got[k], win.flip(2) if f else win)]
+        found = [
+            (dy, dx, f)
+            for (dy, dx), win in windows.items()
+            for f in (0, 1)
+            if torch.equal(got[k], win.flip(2) if f else win)
+        ]
         assert len(found) == 1, k  # each output is one window of its own padded image, maybe mirrored
         flips += found[0][2]
         offsets.add(found[0][:2])

@@ -17,10 +17,23 @@ from conftest import run_cli
 
 WORDS = "the quick brown fox jumps over a lazy dog and then runs far away".split()
 CORPUS_CHARS = 6560  # val = last 656 chars = 40 blocks of 16: splits evenly over 2 ranks (no padding)
-GPT_SMALL = ["model=gpt", "data=text_lm", "model.block_size=16", "model.n_layer=2", "model.n_head=2",
-             "model.n_embd=16", "data.eval_batch_size=10", "trainer.max_steps=4", "trainer.device=cpu",
-             "trainer.progress_bar=false", "trainer.log_every_n_steps=1", "test=false",
-             "optimizer=sgd", "optimizer.lr=0.5", "optimizer.momentum=0.9"]
+GPT_SMALL = [
+    "model=gpt",
+    "data=text_lm",
+    "model.block_size=16",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=16",
+    "data.eval_batch_size=10",
+    "trainer.max_steps=4",
+    "trainer.device=cpu",
+    "trainer.progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "test=false",
+    "optimizer=sgd",
+    "optimizer.lr=0.5",
+    "optimizer.momentum=0.9",
+]
 GLOBAL_BATCH = 8
 
 
@@ -34,10 +47,23 @@ def write_corpus(root: Path) -> None:
 
 def run_torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=nproc -m bigmodel <args>` as a user runs it, outputs under cwd."""
-    env = {**os.environ, "BIGMODEL_LOG_DIR": str(cwd / "logs"), "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
-           "BIGMODEL_DATA_DIR": str(cwd / "data"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "bigmodel", *args]
+    env = {
+        **os.environ,
+        "BIGMODEL_LOG_DIR": str(cwd / "logs"),
+        "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
+        "BIGMODEL_DATA_DIR": str(cwd / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "bigmodel",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -100,8 +126,9 @@ def test_ranks_split_each_global_batch_exactly():
         return [set(idx[i : i + size]) for i in range(0, len(idx) - size + 1, size)]
 
     one = batches(ResumableSampler(n, shuffle=True, seed=3, epoch=1), 2 * per_rank)
-    ranks = [batches(ResumableSampler(n, shuffle=True, seed=3, epoch=1, rank=r, world_size=2), per_rank)
-             for r in range(2)]
+    ranks = [
+        batches(ResumableSampler(n, shuffle=True, seed=3, epoch=1, rank=r, world_size=2), per_rank) for r in range(2)
+    ]
     assert len(one) == 6
     for step, expected in enumerate(one):
         assert ranks[0][step] | ranks[1][step] == expected and not ranks[0][step] & ranks[1][step]
@@ -168,8 +195,14 @@ def test_fsdp_two_processes_match_and_save_a_full_checkpoint(tmp_path, single):
     """torchrun ... trainer.strategy=fsdp: same weights; last.pt loads into an unwrapped GPT. The text
     sample (a forward per token on the sharded model) runs on every rank and is logged once."""
     write_corpus(tmp_path)
-    out = run_torchrun("train", *GPT_SMALL, f"data.batch_size={GLOBAL_BATCH // 2}", "trainer.strategy=fsdp",
-                       "callbacks.text_sample.max_new_tokens=8", cwd=tmp_path)
+    out = run_torchrun(
+        "train",
+        *GPT_SMALL,
+        f"data.batch_size={GLOBAL_BATCH // 2}",
+        "trainer.strategy=fsdp",
+        "callbacks.text_sample.max_new_tokens=8",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     assert_same_training(run_dir, out.stdout, single)
@@ -232,8 +265,15 @@ def test_ema_under_two_processes_matches_one_process(tmp_path, strategy):
     ref = run_cli("train", *GPT_SMALL, *EMA_RUN, f"data.batch_size={GLOBAL_BATCH}", cwd=tmp_path / "one")
     assert ref.returncode == 0, ref.stderr[-3000:]
     write_corpus(tmp_path / "two")
-    out = run_torchrun("train", *GPT_SMALL, *EMA_RUN, f"data.batch_size={GLOBAL_BATCH // 2}",
-                       f"trainer.strategy={strategy}", "callbacks.text_sample.max_new_tokens=4", cwd=tmp_path / "two")
+    out = run_torchrun(
+        "train",
+        *GPT_SMALL,
+        *EMA_RUN,
+        f"data.batch_size={GLOBAL_BATCH // 2}",
+        f"trainer.strategy={strategy}",
+        "callbacks.text_sample.max_new_tokens=4",
+        cwd=tmp_path / "two",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     a = checkpoint.load(only_run_dir(tmp_path / "one") / "checkpoints" / "last.pt")
     b = checkpoint.load(only_run_dir(tmp_path / "two") / "checkpoints" / "last.pt")

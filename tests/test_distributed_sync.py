@@ -51,11 +51,25 @@ def micro_batches(model, calls: list, n: int = 3) -> list:
 def test_no_sync_skips_the_reduction_of_all_but_the_last_micro_batch(monkeypatch):
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
     calls: list = []
-    assert micro_batches(FakeDDP(calls), calls) == ["no_sync on", "backward 0", "no_sync off",
-                                                    "no_sync on", "backward 1", "no_sync off", "backward 2"]
+    assert micro_batches(FakeDDP(calls), calls) == [
+        "no_sync on",
+        "backward 0",
+        "no_sync off",
+        "no_sync on",
+        "backward 1",
+        "no_sync off",
+        "backward 2",
+    ]
     calls = []
-    assert micro_batches(Compiled(FakeFSDP(calls)), calls) == ["sync False", "backward 0", "sync True",
-                                                               "sync False", "backward 1", "sync True", "backward 2"]
+    assert micro_batches(Compiled(FakeFSDP(calls)), calls) == [
+        "sync False",
+        "backward 0",
+        "sync True",
+        "sync False",
+        "backward 1",
+        "sync True",
+        "backward 2",
+    ]
     assert micro_batches(nn.Linear(1, 1), []) == ["backward 0", "backward 1", "backward 2"]  # a plain model
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     calls = []
@@ -93,9 +107,16 @@ def fsdp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     mixed = distributed.shard(tiny(), precision=Precision.bf16)
     out = mixed(xs[0, rank])
     out.float().pow(2).sum().backward()
-    torch.save({"local": local_grads, "grads": grads, "out_dtype": out.dtype,
-                "param_dtypes": {p.dtype for p in mixed.parameters()},
-                "grad_dtypes": {p.grad.dtype for p in mixed.parameters()}}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "local": local_grads,
+            "grads": grads,
+            "out_dtype": out.dtype,
+            "param_dtypes": {p.dtype for p in mixed.parameters()},
+            "grad_dtypes": {p.grad.dtype for p in mixed.parameters()},
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
     dist.barrier()
     dist.destroy_process_group()
 

@@ -30,8 +30,9 @@ def test_decay_warms_up_to_its_value():
 @pytest.mark.parametrize("warmup", [True, False])
 def test_average_matches_a_hand_computation(warmup):
     decay = 0.5  # warm-up (1+n)/(10+n) stays under 0.5 for n < 8: both regimes within 10 steps
-    trainer = make_trainer(max_steps=10, bn=False, callbacks={"rec": RecordWeights(),
-                                                              "ema": EMA(decay=decay, warmup=warmup)})
+    trainer = make_trainer(
+        max_steps=10, bn=False, callbacks={"rec": RecordWeights(), "ema": EMA(decay=decay, warmup=warmup)}
+    )
     expected = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}  # starts at the weights
     trainer.fit()
     steps = trainer.callbacks["rec"].steps
@@ -47,8 +48,11 @@ def test_average_matches_a_hand_computation(warmup):
 
 
 def _callbacks(folder, **ema):
-    return {"model_checkpoint": ModelCheckpoint(str(folder), monitor="val/acc", mode="max", best_with_optimizer=True),
-            "model_summary": ModelSummary(str(folder)), "ema": EMA(decay=0.9, **ema)}
+    return {
+        "model_checkpoint": ModelCheckpoint(str(folder), monitor="val/acc", mode="max", best_with_optimizer=True),
+        "model_summary": ModelSummary(str(folder)),
+        "ema": EMA(decay=0.9, **ema),
+    }
 
 
 @pytest.mark.parametrize("stop_at", [5, 8])
@@ -133,12 +137,28 @@ def test_train_with_ema_and_plateau_tests_the_averaged_best(compose_train, tmp_p
 
     write_fake_cifar10(tmp_path / "data" / "cifar10")
     (tmp_path / "run").mkdir()
-    cfg = compose_train([f"paths.data_dir={tmp_path}/data", "data.download=false", "data.val_size=20",
-                         "trainer=debug", "trainer.max_steps=6", "trainer.limit_train_batches=-1",
-                         "trainer.val_check_interval=2", "trainer.device=cpu", "logger=none", "callbacks=ema",
-                         "callbacks.ema.decay=0.9", "scheduler=plateau", "scheduler.patience=0",
-                         "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=max",
-                         "model.stem_width=4", "model.widths=[8]", "optimized_metric=test/loss"])
+    cfg = compose_train(
+        [
+            f"paths.data_dir={tmp_path}/data",
+            "data.download=false",
+            "data.val_size=20",
+            "trainer=debug",
+            "trainer.max_steps=6",
+            "trainer.limit_train_batches=-1",
+            "trainer.val_check_interval=2",
+            "trainer.device=cpu",
+            "logger=none",
+            "callbacks=ema",
+            "callbacks.ema.decay=0.9",
+            "scheduler=plateau",
+            "scheduler.patience=0",
+            "callbacks.model_checkpoint.monitor=val/loss",
+            "callbacks.model_checkpoint.mode=max",
+            "model.stem_width=4",
+            "model.widths=[8]",
+            "optimized_metric=test/loss",
+        ]
+    )
     test_loss = train(cfg)
     GlobalHydra.instance().clear()
     run = tmp_path / "run"
@@ -146,7 +166,8 @@ def test_train_with_ema_and_plateau_tests_the_averaged_best(compose_train, tmp_p
     best = checkpoint.load(run / "checkpoints" / "best.pt")
     assert best["callbacks"]["ema"]["swapped"] and best["progress"]["global_step"] < 6  # not the final average
     assert best["scheduler"]["monitor"] == "val/loss"
-    ev = compose_cfg("eval", [f"ckpt_path={run}/checkpoints/best.pt", "trainer=debug", "trainer.device=cpu"],
-                     tmp_path / "eval")
+    ev = compose_cfg(
+        "eval", [f"ckpt_path={run}/checkpoints/best.pt", "trainer=debug", "trainer.device=cpu"], tmp_path / "eval"
+    )
     GlobalHydra.instance().clear()
     assert evaluate(ev)["test/loss"] == pytest.approx(test_loss, rel=1e-6)

@@ -12,8 +12,8 @@ from bigmodel.config import ConfigError
 from bigmodel.export import export_model
 from bigmodel.exported import ExportError, load_exported
 from bigmodel.models.rnn import LSTMClassifier, packed_lstm
-from bigmodel.restore import restore_model
 from bigmodel.predict import predict
+from bigmodel.restore import restore_model
 from bigmodel.train import evaluate, train
 from conftest import compose_cfg, run_cli, write_fake_cifar10
 from test_text_data import write_sentiment
@@ -23,14 +23,37 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 TINY = {  # family -> train overrides of a tiny model trained for a few steps
     "lstm": ["model=lstm", "data=sst2", "model.embed_dim=8", "model.hidden_size=8", "model.n_layer=2"],
     "lstm_last": ["model=lstm", "data=sst2", "model.embed_dim=8", "model.hidden_size=8", "model.pooling=last"],
-    "transformer": ["model=transformer", "data=sst2", "model.hidden_size=8", "model.n_head=2", "model.n_layer=1",
-                    "model.max_length=40"],
+    "transformer": [
+        "model=transformer",
+        "data=sst2",
+        "model.hidden_size=8",
+        "model.n_head=2",
+        "model.n_layer=1",
+        "model.max_length=40",
+    ],
     "textcnn": ["model=textcnn", "data=sst2", "model.embed_dim=8", "model.n_filters=4"],
-    "cnn": ["model=cnn", "data=cifar10", "model.stem_width=4", "model.widths=[8]", "data.val_size=20",
-            "data.download=false", "data.fallback=null", "data.eval_batch_size=8"],
-    "gpt": ["model=gpt", "data=text_lm", "data.files=${paths.data_dir}/lm.txt", "model.block_size=16",
-            "model.n_layer=1", "model.n_head=2", "model.n_embd=8", "data.batch_size=4", "data.eval_batch_size=4",
-            "data.epoch_blocks=8"],
+    "cnn": [
+        "model=cnn",
+        "data=cifar10",
+        "model.stem_width=4",
+        "model.widths=[8]",
+        "data.val_size=20",
+        "data.download=false",
+        "data.fallback=null",
+        "data.eval_batch_size=8",
+    ],
+    "gpt": [
+        "model=gpt",
+        "data=text_lm",
+        "data.files=${paths.data_dir}/lm.txt",
+        "model.block_size=16",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.n_embd=8",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "data.epoch_blocks=8",
+    ],
 }
 
 
@@ -41,10 +64,24 @@ def train_tiny(root, family: str):
     write_fake_cifar10(data / "cifar10", n_train=60, n_test=20)
     (data / "lm.txt").write_text("to be or not to be, that is the question.\n" * 20, encoding="utf-8")
     run = root / f"run_{family}"
-    cfg = compose_cfg("train", [f"paths.data_dir={data}", f"paths.log_dir={root}/logs", f"paths.cache_dir={root}/cache",
-                                *TINY[family], "trainer=debug", "logger=none", "trainer.max_steps=3",
-                                "trainer.val_check_interval=3", "scheduler=none", "data.batch_size=8", "test=false"]
-                      + (["data.batch_size=4"] if family == "gpt" else []), run)
+    cfg = compose_cfg(
+        "train",
+        [
+            f"paths.data_dir={data}",
+            f"paths.log_dir={root}/logs",
+            f"paths.cache_dir={root}/cache",
+            *TINY[family],
+            "trainer=debug",
+            "logger=none",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "scheduler=none",
+            "data.batch_size=8",
+            "test=false",
+        ]
+        + (["data.batch_size=4"] if family == "gpt" else []),
+        run,
+    )
     train(cfg)
     GlobalHydra.instance().clear()
     return run / "checkpoints" / "best.pt"
@@ -197,8 +234,10 @@ def test_eval_with_model_path_measures_what_eval_with_ckpt_path_does(ckpts, tmp_
 
 
 def test_eval_and_predict_want_exactly_one_model(tmp_path):
-    for overrides, message in [([], "ckpt_path is required, e.g. bigmodel eval ckpt_path="),
-                               (["ckpt_path=a.pt", "model_path=b"], "give one of ckpt_path=a.pt and model_path=b, not both")]:
+    for overrides, message in [
+        ([], "ckpt_path is required, e.g. bigmodel eval ckpt_path="),
+        (["ckpt_path=a.pt", "model_path=b"], "give one of ckpt_path=a.pt and model_path=b, not both"),
+    ]:
         cfg = compose_cfg("eval", overrides, tmp_path)
         GlobalHydra.instance().clear()
         with pytest.raises(ConfigError, match=re.escape(message)):
@@ -230,8 +269,9 @@ def test_predict_with_model_path_gives_the_checkpoints_answers(ckpts, tmp_path, 
 
 @pytest.mark.slow
 def test_cli_exports_and_refuses_in_one_line(ckpts, tmp_path):
-    out = run_cli("export", f"ckpt_path={ckpts['transformer']}", "format=onnx", f"output_dir={tmp_path}/exp",
-                  cwd=tmp_path)
+    out = run_cli(
+        "export", f"ckpt_path={ckpts['transformer']}", "format=onnx", f"output_dir={tmp_path}/exp", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert "argmax agreement 100.00%" in out.stdout and f"exported to {tmp_path}/exp" in out.stdout
     again = run_cli("export", f"ckpt_path={ckpts['transformer']}", f"output_dir={tmp_path}/exp", cwd=tmp_path)

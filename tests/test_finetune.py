@@ -25,15 +25,27 @@ from test_text_data import write_sentiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 SMALL_LSTM = ["model=lstm", "model.embed_dim=16", "model.hidden_size=16", "logger=none", "trainer=debug"]
-TINY_GPT = ["model=gpt", "data=text_lm", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
-            "model.block_size=16", "logger=none", "trainer=debug", "callbacks.text_sample.max_new_tokens=8"]
+TINY_GPT = [
+    "model=gpt",
+    "data=text_lm",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=16",
+    "model.block_size=16",
+    "logger=none",
+    "trainer=debug",
+    "callbacks.text_sample.max_new_tokens=8",
+]
 
 
 def run_train(root: Path, run: str, overrides: list[str]) -> Path:
     """train() in-process with outputs under root/run; returns the run folder."""
     (root / run).mkdir(parents=True, exist_ok=True)
-    cfg = compose_cfg("train", [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs",
-                                f"paths.cache_dir={root}/cache", *overrides], root / run)
+    cfg = compose_cfg(
+        "train",
+        [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs", f"paths.cache_dir={root}/cache", *overrides],
+        root / run,
+    )
     try:
         train(cfg)
     finally:
@@ -46,15 +58,28 @@ def sst_ckpt(tmp_path_factory) -> Path:
     """best.pt of a small 2-class LSTM trained on a sentiment folder."""
     root = tmp_path_factory.mktemp("pre")
     write_sentiment(root / "data" / "sst2", n_train=64)
-    run = run_train(root, "run", [*SMALL_LSTM, "data=sst2", "trainer.max_steps=20", "trainer.max_epochs=5",
-                                  "trainer.limit_train_batches=-1", "test=false"])
+    run = run_train(
+        root,
+        "run",
+        [
+            *SMALL_LSTM,
+            "data=sst2",
+            "trainer.max_steps=20",
+            "trainer.max_epochs=5",
+            "trainer.limit_train_batches=-1",
+            "test=false",
+        ],
+    )
     return run / "checkpoints" / "best.pt"
 
 
 def three_class_csv(path: Path) -> Path:
     """Reviews in 3 classes, with words the sentiment folder never had ("superb", "meh", "okay")."""
-    rows = ["text,label"] + [f"{t},{y}" for _ in range(12) for t, y in
-                             (("a superb great film", "pos"), ("meh okay film", "mid"), ("a dull awful film", "neg"))]
+    rows = ["text,label"] + [
+        f"{t},{y}"
+        for _ in range(12)
+        for t, y in (("a superb great film", "pos"), ("meh okay film", "mid"), ("a dull awful film", "neg"))
+    ]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
@@ -105,7 +130,7 @@ def test_vocabulary_is_reused_and_extended_so_rows_follow_their_words(sst_ckpt, 
     model, fresh = build(init := InitFrom(str(sst_ckpt)), dm)
     init.load_weights(model, dm)
     new = dm.vocab.itos
-    assert new[: len(old)] == old and {"superb", "meh", "okay"} <= set(new[len(old):])
+    assert new[: len(old)] == old and {"superb", "meh", "okay"} <= set(new[len(old) :])
     emb, old_emb = model.embed.weight.detach(), ckpt["model"]["embed.weight"]
     for word in ("film", "dull", "awful", "great", ","):
         assert torch.equal(emb[dm.vocab.stoi[word]], old_emb[old.index(word)]), word
@@ -162,9 +187,15 @@ def test_missing_unexpected_and_mismatched_keys_are_one_line_each(sst_ckpt, tmp_
 def test_an_image_classifier_gets_a_new_head_for_other_classes(tmp_path, caplog):
     torch.manual_seed(0)
     old = CNN(num_classes=4, in_channels=3, stem_width=4, widths=(8,))
-    checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "model": old.state_dict(),
-                            "model_args": {"num_classes": 4, "in_channels": 3},
-                            "data": {"class_names": ["c0", "c1", "c2", "c3"]}}, tmp_path / "cnn.pt")
+    checkpoint.save_atomic(
+        {
+            "format": checkpoint.FORMAT_VERSION,
+            "model": old.state_dict(),
+            "model_args": {"num_classes": 4, "in_channels": 3},
+            "data": {"class_names": ["c0", "c1", "c2", "c3"]},
+        },
+        tmp_path / "cnn.pt",
+    )
     dm = tiny_image_data(num_classes=3)
     init = InitFrom(str(tmp_path / "cnn.pt"))
     init.reuse_vocabulary(dm)  # images: nothing to reuse
@@ -173,8 +204,10 @@ def test_an_image_classifier_gets_a_new_head_for_other_classes(tmp_path, caplog)
     with caplog.at_level(logging.INFO, logger="bigmodel"):
         report = init.load_weights(model, dm)
     assert report.head_reset == ["head.weight"] and not report.mismatched and not init.vocab_reused
-    assert any("4 classes ['c0', 'c1', 'c2', 'c3'], this data has 3 ['c0', 'c1', 'c2']: head re-initialized"
-               in r.getMessage() for r in caplog.records)
+    assert any(
+        "4 classes ['c0', 'c1', 'c2', 'c3'], this data has 3 ['c0', 'c1', 'c2']: head re-initialized" in r.getMessage()
+        for r in caplog.records
+    )
     for k, v in old.state_dict().items():
         if k != "head.weight":
             assert torch.equal(model.state_dict()[k], v), k
@@ -232,9 +265,19 @@ def test_a_checkpoint_pruned_with_torch_prune_loads_its_masked_weights(sst_ckpt,
 @pytest.mark.parametrize("keep", [True, False])
 def test_init_keep_sparsity_holds_pruned_zeros_while_fine_tuning(sst_ckpt, tmp_path, keep):
     masks = prune_half(sst_ckpt, tmp_path / "pruned.pt")
-    run = run_train(sst_ckpt.parents[2], f"ft-{keep}", [
-        *SMALL_LSTM, "data=sst2", "trainer.max_steps=4", "test=false", "optimizer.lr=0.01",
-        f"init_from={tmp_path / 'pruned.pt'}", f"init_keep_sparsity={str(keep).lower()}"])
+    run = run_train(
+        sst_ckpt.parents[2],
+        f"ft-{keep}",
+        [
+            *SMALL_LSTM,
+            "data=sst2",
+            "trainer.max_steps=4",
+            "test=false",
+            "optimizer.lr=0.01",
+            f"init_from={tmp_path / 'pruned.pt'}",
+            f"init_keep_sparsity={str(keep).lower()}",
+        ],
+    )
     tuned = checkpoint.load(run / "checkpoints" / "last.pt")["model"]
     pruned = checkpoint.load(tmp_path / "pruned.pt")["model"]
     for k, mask in masks.items():
@@ -257,7 +300,7 @@ def test_gpt_fine_tunes_on_a_corpus_with_new_characters(tmp_path):
     init.reuse_vocabulary(dm)
     dm.setup()
     chars = dm.tokenizer.chars
-    assert chars.startswith(old_chars) and set(chars[len(old_chars):]) == set("!XYZ")
+    assert chars.startswith(old_chars) and set(chars[len(old_chars) :]) == set("!XYZ")
     model = GPT(**dm.model_args(), block_size=16, n_layer=1, n_head=2, n_embd=16)
     fresh = model.tok_emb.weight.detach().clone()
     report = init.load_weights(model, dm)
@@ -281,18 +324,32 @@ def test_lm_tokenizer_kind_must_match_the_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_cli_fine_tunes_a_text_classifier_on_new_classes_then_predicts(sst_ckpt, tmp_path):
     csv_path = three_class_csv(tmp_path / "reviews.csv")
-    args = ["train", *SMALL_LSTM, "data=text_csv", f"data.train_file={csv_path}", "data.min_freq=1",
-            f"init_from={sst_ckpt}", f"hydra.run.dir={tmp_path}/ft"]
+    args = [
+        "train",
+        *SMALL_LSTM,
+        "data=text_csv",
+        f"data.train_file={csv_path}",
+        "data.min_freq=1",
+        f"init_from={sst_ckpt}",
+        f"hydra.run.dir={tmp_path}/ft",
+    ]
     out = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     log = (tmp_path / "ft" / "train.log").read_text()
     assert "head re-initialized" in log and "new training words" in log and "9 of 11 tensors loaded" in log
-    pred = run_cli("predict", f"ckpt_path={tmp_path}/ft/checkpoints/best.pt", "text=a superb film",
-                   f"hydra.run.dir={tmp_path}/p", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    pred = run_cli(
+        "predict",
+        f"ckpt_path={tmp_path}/ft/checkpoints/best.pt",
+        "text=a superb film",
+        f"hydra.run.dir={tmp_path}/p",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert pred.returncode == 0, pred.stderr[-3000:]
     assert pred.stdout.strip().split("\t")[1].startswith("mid=")
-    bad = run_cli("train", *SMALL_LSTM, "data=sst2", f"init_from={tmp_path}/nope.pt", f"hydra.run.dir={tmp_path}/x",
-                  cwd=tmp_path)
+    bad = run_cli(
+        "train", *SMALL_LSTM, "data=sst2", f"init_from={tmp_path}/nope.pt", f"hydra.run.dir={tmp_path}/x", cwd=tmp_path
+    )
     text = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "init_from=" in text and "no such file" in text and "Traceback" not in text
 
@@ -303,15 +360,30 @@ def test_cli_gpt_pretrain_fine_tune_generate(tmp_path):
     (tmp_path / "a.txt").write_text("".join(rng.choice("abcde \n") for _ in range(3000)))
     (tmp_path / "b.txt").write_text("".join(rng.choice("cdeXYZ! \n") for _ in range(3000)))
     env = {"OMP_NUM_THREADS": "1"}
-    pre = run_cli("train", *TINY_GPT, f"data.files={tmp_path}/a.txt", f"hydra.run.dir={tmp_path}/pre",
-                  cwd=tmp_path, env=env)
+    pre = run_cli(
+        "train", *TINY_GPT, f"data.files={tmp_path}/a.txt", f"hydra.run.dir={tmp_path}/pre", cwd=tmp_path, env=env
+    )
     assert pre.returncode == 0, pre.stderr[-3000:]
-    ft = run_cli("train", *TINY_GPT, f"data.files={tmp_path}/b.txt", f"init_from={tmp_path}/pre",
-                 f"hydra.run.dir={tmp_path}/ft", cwd=tmp_path, env=env)
+    ft = run_cli(
+        "train",
+        *TINY_GPT,
+        f"data.files={tmp_path}/b.txt",
+        f"init_from={tmp_path}/pre",
+        f"hydra.run.dir={tmp_path}/ft",
+        cwd=tmp_path,
+        env=env,
+    )
     assert ft.returncode == 0, ft.stderr[-3000:]
     log = (tmp_path / "ft" / "train.log").read_text()
     assert "characters: 7 from the checkpoint + 4 new '!XYZ'" in log and "17 of 17 tensors loaded" in log
-    gen = run_cli("generate", f"ckpt_path={tmp_path}/ft/checkpoints/best.pt", "prompt=XYc", "max_new_tokens=5",
-                  f"hydra.run.dir={tmp_path}/g", cwd=tmp_path, env=env)
+    gen = run_cli(
+        "generate",
+        f"ckpt_path={tmp_path}/ft/checkpoints/best.pt",
+        "prompt=XYc",
+        "max_new_tokens=5",
+        f"hydra.run.dir={tmp_path}/g",
+        cwd=tmp_path,
+        env=env,
+    )
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert "XYc" in gen.stdout

@@ -9,11 +9,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bigmodel import checkpoint
 from bigmodel.callbacks_lm import TextSample
-from bigmodel.data.tokenizers import CharTokenizer
 from bigmodel.cli import quote_free_text
+from bigmodel.data.tokenizers import CharTokenizer
 from bigmodel.generate import generate
-from bigmodel.models.text_sample import sample_text
 from bigmodel.models.gpt import GPT
+from bigmodel.models.text_sample import sample_text
 from conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
@@ -30,12 +30,29 @@ def tiny_model(seed: int = 0) -> GPT:
 
 def test_sample_text_streams_the_pieces_it_returns():
     tok, pieces = CharTokenizer(VOCAB), []
-    text = sample_text(tiny_model(), tok, "ROMEO:", max_new_tokens=25, temperature=1.0, top_k=None,
-                       generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), on_text=pieces.append)
+    text = sample_text(
+        tiny_model(),
+        tok,
+        "ROMEO:",
+        max_new_tokens=25,
+        temperature=1.0,
+        top_k=None,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        on_text=pieces.append,
+    )
     assert text.startswith("ROMEO:") and len(text) == 6 + 25
     assert "".join(pieces) == text[6:] and len(pieces) == 25  # one piece per token, as produced
-    again = sample_text(tiny_model(), tok, "ROMEO:", max_new_tokens=25, temperature=1.0, top_k=None,
-                        generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    again = sample_text(
+        tiny_model(),
+        tok,
+        "ROMEO:",
+        max_new_tokens=25,
+        temperature=1.0,
+        top_k=None,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+    )
     assert again == text
 
 
@@ -66,7 +83,10 @@ def test_text_sample_callback_logs_text_without_touching_the_training_rng():
     for _ in range(3):
         cb.on_validation_end(trainer, {"val/loss": 1.0})
     assert torch.equal(torch.get_rng_state(), state) and model.training  # restored to train mode
-    assert [(tag, step) for tag, _, step in trainer.logger.texts] == [("val/sample", 7), ("val/sample", 7)]  # evals 1, 3
+    assert [(tag, step) for tag, _, step in trainer.logger.texts] == [
+        ("val/sample", 7),
+        ("val/sample", 7),
+    ]  # evals 1, 3
     assert trainer.logger.texts[0][1] == trainer.logger.texts[1][1]  # the same seed: the same sample
     header, body = trainer.logger.texts[0][1].split("\n\n", 1)
     assert header == "sample at step 7 · prompt '\\n' · temperature 0.8 · top_k 200"
@@ -85,15 +105,36 @@ def test_text_sample_skips_models_that_do_not_generate():
 
 def save_lm_checkpoint(path, model):
     cfg = {"model": {"_target_": "bigmodel.models.gpt.GPT", "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16}}
-    checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "model": model.state_dict(), "config": cfg,
-                            "model_args": {"vocab_size": len(VOCAB)},
-                            "data": {"tokenizer": {"kind": "char", "chars": VOCAB}}}, path)
+    checkpoint.save_atomic(
+        {
+            "format": checkpoint.FORMAT_VERSION,
+            "model": model.state_dict(),
+            "config": cfg,
+            "model_args": {"vocab_size": len(VOCAB)},
+            "data": {"tokenizer": {"kind": "char", "chars": VOCAB}},
+        },
+        path,
+    )
 
 
 def gen_cfg(ckpt, **kw):
-    base = dict(ckpt_path=str(ckpt), prompt="ROMEO:", prompt_file=None, max_new_tokens=40, temperature=0.8,
-                top_k=5, top_p=1.0, repetition_penalty=1.0, stop=[], cache=True, num_samples=2, seed=1,
-                device="cpu", precision=32, num_threads=0)
+    base = dict(
+        ckpt_path=str(ckpt),
+        prompt="ROMEO:",
+        prompt_file=None,
+        max_new_tokens=40,
+        temperature=0.8,
+        top_k=5,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        stop=[],
+        cache=True,
+        num_samples=2,
+        seed=1,
+        device="cpu",
+        precision=32,
+        num_threads=0,
+    )
     return OmegaConf.create(base | kw)
 
 
@@ -116,8 +157,16 @@ def test_generate_rejects_bad_prompts_and_non_lm_checkpoints(tmp_path):
 
     with pytest.raises(DataError, match="'Z'"):
         generate(gen_cfg(tmp_path / "lm.pt", prompt="ZEBRA"))
-    checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "model": {}, "config": {}, "model_args": {},
-                            "data": {"class_names": ["a", "b"]}}, tmp_path / "cnn.pt")
+    checkpoint.save_atomic(
+        {
+            "format": checkpoint.FORMAT_VERSION,
+            "model": {},
+            "config": {},
+            "model_args": {},
+            "data": {"class_names": ["a", "b"]},
+        },
+        tmp_path / "cnn.pt",
+    )
     with pytest.raises(checkpoint.CheckpointError, match="no tokenizer"):
         generate(gen_cfg(tmp_path / "cnn.pt"))
 
@@ -135,10 +184,21 @@ def test_train_then_generate_on_a_tiny_corpus(tmp_path):
     (tmp_path / "data" / "text").mkdir(parents=True)
     (tmp_path / "data" / "text" / "play.txt").write_text(CORPUS)
     run_dir = tmp_path / "run"
-    out = run_cli("train", "model=gpt", "data=text_lm", "trainer=debug",
-                  "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
-                  "data.batch_size=8", "callbacks.text_sample.max_new_tokens=20", f"hydra.run.dir={run_dir}",
-                  cwd=tmp_path, env=ONE_THREAD)
+    out = run_cli(
+        "train",
+        "model=gpt",
+        "data=text_lm",
+        "trainer=debug",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.n_embd=16",
+        "model.block_size=16",
+        "data.batch_size=8",
+        "callbacks.text_sample.max_new_tokens=20",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "model GPT:" in log and "parameters" in log and "val/ppl=" in log and "sample at step 2" in log
@@ -156,8 +216,15 @@ def test_train_then_generate_on_a_tiny_corpus(tmp_path):
     assert ckpt["data"]["tokenizer"] == {"kind": "char", "chars": "".join(sorted(set(CORPUS)))}
     assert ckpt["progress"]["global_step"] == 2
 
-    args = ["generate", f"ckpt_path={run_dir}/checkpoints/best.pt", "prompt=ROMEO:", "max_new_tokens=30",
-            "num_samples=2", "seed=5", f"hydra.run.dir={tmp_path}/gen"]
+    args = [
+        "generate",
+        f"ckpt_path={run_dir}/checkpoints/best.pt",
+        "prompt=ROMEO:",
+        "max_new_tokens=30",
+        "num_samples=2",
+        "seed=5",
+        f"hydra.run.dir={tmp_path}/gen",
+    ]
     gen = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
     assert gen.returncode == 0, gen.stderr[-3000:]
     _, *bodies = gen.stdout.split("--- sample ")

@@ -8,7 +8,6 @@ import torch
 from bigmodel.models.gpt import GPT
 from bigmodel.optim import param_groups
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
@@ -180,8 +179,15 @@ def test_init_from_gpt2_without_its_folder_is_one_line_in_the_cli(tmp_path):
 
     (tmp_path / "data" / "text").mkdir(parents=True)
     (tmp_path / "data" / "text" / "a.txt").write_text("to be or not to be\n" * 100)
-    out = run_cli("train", "model=gpt", "model.init_from=gpt2", "model.block_size=16", "data=text_lm",
-                  "trainer=debug", cwd=tmp_path)
+    out = run_cli(
+        "train",
+        "model=gpt",
+        "model.init_from=gpt2",
+        "model.block_size=16",
+        "data=text_lm",
+        "trainer=debug",
+        cwd=tmp_path,
+    )
     assert out.returncode != 0 and "Traceback" not in out.stderr and "InstantiationException" not in out.stderr
     errors = [line for line in (out.stdout + out.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and "model.init_from=gpt2 needs model.pretrained_path=DIR" in errors[0]

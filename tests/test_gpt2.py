@@ -32,8 +32,15 @@ def write_vocab(folder) -> int:
 
 def hf_gpt2(folder, *, vocab_size: int = 261, n_positions: int = 32, seed: int = 0):
     """A random GPT-2 (GPT2LMHeadModel) of `vocab_size` tokens, saved as model.safetensors in folder."""
-    cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
-                                  bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
+    cfg = transformers.GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=vocab_size - 1,
+        eos_token_id=vocab_size - 1,
+    )
     torch.manual_seed(seed)
     model = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():  # GPT-2's init leaves biases and LayerNorms at 0 / 1: make them count
@@ -88,8 +95,15 @@ def test_a_pickle_that_is_not_tensors_is_refused_without_running(tmp_path):
 
 def test_model_init_from_gpt2_takes_sizes_from_config_json_and_rebuilds_without_it(tmp_path):
     ref = hf_gpt2(tmp_path, vocab_size=300)
-    model = GPT(vocab_size=300, block_size=16, n_layer=6, n_head=6, n_embd=384,  # sizes replaced by config.json
-                init_from="gpt2", pretrained_path=str(tmp_path)).eval()
+    model = GPT(
+        vocab_size=300,
+        block_size=16,
+        n_layer=6,
+        n_head=6,
+        n_embd=384,  # sizes replaced by config.json
+        init_from="gpt2",
+        pretrained_path=str(tmp_path),
+    ).eval()
     assert (model.n_layer, model.n_head, model.n_embd, model.block_size) == (2, 4, 32, 16)
     idx = torch.randint(0, 300, (1, 16))
     with torch.no_grad():
@@ -100,14 +114,17 @@ def test_model_init_from_gpt2_takes_sizes_from_config_json_and_rebuilds_without_
         torch.testing.assert_close(again.eval()(idx), model(idx))
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(pretrained_path=None), "needs model.pretrained_path=DIR: .*hf download openai-community/gpt2"),
-    (dict(pretrained_path="{tmp}/nowhere"), "has no config.json"),
-    (dict(vocab_size=65), "the data's vocabulary has 65 tokens, the checkpoint's 300; use data.tokenizer=bpe"),
-    (dict(block_size=64), "model.block_size=64 is longer than the checkpoint's 32 positions"),
-    (dict(init_from="gpt2-xl"), "model.init_from=gpt2-xl, but .* 2 layers of width 32"),
-    (dict(init_from="gpt3"), "model.init_from='gpt3' is not valid"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(pretrained_path=None), "needs model.pretrained_path=DIR: .*hf download openai-community/gpt2"),
+        (dict(pretrained_path="{tmp}/nowhere"), "has no config.json"),
+        (dict(vocab_size=65), "the data's vocabulary has 65 tokens, the checkpoint's 300; use data.tokenizer=bpe"),
+        (dict(block_size=64), "model.block_size=64 is longer than the checkpoint's 32 positions"),
+        (dict(init_from="gpt2-xl"), "model.init_from=gpt2-xl, but .* 2 layers of width 32"),
+        (dict(init_from="gpt3"), "model.init_from='gpt3' is not valid"),
+    ],
+)
 def test_init_from_errors_are_one_line(tmp_path, kwargs, message):
     hf_gpt2(tmp_path, vocab_size=300)
     args = dict(vocab_size=300, block_size=16, init_from="gpt2", pretrained_path=str(tmp_path)) | kwargs
@@ -132,9 +149,17 @@ def test_generate_from_a_gpt2_folder_continues_like_transformers_greedy(tmp_path
     tok = pretrained_tokenizer(tmp_path)
     prompt = " the hat"
     ids = torch.tensor([tok.encode(prompt)])
-    expected = ref.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
-    out = run_cli("generate", f"ckpt_path={tmp_path}", f"prompt={prompt}", "max_new_tokens=12", "temperature=0",
-                  "num_samples=1", f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
+    expected = ref.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, ids.shape[1] :]
+    out = run_cli(
+        "generate",
+        f"ckpt_path={tmp_path}",
+        f"prompt={prompt}",
+        "max_new_tokens=12",
+        "temperature=0",
+        "num_samples=1",
+        f"hydra.run.dir={tmp_path}/gen",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == f"--- sample 1/1\n{prompt}{tok.decode(expected.tolist())}\n"
 
@@ -148,17 +173,35 @@ def test_train_from_gpt2_weights_then_generate_without_the_folder(tmp_path):
     (tmp_path / "data" / "text" / "t.txt").write_text(corpus)
     hf_gpt2(tmp_path / "gpt2", vocab_size=len(set(corpus)))
     run = tmp_path / "run"
-    out = run_cli("train", "model=gpt", "model.init_from=gpt2", f"model.pretrained_path={tmp_path}/gpt2",
-                  "model.block_size=16", "data=text_lm", "trainer=debug", "data.batch_size=8",
-                  "callbacks.text_sample.max_new_tokens=10", f"hydra.run.dir={run}", cwd=tmp_path)
+    out = run_cli(
+        "train",
+        "model=gpt",
+        "model.init_from=gpt2",
+        f"model.pretrained_path={tmp_path}/gpt2",
+        "model.block_size=16",
+        "data=text_lm",
+        "trainer=debug",
+        "data.batch_size=8",
+        "callbacks.text_sample.max_new_tokens=10",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     log = (run / "train.log").read_text()
     assert "model.init_from=gpt2: 2 layers, 4 heads, width 32, block_size 16 of 32 positions" in log
     import shutil
 
     shutil.rmtree(tmp_path / "gpt2")  # the checkpoint rebuilds the architecture by itself
-    gen = run_cli("generate", f"ckpt_path={run}/checkpoints/last.pt", "prompt=the ", "max_new_tokens=20",
-                  "num_samples=1", "stop=zz", f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
+    gen = run_cli(
+        "generate",
+        f"ckpt_path={run}/checkpoints/last.pt",
+        "prompt=the ",
+        "max_new_tokens=20",
+        "num_samples=1",
+        "stop=zz",
+        f"hydra.run.dir={tmp_path}/gen",
+        cwd=tmp_path,
+    )
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert gen.stdout.startswith("--- sample 1/1\nthe ") and len(gen.stdout.splitlines()[1]) >= 4
 

@@ -31,11 +31,14 @@ class CountReads:
         self.now = 0
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"precision": Precision.bf16},
-    {"accumulate_grad_batches": 2, "gradient_clip_val": 1.0, "channels_last": True},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"precision": Precision.bf16},
+        {"accumulate_grad_batches": 2, "gradient_clip_val": 1.0, "channels_last": True},
+    ],
+)
 def test_no_host_reads_between_log_steps(monkeypatch, config):
     trainer = make_trainer(n=256, max_steps=12, log_every_n_steps=6, augment=False, **config)
     counter = CountReads(monkeypatch)
@@ -87,8 +90,16 @@ def test_data_on_device_on_cpu_trains():
 
     trainer = make_trainer(max_steps=4, limit_val_batches=1)
     dm = trainer.datamodule
-    on_device = ImageData(dm.load, batch_size=8, eval_batch_size=16, augment=dm.augment, mean=[0.5] * 3,
-                          std=[0.25] * 3, on_device=True, seed=0)
+    on_device = ImageData(
+        dm.load,
+        batch_size=8,
+        eval_batch_size=16,
+        augment=dm.augment,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        on_device=True,
+        seed=0,
+    )
     on_device.setup()
     trainer.datamodule = on_device
     metrics = trainer.fit()

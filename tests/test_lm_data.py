@@ -62,7 +62,10 @@ def test_files_folders_and_globs(tmp_path):
     for name in ("docs/b.txt", "docs/a.txt", "docs/sub/c.txt", "docs/skip.md"):
         (tmp_path / name).write_text(name)
     assert [p.name for p in find_files(str(tmp_path / "docs"))] == ["a.txt", "b.txt", "c.txt"]
-    assert [p.name for p in find_files([str(tmp_path / "docs/*.md"), str(tmp_path / "docs/a.txt")])] == ["skip.md", "a.txt"]
+    assert [p.name for p in find_files([str(tmp_path / "docs/*.md"), str(tmp_path / "docs/a.txt")])] == [
+        "skip.md",
+        "a.txt",
+    ]
     with pytest.raises(DataError, match="no text files found"):
         find_files(str(tmp_path / "nothing*.txt"))
 
@@ -166,8 +169,12 @@ def test_shakespeare_char_reads_root_input_txt(tmp_path):
 def byte_level_encoding():
     """A tiktoken Encoding that needs no download: 256 byte tokens plus end-of-text."""
     tiktoken = pytest.importorskip("tiktoken")
-    return tiktoken.Encoding(name="bytes", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
-                             special_tokens={"<|endoftext|>": 256})
+    return tiktoken.Encoding(
+        name="bytes",
+        pat_str=r"\S+|\s+",
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={"<|endoftext|>": 256},
+    )
 
 
 def test_bpe_corpus_round_trip_with_end_of_text_between_files(tmp_path, monkeypatch):

@@ -13,8 +13,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bigmodel.lr_find import LRSweep, suggest, write_curve
 from conftest import run_cli, write_fake_cifar10
 
-TINY = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "data.val_size=20",
-        "data.batch_size=16", "debug=fast"]
+TINY = [
+    "model.stem_width=4",
+    "model.widths=[8]",
+    "data.download=false",
+    "data.val_size=20",
+    "data.batch_size=16",
+    "debug=fast",
+]
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
@@ -71,8 +77,7 @@ def run_folder(cwd: Path) -> Path:
 def test_lr_find_writes_the_curve_and_suggests_an_lr_in_the_swept_range(tmp_path):
     pytest.importorskip("matplotlib")
     write_fake_cifar10(tmp_path / "data" / "cifar10")
-    out = run_cli("lr_find", *TINY, "lr_find.min_lr=1e-5", "lr_find.max_lr=1e-2", "lr_find.num_steps=20",
-                  cwd=tmp_path)
+    out = run_cli("lr_find", *TINY, "lr_find.min_lr=1e-5", "lr_find.max_lr=1e-2", "lr_find.num_steps=20", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (value,) = re.findall(r"suggested optimizer.lr=(\S+)", out.stdout)
     assert 1e-5 <= float(value) <= 1e-2
@@ -90,8 +95,15 @@ def test_lr_find_writes_the_curve_and_suggests_an_lr_in_the_swept_range(tmp_path
 @pytest.mark.slow
 def test_lr_find_stops_early_when_the_loss_diverges(tmp_path):
     write_fake_cifar10(tmp_path / "data" / "cifar10")
-    out = run_cli("lr_find", *TINY, "optimizer=sgd", "lr_find.min_lr=1e-3", "lr_find.max_lr=1e8",
-                  "lr_find.num_steps=40", cwd=tmp_path)
+    out = run_cli(
+        "lr_find",
+        *TINY,
+        "optimizer=sgd",
+        "lr_find.min_lr=1e-3",
+        "lr_find.max_lr=1e8",
+        "lr_find.num_steps=40",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "the loss diverged" in out.stdout + out.stderr
     rows = list(csv.DictReader(open(run_folder(tmp_path) / "lr_find.csv")))

@@ -46,9 +46,15 @@ def test_language_model_perplexity():
 
 def test_perplexity_skips_ignored_positions():
     # two scored positions, the middle one ignored (-100 or a padding id)
-    logits = torch.tensor([[[math.log(3.0), 0.0, 0.0, 0.0],    # p(0) = 3/6 = 1/2
-                            [0.0, 0.0, 0.0, 0.0],              # ignored
-                            [0.0, math.log(5.0), 0.0, 0.0]]])  # p(1) = 5/8
+    logits = torch.tensor(
+        [
+            [
+                [math.log(3.0), 0.0, 0.0, 0.0],  # p(0) = 3/6 = 1/2
+                [0.0, 0.0, 0.0, 0.0],  # ignored
+                [0.0, math.log(5.0), 0.0, 0.0],
+            ]
+        ]
+    )  # p(1) = 5/8
     for ignore in (-100, 3):
         m = LanguageModel(ignore_index=ignore)
         m.update(logits, torch.tensor([[0, ignore, 1]]))
@@ -138,7 +144,11 @@ def test_per_class_table_by_hand():
 
 def test_language_model_counts_exactly_and_caps_perplexity():
     m = LanguageModel()
-    assert (m.nll.dtype, m.correct.dtype, m.total.dtype) == (torch.float64, torch.long, torch.long)  # summed across ranks
+    assert (m.nll.dtype, m.correct.dtype, m.total.dtype) == (
+        torch.float64,
+        torch.long,
+        torch.long,
+    )  # summed across ranks
     m.update(torch.tensor([[[math.log(4.0), 0.0]]]), torch.tensor([[0]]))  # one token, p = 4/5
     assert math.isclose(m.compute()["ppl"], 5 / 4, rel_tol=1e-6) and m.compute()["acc"] == 1.0
     m.reset()

@@ -34,7 +34,9 @@ def test_cosine_warms_up_linearly_then_decays_to_min_ratio():
 
 def test_cosine_without_warmup_starts_at_the_full_rate():
     got = lrs(lambda o, n: cosine(o, n), total=4)
-    assert got == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
+    assert got == pytest.approx(
+        [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0]
+    )
 
 
 def test_onecycle_ramps_up_then_decays_linearly():
@@ -47,12 +49,14 @@ def test_onecycle_ramps_up_then_decays_linearly():
 
 def test_step_schedule_multiplies_by_gamma_every_step_size():
     assert lrs(lambda o, n: step(o, n, step_size=2, gamma=0.5), total=5) == pytest.approx(
-        [1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+        [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    )
 
 
 def test_param_groups_decay_matrices_only():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                                torch.nn.Linear(4, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    )
     model[1].weight.requires_grad_(False)  # frozen: in neither group
     decay, no_decay = param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
@@ -74,12 +78,16 @@ def test_schedule_defaults():
 
 def test_schedules_with_one_step_after_warmup_and_past_the_end():
     assert lrs(lambda o, n: cosine(o, n), total=1) == pytest.approx([1.0, 0.0])
-    assert lrs(lambda o, n: cosine(o, n, warmup_steps=2, min_lr_ratio=0.1), total=3) == pytest.approx([1 / 3, 2 / 3, 1.0, 0.1])
+    assert lrs(lambda o, n: cosine(o, n, warmup_steps=2, min_lr_ratio=0.1), total=3) == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 0.1]
+    )
     assert lrs(lambda o, n: onecycle(o, n, warmup_frac=0.5), total=2) == pytest.approx([1.0, 1.0, 0.0])
     # stepped past total_steps (e.g. resumed with a larger max_steps): the floor, not a new cycle
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     cos, one = cosine(opt, 4, min_lr_ratio=0.2).lr_lambdas[0], onecycle(opt, 4, final_ratio=0.2).lr_lambdas[0]
-    assert [cos(s) for s in (4, 6, 8)] == pytest.approx([0.2] * 3) and [one(s) for s in (4, 6)] == pytest.approx([0.2] * 2)
+    assert [cos(s) for s in (4, 6, 8)] == pytest.approx([0.2] * 3) and [one(s) for s in (4, 6)] == pytest.approx(
+        [0.2] * 2
+    )
 
 
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])

@@ -7,8 +7,8 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from bigmodel.checkpoint import CheckpointError, save_atomic
-from bigmodel.data.errors import DataError
 from bigmodel.cli import quote_free_text
+from bigmodel.data.errors import DataError
 from bigmodel.predict import classify, load_classifier, predict
 from bigmodel.train import evaluate, train
 from conftest import compose_cfg, run_cli
@@ -28,11 +28,28 @@ def ckpt(tmp_path_factory):
     (root / "run").mkdir()
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    cfg = compose_cfg("train", [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs", "model=lstm",
-                                "data=sst2", "trainer=debug", "logger=none", "trainer.max_steps=60",
-                                "trainer.max_epochs=20", "trainer.limit_train_batches=-1", "trainer.val_check_interval=30", "optimizer.lr=0.01",
-                                "scheduler=none", "model.embed_dim=16", "model.hidden_size=16",
-                                "data.batch_size=16", "test=false"], root / "run")
+    cfg = compose_cfg(
+        "train",
+        [
+            f"paths.data_dir={root}/data",
+            f"paths.log_dir={root}/logs",
+            "model=lstm",
+            "data=sst2",
+            "trainer=debug",
+            "logger=none",
+            "trainer.max_steps=60",
+            "trainer.max_epochs=20",
+            "trainer.limit_train_batches=-1",
+            "trainer.val_check_interval=30",
+            "optimizer.lr=0.01",
+            "scheduler=none",
+            "model.embed_dim=16",
+            "model.hidden_size=16",
+            "data.batch_size=16",
+            "test=false",
+        ],
+        root / "run",
+    )
     train(cfg)
     torch.set_num_threads(n)
     GlobalHydra.instance().clear()
@@ -45,8 +62,17 @@ def predict_cfg(tmp_path, *overrides: str):
     return cfg
 
 
-@pytest.mark.parametrize("text", ["a gripping , funny film", "it 's = [not] {bad} ${x}", "'quoted'x", "back\\slash\\",
-                                  "'good' but 'bad'", '"fine" and "dandy"'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a gripping , funny film",
+        "it 's = [not] {bad} ${x}",
+        "'quoted'x",
+        "back\\slash\\",
+        "'good' but 'bad'",
+        '"fine" and "dandy"',
+    ],
+)
 def test_free_text_survives_override_parsing(tmp_path, text):
     assert predict_cfg(tmp_path, "ckpt_path=x", f"text={text}").text == text
 
@@ -73,8 +99,11 @@ def test_input_file_to_stdout_and_csv(tmp_path, ckpt, capsys):
     alone = torch.cat([classify(model, vocab, [t]) for t in texts])  # no padding vs. padded together
     torch.testing.assert_close(torch.tensor([p for _, p in results]), alone, atol=1e-5, rtol=1e-5)
 
-    predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={tmp_path}/in.txt",
-                        f"output_file={tmp_path}/out/preds.csv"))
+    predict(
+        predict_cfg(
+            tmp_path, f"ckpt_path={ckpt}", f"input_file={tmp_path}/in.txt", f"output_file={tmp_path}/out/preds.csv"
+        )
+    )
     rows = list(csv.DictReader(open(tmp_path / "out" / "preds.csv", encoding="utf-8")))
     assert list(rows[0]) == ["text", "label", "p_negative", "p_positive"]
     assert [r["text"] for r in rows] == texts and [r["label"] for r in rows] == [lb for lb, _ in results]
@@ -100,8 +129,9 @@ def test_eval_encodes_with_the_checkpoints_vocabulary(tmp_path, ckpt):
     data = shutil.copytree(ckpt.parents[2] / "data" / "sst2", tmp_path / "sst2")
 
     def test_acc() -> float:
-        cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", f"+data.root={data}", "trainer.progress_bar=false"],
-                          tmp_path / "eval")
+        cfg = compose_cfg(
+            "eval", [f"ckpt_path={ckpt}", f"+data.root={data}", "trainer.progress_bar=false"], tmp_path / "eval"
+        )
         GlobalHydra.instance().clear()
         return evaluate(cfg)["test/acc"]
 
@@ -113,13 +143,28 @@ def test_eval_encodes_with_the_checkpoints_vocabulary(tmp_path, ckpt):
 def test_cli_train_then_predict(tmp_path):
     write_sentiment(tmp_path / "data" / "sst2")
     run_dir = tmp_path / "run"
-    out = run_cli("train", "model=transformer", "data=sst2", "trainer=debug", "model.hidden_size=16",
-                  "model.n_head=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    out = run_cli(
+        "train",
+        "model=transformer",
+        "data=sst2",
+        "trainer=debug",
+        "model.hidden_size=16",
+        "model.n_head=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "test/acc=" in log and "test/f1=" in log and "true\\pred" in log
-    pred = run_cli("predict", f"ckpt_path={run_dir}/checkpoints/best.pt", "text=a gripping , funny film",
-                   f"hydra.run.dir={tmp_path}/p", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    pred = run_cli(
+        "predict",
+        f"ckpt_path={run_dir}/checkpoints/best.pt",
+        "text=a gripping , funny film",
+        f"hydra.run.dir={tmp_path}/p",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert pred.returncode == 0, pred.stderr[-3000:]
     label, probs, text = pred.stdout.strip().split("\n")[-1].split("\t")
     assert label in NAMES and probs.startswith("negative=") and text == "a gripping , funny film"

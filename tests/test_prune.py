@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli, write_fake_cifar10
 from hydra.core.global_hydra import GlobalHydra
-from test_finetune import run_train
 
 from bigmodel import checkpoint
 from bigmodel.checkpoint import CheckpointError
@@ -17,10 +15,21 @@ from bigmodel.models.rnn import LSTMClassifier
 from bigmodel.prune import prunable, prune
 from bigmodel.restore import restore_model
 from bigmodel.train import evaluate
+from conftest import compose_cfg, run_cli, write_fake_cifar10
+from test_finetune import run_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
-CNN_RUN = ["model=cnn", "model.stem_width=8", "model.widths=[16,32]", "data.download=false", "data.val_size=20",
-           "data.batch_size=16", "logger=none", "trainer.progress_bar=false", "test=false"]
+CNN_RUN = [
+    "model=cnn",
+    "model.stem_width=8",
+    "model.widths=[16,32]",
+    "data.download=false",
+    "data.val_size=20",
+    "data.batch_size=16",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "test=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,14 @@ def test_global_pruning_reaches_the_asked_sparsity_over_the_weight_tensors(cnn_c
     record = run_prune(cnn_ckpt, tmp_path / "p.pt", f"amount={amount}")
     before, after = checkpoint.load(cnn_ckpt), checkpoint.load(tmp_path / "p.pt")
     names = record["tensors"]
-    assert names == ["stem.0.weight", "blocks.0.conv1.weight", "blocks.0.conv2.weight", "blocks.1.conv1.weight",
-                     "blocks.1.conv2.weight", "head.weight"]
+    assert names == [
+        "stem.0.weight",
+        "blocks.0.conv1.weight",
+        "blocks.0.conv2.weight",
+        "blocks.1.conv1.weight",
+        "blocks.1.conv2.weight",
+        "head.weight",
+    ]
     total = sum(after["model"][n].numel() for n in names)
     assert zero_share(after["model"], names) == round(amount * total) / total
     assert record["sparsity"] == pytest.approx(round(amount * total) / total)
@@ -76,8 +91,16 @@ def test_the_pruned_checkpoint_restores_and_evaluates(cnn_ckpt, tmp_path):
     saved = checkpoint.load(tmp_path / "p.pt")["model"]
     assert all(torch.equal(v, saved[k]) for k, v in restored.model.state_dict().items())
     root = cnn_ckpt.parents[2]
-    cfg = compose_cfg("eval", [f"ckpt_path={tmp_path / 'p.pt'}", "trainer.progress_bar=false",
-                               f"paths.data_dir={root}/data", f"paths.cache_dir={root}/cache"], tmp_path / "eval")
+    cfg = compose_cfg(
+        "eval",
+        [
+            f"ckpt_path={tmp_path / 'p.pt'}",
+            "trainer.progress_bar=false",
+            f"paths.data_dir={root}/data",
+            f"paths.cache_dir={root}/cache",
+        ],
+        tmp_path / "eval",
+    )
     try:
         metrics = evaluate(cfg)
     finally:
@@ -89,8 +112,9 @@ def test_fine_tuning_from_it_keeps_the_pruned_sparsity(cnn_ckpt, tmp_path):
     record = run_prune(cnn_ckpt, tmp_path / "p.pt", "amount=0.7")
     pruned = checkpoint.load(tmp_path / "p.pt")["model"]
     root = cnn_ckpt.parents[2]
-    run = run_train(root, "tuned", [*CNN_RUN, "trainer.max_steps=4", "optimizer.lr=0.01",
-                                    f"init_from={tmp_path / 'p.pt'}"])  # init_keep_sparsity left at null: automatic
+    run = run_train(
+        root, "tuned", [*CNN_RUN, "trainer.max_steps=4", "optimizer.lr=0.01", f"init_from={tmp_path / 'p.pt'}"]
+    )  # init_keep_sparsity left at null: automatic
     ckpt = checkpoint.load(run / "checkpoints" / "last.pt")
     tuned, names = ckpt["model"], record["tensors"]
     assert ckpt["callbacks"]["keep_sparsity"]["tensors"] == names  # fine-tuning from this one keeps them too
@@ -102,8 +126,17 @@ def test_fine_tuning_from_it_keeps_the_pruned_sparsity(cnn_ckpt, tmp_path):
 
 def test_fine_tuning_with_init_keep_sparsity_false_lets_the_zeros_train(cnn_ckpt, tmp_path):
     record = run_prune(cnn_ckpt, tmp_path / "p.pt", "amount=0.7")
-    run = run_train(cnn_ckpt.parents[2], "free", [*CNN_RUN, "trainer.max_steps=2", "optimizer.lr=0.01",
-                                                  f"init_from={tmp_path / 'p.pt'}", "init_keep_sparsity=false"])
+    run = run_train(
+        cnn_ckpt.parents[2],
+        "free",
+        [
+            *CNN_RUN,
+            "trainer.max_steps=2",
+            "optimizer.lr=0.01",
+            f"init_from={tmp_path / 'p.pt'}",
+            "init_keep_sparsity=false",
+        ],
+    )
     tuned = checkpoint.load(run / "checkpoints" / "last.pt")["model"]
     assert zero_share(tuned, record["tensors"]) < 0.1
 
@@ -114,8 +147,9 @@ def test_channel_pruning_removes_channels_without_changing_the_outputs(cnn_ckpt,
     run_prune(cnn_ckpt, tmp_path / "small.pt", "amount=0.5", "structured=true")
     masked, small = restore_model(str(tmp_path / "masked.pt")), restore_model(str(tmp_path / "small.pt"))
     m = masked.model
-    for conv, norm in [(m.stem[0], m.stem[1])] + [(c, n) for b in m.blocks for c, n in
-                                                   ((b.conv1, b.norm1), (b.conv2, b.norm2))]:
+    for conv, norm in [(m.stem[0], m.stem[1])] + [
+        (c, n) for b in m.blocks for c, n in ((b.conv1, b.norm1), (b.conv2, b.norm2))
+    ]:
         dead = (conv.weight.flatten(1) == 0).all(1)
         assert int(dead.sum()) == conv.out_channels // 2  # the same share of channels in every layer
         assert (norm.weight[dead] == 0).all() and (norm.bias[dead] == 0).all()  # the channel outputs 0
@@ -131,16 +165,29 @@ def test_channel_pruning_removes_channels_without_changing_the_outputs(cnn_ckpt,
 def test_a_shrunk_cnn_fine_tunes_with_the_printed_model_sizes(cnn_ckpt, tmp_path):
     run_prune(cnn_ckpt, tmp_path / "small.pt", "amount=0.5", "structured=true")
     small = checkpoint.load(tmp_path / "small.pt")["model"]
-    run = run_train(cnn_ckpt.parents[2], "small", [*CNN_RUN, "model.stem_width=4", "model.widths=[8,16]",
-                                                   "trainer.max_steps=2", f"init_from={tmp_path / 'small.pt'}"])
+    run = run_train(
+        cnn_ckpt.parents[2],
+        "small",
+        [
+            *CNN_RUN,
+            "model.stem_width=4",
+            "model.widths=[8,16]",
+            "trainer.max_steps=2",
+            f"init_from={tmp_path / 'small.pt'}",
+        ],
+    )
     tuned = checkpoint.load(run / "checkpoints" / "last.pt")["model"]
     assert {k: v.shape for k, v in tuned.items()} == {k: v.shape for k, v in small.items()}
 
 
 def test_prunable_tensors_leave_out_embeddings_norms_biases_and_tied_weights():
     gpt = GPT(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
-    assert [n for n, _, _ in prunable(gpt)] == ["blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
-                                                "blocks.0.mlp.up.weight", "blocks.0.mlp.down.weight"]
+    assert [n for n, _, _ in prunable(gpt)] == [
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.mlp.up.weight",
+        "blocks.0.mlp.down.weight",
+    ]
     lstm = LSTMClassifier(vocab_size=30, num_classes=2, embed_dim=8, hidden_size=8, bidirectional=False)
     assert [n for n, _, _ in prunable(lstm)] == ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "head.weight"]
 
@@ -163,8 +210,10 @@ def test_a_text_classifier_prunes_globally_and_by_rows(tmp_path):
 
 def test_bad_inputs_are_one_clear_error(cnn_ckpt, tmp_path):
     for amount in ("0", "1", "1.5", "-0.2", "half", "true"):
-        with pytest.raises(ConfigError, match=f"amount={amount if amount != 'half' else repr(amount)}.* is not "
-                                              "valid: .*strictly between 0 and 1"):
+        with pytest.raises(
+            ConfigError,
+            match=f"amount={amount if amount != 'half' else repr(amount)}.* is not valid: .*strictly between 0 and 1",
+        ):
             run_prune(cnn_ckpt, tmp_path / "p.pt", f"amount={amount}")
     with pytest.raises(ConfigError, match="structured='yes' is not valid; use true or false"):
         run_prune(cnn_ckpt, tmp_path / "p.pt", "structured=yes")
@@ -185,8 +234,9 @@ def test_the_command_line_says_what_is_wrong_in_one_line(cnn_ckpt, tmp_path):
     said = out.stdout + out.stderr
     assert out.returncode == 1 and "Traceback" not in said
     errors = [line for line in said.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].endswith("error: amount=1.5 is not valid: the share of weights to prune, "
-                                                   "strictly between 0 and 1 (e.g. amount=0.5)")
+    assert len(errors) == 1 and errors[0].endswith(
+        "error: amount=1.5 is not valid: the share of weights to prune, strictly between 0 and 1 (e.g. amount=0.5)"
+    )
     default = cnn_ckpt.with_name("best-pruned30.pt")
     out = run_cli("prune", f"ckpt_path={cnn_ckpt}", "amount=0.3", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

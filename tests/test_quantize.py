@@ -6,18 +6,18 @@ import shutil
 
 import onnx
 import pytest
-import test_export
 import torch
-from conftest import compose_cfg, run_cli
 from hydra.core.global_hydra import GlobalHydra
-from test_export import train_tiny, uneven_inputs
 
+import test_export
 from bigmodel.config import ConfigError
 from bigmodel.data.errors import DataError
 from bigmodel.export import export_model
 from bigmodel.exported import load_exported
 from bigmodel.quantize import bench_inputs, choose_method, latency, quantize
 from bigmodel.restore import restore_model
+from conftest import compose_cfg, run_cli
+from test_export import train_tiny, uneven_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
@@ -53,8 +53,9 @@ def test_auto_picks_static_for_images_and_dynamic_for_text_and_the_gpt():
     assert choose_method("image_classification", "auto") == "static"
     assert choose_method("text_classification", "auto") == "dynamic"
     assert choose_method("language_model", "auto") == "dynamic"
-    with pytest.raises(ConfigError, match="method=static is not available for a text classification model; "
-                                          "use method=dynamic"):
+    with pytest.raises(
+        ConfigError, match="method=static is not available for a text classification model; use method=dynamic"
+    ):
         choose_method("text_classification", "static")
 
 
@@ -65,6 +66,7 @@ def test_latency_times_every_runner_on_the_same_inputs():
         def run(x):
             calls[name] += 1
             return x
+
         return run
 
     times = latency({"a": runner("a"), "b": runner("b")}, (torch.zeros(1),), repeats=3, calls=2)
@@ -141,13 +143,16 @@ def test_bench_inputs_draw_a_batch_from_the_whole_split():
     assert one_tokens.shape == (1, int(one_lengths[0]))
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "give exactly one of ckpt_path=<best.pt> and model_path="),
-    (["ckpt_path=a.pt", "model_path=b"], "give exactly one of ckpt_path=<best.pt> and model_path="),
-    (["ckpt_path=a.pt", "calib_batches=0"], "calib_batches=0 must be >= 1"),
-    (["ckpt_path=a.pt", "threads=0"], "threads=0 must be >= 1"),
-    (["ckpt_path=a.pt", "method=int4"], "method='int4' is not valid; use auto, dynamic or static"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give exactly one of ckpt_path=<best.pt> and model_path="),
+        (["ckpt_path=a.pt", "model_path=b"], "give exactly one of ckpt_path=<best.pt> and model_path="),
+        (["ckpt_path=a.pt", "calib_batches=0"], "calib_batches=0 must be >= 1"),
+        (["ckpt_path=a.pt", "threads=0"], "threads=0 must be >= 1"),
+        (["ckpt_path=a.pt", "method=int4"], "method='int4' is not valid; use auto, dynamic or static"),
+    ],
+)
 def test_bad_requests_fail_before_any_work(tmp_path, args, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_quantize(tmp_path, *args)

@@ -10,8 +10,17 @@ from bigmodel.restore import restore_model
 def _checkpoint(path, **data):
     model = torch.nn.Linear(3, 2)
     config = {"model": {"_target_": "torch.nn.Linear", "in_features": 3}}
-    save_atomic({"format": 1, "config": config, "model_args": {"out_features": 2}, "data": data,
-                 "model": model.state_dict(), "progress": {"global_step": 7}}, path)
+    save_atomic(
+        {
+            "format": 1,
+            "config": config,
+            "model_args": {"out_features": 2},
+            "data": data,
+            "model": model.state_dict(),
+            "progress": {"global_step": 7},
+        },
+        path,
+    )
     return model
 
 

@@ -15,12 +15,15 @@ def _ckpt(tmp_path):
     return {"model_checkpoint": ModelCheckpoint(str(tmp_path), monitor="val/acc", mode="max")}
 
 
-@pytest.mark.parametrize("stop_at,config", [
-    (5, {}),  # mid-epoch (8 batches per epoch)
-    (8, {}),  # exactly at an epoch boundary, before its validation
-    (3, {"accumulate_grad_batches": 3}),  # accumulation: 3 batches per step, epochs end on a partial step
-    (4, {"val_check_interval": 3}),
-])
+@pytest.mark.parametrize(
+    "stop_at,config",
+    [
+        (5, {}),  # mid-epoch (8 batches per epoch)
+        (8, {}),  # exactly at an epoch boundary, before its validation
+        (3, {"accumulate_grad_batches": 3}),  # accumulation: 3 batches per step, epochs end on a partial step
+        (4, {"val_check_interval": 3}),
+    ],
+)
 def test_stop_and_resume_equals_uninterrupted(tmp_path, stop_at, config):
     straight = make_trainer(max_steps=12, **config)
     straight.fit()
@@ -157,8 +160,11 @@ def test_any_one_kind_of_mismatch_is_refused_with_a_short_list():
     with pytest.raises(CheckpointError, match=r"^checkpoint '' does not fit this model"):  # no path given
         load_model_state(model, {})
     many = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(6)])
-    with pytest.raises(CheckpointError, match=r"missing \['0.weight', '1.weight', '2.weight', '3.weight', "
-                                              r"'4.weight'\] \.\.\.$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing \['0.weight', '1.weight', '2.weight', '3.weight', "
+        r"'4.weight'\] \.\.\.$",
+    ):
         load_model_state(many, {})
     few = torch.nn.Sequential(*[torch.nn.Linear(1, 1, bias=False) for _ in range(5)])
     with pytest.raises(CheckpointError, match=r"'4.weight'\]$"):
@@ -176,8 +182,11 @@ def test_check_resumable_needs_both_configs_and_lists_every_difference():
     saved = {"config": {"model": {"widths": [8]}, "optimizer": {"_target_": "SGD"}}}
     check_resumable(saved, None, "p")  # nothing to compare with
     check_resumable({}, {"model": {"widths": [16]}}, "p")
-    with pytest.raises(CheckpointError, match=r"^ckpt_path='p' does not fit this run: model.widths: \[8\] in the "
-                                              r"checkpoint, \[16\] now; optimizer: SGD in the checkpoint, AdamW now$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^ckpt_path='p' does not fit this run: model.widths: \[8\] in the "
+        r"checkpoint, \[16\] now; optimizer: SGD in the checkpoint, AdamW now$",
+    ):
         check_resumable(saved, {"model": {"widths": [16]}, "optimizer": {"_target_": "AdamW"}}, "p")
 
 
@@ -229,12 +238,17 @@ def test_load_errors_name_the_file_and_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match=f"^ckpt_path={str(bad)!r} is not a readable checkpoint \\(.*\\w+Error: "):
         checkpoint.load(bad)
     bad.write_bytes(b"\x80\x02garbage")  # a pickle header: refused as a bare pickle, never unpickled
-    with pytest.raises(CheckpointError, match=f"^ckpt_path={str(bad)!r} is not a bigmodel checkpoint: it is a bare pickle"):
+    with pytest.raises(
+        CheckpointError, match=f"^ckpt_path={str(bad)!r} is not a bigmodel checkpoint: it is a bare pickle"
+    ):
         checkpoint.load(bad)
     for name, obj in (("list.pt", [1, 2]), ("other.pt", {"format": 99})):
         torch.save(obj, tmp_path / name)
-        with pytest.raises(CheckpointError, match=f"^ckpt_path={str(tmp_path / name)!r} is not a bigmodel checkpoint "
-                                                  f"\\(format {checkpoint.FORMAT_VERSION}\\)$"):
+        with pytest.raises(
+            CheckpointError,
+            match=f"^ckpt_path={str(tmp_path / name)!r} is not a bigmodel checkpoint "
+            f"\\(format {checkpoint.FORMAT_VERSION}\\)$",
+        ):
             checkpoint.load(tmp_path / name)
 
 
@@ -247,7 +261,9 @@ def test_mismatch_lists_are_cut_at_five():
     with pytest.raises(CheckpointError, match=r"unexpected \['x0', 'x1', 'x2', 'x3', 'x4'\]$"):
         load_model_state(many, {**full, **{k: v for k, v in extra.items() if k != "x5"}})
     wrong = {k: torch.zeros(2, 1) for k in full}
-    with pytest.raises(CheckpointError, match=r"shape mismatch ([0-9]\.weight: checkpoint \(2, 1\) vs model \(1, 1\)(; |$)){5}$"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch ([0-9]\.weight: checkpoint \(2, 1\) vs model \(1, 1\)(; |$)){5}$"
+    ):
         load_model_state(many, wrong)
 
 
@@ -288,7 +304,9 @@ def test_fp16_resume_restores_the_loss_scale(tmp_path):
     from bigmodel.config import Precision
     from test_trainer import InfGradAt
 
-    first = make_trainer(max_steps=6, precision=Precision.fp16, bn=False, callbacks={**_ckpt(tmp_path), "stop": StopAt(2)})
+    first = make_trainer(
+        max_steps=6, precision=Precision.fp16, bn=False, callbacks={**_ckpt(tmp_path), "stop": StopAt(2)}
+    )
     first.model[-1].weight.register_hook(InfGradAt(1))  # one overflow: the scale halves
     first.fit()
     assert first.scaler.get_scale() == 2.0**15

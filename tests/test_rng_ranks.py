@@ -34,7 +34,9 @@ def test_each_rank_draws_its_own_dropout_masks_and_one_process_is_untouched():
 
 
 def fake_ranks(monkeypatch, states: list[dict], rank: int) -> None:
-    monkeypatch.setattr(distributed, "gather_objects", lambda own: [own if r == rank else s for r, s in enumerate(states)])
+    monkeypatch.setattr(
+        distributed, "gather_objects", lambda own: [own if r == rank else s for r, s in enumerate(states)]
+    )
     monkeypatch.setattr(distributed, "rank", lambda: rank)
 
 
@@ -72,7 +74,9 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
-        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: self.read.append(d) or torch.full((16,), d, dtype=torch.uint8))
+        monkeypatch.setattr(
+            torch.cuda, "get_rng_state", lambda d: self.read.append(d) or torch.full((16,), d, dtype=torch.uint8)
+        )
         monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("saved every GPU's state"))
         monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: self._set(s, d))
         monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("set every GPU's state"))
@@ -95,8 +99,11 @@ def test_only_the_own_gpu_state_is_saved_and_restored(monkeypatch):
 @pytest.mark.parametrize("visible,current,expected", [(1, 0, [(0, 0)]), (2, 1, [(1, 1)]), (8, 5, [])])
 def test_a_checkpoint_with_every_gpus_state_resumes_on_fewer_gpus(monkeypatch, visible, current, expected):
     """Checkpoints written before saved one state per visible GPU (4 here): each process now takes its own."""
-    old = {"python": random.getstate(), "torch": torch.get_rng_state(),
-           "cuda": [torch.full((16,), d, dtype=torch.uint8) for d in range(4)]}
+    old = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": [torch.full((16,), d, dtype=torch.uint8) for d in range(4)],
+    }
     cuda = FakeCuda(count=visible, current=current)
     cuda.install(monkeypatch)
     checkpoint.set_rng_state(old)  # before: set_rng_state_all on 4 states with fewer GPUs raised

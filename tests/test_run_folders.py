@@ -14,13 +14,25 @@ from bigmodel import checkpoint
 from bigmodel.rundir import claim, new_dir
 from conftest import run_cli, write_fake_cifar10
 
-TINY = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "data.val_size=20",
-        "data.batch_size=16", "debug=fast"]
+TINY = [
+    "model.stem_width=4",
+    "model.widths=[8]",
+    "data.download=false",
+    "data.val_size=20",
+    "data.batch_size=16",
+    "debug=fast",
+]
 
 
 def cli_env(cwd: Path, **extra: str) -> dict:
-    return {**os.environ, "BIGMODEL_LOG_DIR": str(cwd / "logs"), "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
-            "BIGMODEL_DATA_DIR": str(cwd / "data"), "PYTHONUNBUFFERED": "1", **extra}
+    return {
+        **os.environ,
+        "BIGMODEL_LOG_DIR": str(cwd / "logs"),
+        "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
+        "BIGMODEL_DATA_DIR": str(cwd / "data"),
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -97,11 +109,18 @@ def test_two_runs_started_together_get_their_own_folders(cifar, same_stamp):
     the same BIGMODEL_RUN_STAMP both ask for the very same folder, so only the exclusive creation
     keeps them apart."""
     extra = {"BIGMODEL_RUN_STAMP": "2026-01-01_00-00-00.000000"} if same_stamp else {}
-    procs = {seed: subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *TINY, "name=twin", f"seed={seed}"],
-                                    cwd=cifar, env=cli_env(cifar, **extra), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-             for seed in (1, 2)}
-    for seed, p in procs.items():
+    procs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-m", "bigmodel", "train", *TINY, "name=twin", f"seed={seed}"],
+            cwd=cifar,
+            env=cli_env(cifar, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in (1, 2)
+    }
+    for p in procs.values():
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out[-3000:]
     runs = sorted(p for p in (cifar / "logs" / "twin" / "runs").iterdir())
@@ -110,8 +129,11 @@ def test_two_runs_started_together_get_their_own_folders(cifar, same_stamp):
         assert [r.name for r in runs] == ["2026-01-01_00-00-00.000000", "2026-01-01_00-00-00.000000-1"]
     seeds = set()
     for run in runs:
-        seed = int(next(line for line in (run / "config.yaml").read_text().splitlines()
-                        if line.startswith("seed:")).split(":")[1])
+        seed = int(
+            next(line for line in (run / "config.yaml").read_text().splitlines() if line.startswith("seed:")).split(
+                ":"
+            )[1]
+        )
         seeds.add(seed)
         for name in ("best.pt", "last.pt"):
             assert checkpoint.load(run / "checkpoints" / name)["config"]["seed"] == seed
@@ -142,10 +164,17 @@ def test_fresh_run_in_a_folder_with_checkpoints_is_refused_and_resuming_it_is_no
 @pytest.mark.slow
 def test_two_runs_started_together_in_one_given_folder_one_is_refused(cifar):
     run = cifar / "run"
-    procs = {seed: subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *TINY, f"seed={seed}",
-                                     f"hydra.run.dir={run}"], cwd=cifar, env=cli_env(cifar),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for seed in (1, 2)}
+    procs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-m", "bigmodel", "train", *TINY, f"seed={seed}", f"hydra.run.dir={run}"],
+            cwd=cifar,
+            env=cli_env(cifar),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in (1, 2)
+    }
     outs = {seed: p.communicate(timeout=300)[0] for seed, p in procs.items()}
     ok = [seed for seed, p in procs.items() if p.returncode == 0]
     assert len(ok) == 1, outs
@@ -158,16 +187,19 @@ def test_two_runs_started_together_in_one_given_folder_one_is_refused(cifar):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["hydra.run.dir", "callbacks.model_checkpoint.dirpath", "paths.log_dir",
-                                   "hydra.sweep.dir"])
+@pytest.mark.parametrize(
+    "where", ["hydra.run.dir", "callbacks.model_checkpoint.dirpath", "paths.log_dir", "hydra.sweep.dir"]
+)
 def test_unwritable_folders_fail_at_start_in_one_line(cifar, where):
     """A folder below a file cannot be created, even by root (for whom chmod does not stop writes)."""
     (cifar / "afile").write_text("not a folder")
     bad = cifar / "afile" / "sub"
-    args = {"hydra.run.dir": [f"hydra.run.dir={bad}"],
-            "callbacks.model_checkpoint.dirpath": [f"callbacks.model_checkpoint.dirpath={bad}"],
-            "paths.log_dir": [f"paths.log_dir={bad}"],
-            "hydra.sweep.dir": ["-m", f"hydra.sweep.dir={bad}"]}[where]
+    args = {
+        "hydra.run.dir": [f"hydra.run.dir={bad}"],
+        "callbacks.model_checkpoint.dirpath": [f"callbacks.model_checkpoint.dirpath={bad}"],
+        "paths.log_dir": [f"paths.log_dir={bad}"],
+        "hydra.sweep.dir": ["-m", f"hydra.sweep.dir={bad}"],
+    }[where]
     out = run_cli("train", *args, *TINY, cwd=cifar)
     key = "hydra.run.dir" if where == "paths.log_dir" else where
     assert_one_line_error(out, f"{key}='{bad}", "is not a writable folder")
@@ -220,11 +252,24 @@ def test_full_disk_on_save_is_one_line_and_earlier_checkpoints_stay(cifar, code)
     first = run_cli("train", *TINY, f"hydra.run.dir={run}", cwd=cifar)
     assert first.returncode == 0, first.stderr[-3000:]
     before = snapshot(run / "checkpoints")
-    out = subprocess.run([sys.executable, "-c", FULL_DISK.format(code=code), "train", *TINY,
-                          f"hydra.run.dir={run}", "ckpt_path=auto", "trainer.max_steps=3"],
-                         cwd=cifar, env=cli_env(cifar), capture_output=True, text=True, timeout=300)
-    assert_one_line_error(out, f"could not write the checkpoint '{run}/checkpoints/",
-                          os.strerror(getattr(errno, code)))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FULL_DISK.format(code=code),
+            "train",
+            *TINY,
+            f"hydra.run.dir={run}",
+            "ckpt_path=auto",
+            "trainer.max_steps=3",
+        ],
+        cwd=cifar,
+        env=cli_env(cifar),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_line_error(out, f"could not write the checkpoint '{run}/checkpoints/", os.strerror(getattr(errno, code)))
     assert snapshot(run / "checkpoints") == before
 
 

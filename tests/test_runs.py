@@ -15,18 +15,44 @@ import pytest
 
 from conftest import run_cli, write_fake_cifar10
 
-TINY = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "data.val_size=20",
-        "data.batch_size=16", "debug=fast"]
+TINY = [
+    "model.stem_width=4",
+    "model.widths=[8]",
+    "data.download=false",
+    "data.val_size=20",
+    "data.batch_size=16",
+    "debug=fast",
+]
 
 
 def interrupted_run(cwd: Path) -> None:
     """A run stopped by Ctrl-C once it has trained a few steps."""
-    env = {**os.environ, "BIGMODEL_LOG_DIR": str(cwd / "logs"), "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
-           "BIGMODEL_DATA_DIR": str(cwd / "data"), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "BIGMODEL_LOG_DIR": str(cwd / "logs"),
+        "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
+        "BIGMODEL_DATA_DIR": str(cwd / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
     not_fast = [a for a in TINY if a != "debug=fast"]
-    proc = subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *not_fast, "trainer.progress_bar=false",
-                             "trainer.max_steps=100000", "trainer.val_check_interval=2", "seed=7"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bigmodel",
+            "train",
+            *not_fast,
+            "trainer.progress_bar=false",
+            "trainer.max_steps=100000",
+            "trainer.val_check_interval=2",
+            "seed=7",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 180
     for line in proc.stdout:
         if "step 4:" in line or time.time() > deadline:

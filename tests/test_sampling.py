@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bigmodel.data.tokenizers import CharTokenizer
-from bigmodel.models.text_sample import sample_text
 from bigmodel.models.gpt import GPT
 from bigmodel.models.sampling import keep_top_k, keep_top_p, next_token, penalize_repeats
+from bigmodel.models.text_sample import sample_text
 from conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
@@ -28,8 +28,10 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     assert penalize_repeats(logits, seen, 1.0) is logits
     # greedy picks token 0 without the penalty, token 2 with it
     assert next_token(torch.tensor([[3.0, 1.0, 2.5]]), torch.tensor([[0]]), temperature=0).item() == 0
-    assert next_token(torch.tensor([[3.0, 1.0, 2.5]]), torch.tensor([[0]]), temperature=0,
-                      repetition_penalty=1.5).item() == 2
+    assert (
+        next_token(torch.tensor([[3.0, 1.0, 2.5]]), torch.tensor([[0]]), temperature=0, repetition_penalty=1.5).item()
+        == 2
+    )
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
@@ -50,8 +52,13 @@ def test_top_k_keeps_the_k_largest_and_composes_with_top_p():
     assert (keep_top_k(logits, 2) > -INF)[0].nonzero().flatten().tolist() == [1, 3]
     assert torch.equal(keep_top_k(logits, 5), logits) and torch.equal(keep_top_k(logits, None), logits)
     # top-k 3 first renormalizes to 0.5/0.9, 0.3/0.9, 0.1/0.9; top-p 0.8 then needs only the first two
-    draws = next_token(logits.expand(3000, -1), torch.empty(3000, 0, dtype=torch.long), top_k=3, top_p=0.8,
-                       generator=torch.Generator().manual_seed(0))
+    draws = next_token(
+        logits.expand(3000, -1),
+        torch.empty(3000, 0, dtype=torch.long),
+        top_k=3,
+        top_p=0.8,
+        generator=torch.Generator().manual_seed(0),
+    )
     freq = torch.bincount(draws[:, 0], minlength=5).float() / len(draws)
     assert freq[[0, 2, 4]].sum() == 0
     assert abs(freq[1].item() - 0.5 / 0.8) < 0.03  # sampled in proportion among the survivors
@@ -59,8 +66,13 @@ def test_top_k_keeps_the_k_largest_and_composes_with_top_p():
 
 def test_sampling_reads_the_temperature_before_top_p():
     logits = logits_of(0.6, 0.3, 0.1)
-    hot = next_token(logits.expand(2000, -1), torch.empty(2000, 0, dtype=torch.long), temperature=100.0,
-                     top_p=0.5, generator=torch.Generator().manual_seed(0))
+    hot = next_token(
+        logits.expand(2000, -1),
+        torch.empty(2000, 0, dtype=torch.long),
+        temperature=100.0,
+        top_p=0.5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert set(hot[:, 0].tolist()) == {0, 1}  # nearly flat after temperature: two tokens reach 0.5
 
 
@@ -103,56 +115,88 @@ def test_stop_strings_end_the_text_before_them_and_are_never_shown():
     full = sample_text(model, tok, "a", **(args | {"generator": torch.Generator().manual_seed(0)}))[1:]
     stop = full[20:22]  # a two-character string the unstopped text holds
     pieces = []
-    text = sample_text(model, tok, "a", stop=["zz", stop], on_text=pieces.append,
-                       **(args | {"generator": torch.Generator().manual_seed(0)}))
+    text = sample_text(
+        model,
+        tok,
+        "a",
+        stop=["zz", stop],
+        on_text=pieces.append,
+        **(args | {"generator": torch.Generator().manual_seed(0)}),
+    )
     assert text == "a" + full[: full.index(stop)] and "".join(pieces) == text[1:]
     assert stop not in "".join(pieces)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("max_new_tokens=0", "max_new_tokens=0 is not valid: use an integer >= 1"),
-    ("temperature=-1", "temperature=-1 is not valid: use a number >= 0 (0 = always the most likely token)"),
-    ("top_p=1.5", "top_p=1.5 is not valid: use a number in (0, 1]"),
-    ("precision=fp64", "precision='fp64' is not valid: use 32 (float32) or bf16"),
-    ("top_k=14", "top_k=14 is larger than this model's vocabulary of 13 tokens: use 1 to 13"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("max_new_tokens=0", "max_new_tokens=0 is not valid: use an integer >= 1"),
+        ("temperature=-1", "temperature=-1 is not valid: use a number >= 0 (0 = always the most likely token)"),
+        ("top_p=1.5", "top_p=1.5 is not valid: use a number in (0, 1]"),
+        ("precision=fp64", "precision='fp64' is not valid: use 32 (float32) or bf16"),
+        ("top_k=14", "top_k=14 is larger than this model's vocabulary of 13 tokens: use 1 to 13"),
+    ],
+)
 def test_generate_options_are_checked_in_the_cli(tmp_path, override, message):
     from bigmodel import checkpoint
 
     model = tiny_gpt()
     cfg = {"model": {"_target_": "bigmodel.models.gpt.GPT", "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16}}
-    checkpoint.save_atomic({"format": checkpoint.FORMAT_VERSION, "model": model.state_dict(), "config": cfg,
-                            "model_args": {"vocab_size": 13}, "data": {"tokenizer": {"kind": "char", "chars": "abcdefghijkl\n"}}},
-                           tmp_path / "lm.pt")
+    checkpoint.save_atomic(
+        {
+            "format": checkpoint.FORMAT_VERSION,
+            "model": model.state_dict(),
+            "config": cfg,
+            "model_args": {"vocab_size": 13},
+            "data": {"tokenizer": {"kind": "char", "chars": "abcdefghijkl\n"}},
+        },
+        tmp_path / "lm.pt",
+    )
     out = run_cli("generate", f"ckpt_path={tmp_path}/lm.pt", override, f"hydra.run.dir={tmp_path}/gen", cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     errors = [line for line in (out.stdout + out.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("max_new_tokens", -5, "max_new_tokens=-5 is not valid: use an integer >= 1"),
-    ("max_new_tokens", 2.5, "max_new_tokens=2.5 is not valid"),
-    ("num_samples", 0, "num_samples=0 is not valid: use an integer >= 1"),
-    ("temperature", "abc", "temperature='abc' is not valid: use a number >= 0"),
-    ("temperature", float("nan"), "temperature=nan is not valid"),
-    ("top_k", 0, "top_k=0 is not valid: use null (no limit) or an integer from 1"),
-    ("top_p", 0.0, "top_p=0.0 is not valid: use a number in (0, 1]"),
-    ("repetition_penalty", 0, "repetition_penalty=0 is not valid: use a number > 0"),
-    ("stop", [""], "stop=[''] is not valid: use a non-empty string or a list of them"),
-    ("stop", 5, "stop=5 is not valid"),
-    ("cache", "maybe", "cache='maybe' is not valid: use true"),
-    ("precision", 16, "precision=16 is not valid: use 32 (float32) or bf16"),
-    ("ckpt_path", None, "ckpt_path is required"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("max_new_tokens", -5, "max_new_tokens=-5 is not valid: use an integer >= 1"),
+        ("max_new_tokens", 2.5, "max_new_tokens=2.5 is not valid"),
+        ("num_samples", 0, "num_samples=0 is not valid: use an integer >= 1"),
+        ("temperature", "abc", "temperature='abc' is not valid: use a number >= 0"),
+        ("temperature", float("nan"), "temperature=nan is not valid"),
+        ("top_k", 0, "top_k=0 is not valid: use null (no limit) or an integer from 1"),
+        ("top_p", 0.0, "top_p=0.0 is not valid: use a number in (0, 1]"),
+        ("repetition_penalty", 0, "repetition_penalty=0 is not valid: use a number > 0"),
+        ("stop", [""], "stop=[''] is not valid: use a non-empty string or a list of them"),
+        ("stop", 5, "stop=5 is not valid"),
+        ("cache", "maybe", "cache='maybe' is not valid: use true"),
+        ("precision", 16, "precision=16 is not valid: use 32 (float32) or bf16"),
+        ("ckpt_path", None, "ckpt_path is required"),
+    ],
+)
 def test_every_generate_option_is_checked_before_loading(key, value, message):
     from omegaconf import OmegaConf
 
     from bigmodel.config import ConfigError
     from bigmodel.generate import check_options
 
-    good = dict(ckpt_path="x.pt", max_new_tokens=5, temperature=0.8, top_k=None, top_p=1.0, repetition_penalty=1.0,
-                stop=[], cache=True, num_samples=1, seed=0, device="cpu", precision=32, num_threads=1)
+    good = dict(
+        ckpt_path="x.pt",
+        max_new_tokens=5,
+        temperature=0.8,
+        top_k=None,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        stop=[],
+        cache=True,
+        num_samples=1,
+        seed=0,
+        device="cpu",
+        precision=32,
+        num_threads=1,
+    )
     check_options(OmegaConf.create(good))
     with pytest.raises(ConfigError) as e:
         check_options(OmegaConf.create(good | {key: value}))

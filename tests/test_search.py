@@ -18,10 +18,20 @@ SEARCH = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "data.batch_size=
 
 def killed_half_way(cwd: Path) -> None:
     """Start the search and kill it (SIGKILL: a crash) once its second trial has started."""
-    env = {**os.environ, "BIGMODEL_LOG_DIR": str(cwd / "logs"), "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
-           "BIGMODEL_DATA_DIR": str(cwd / "data"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *TINY, *SEARCH], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "BIGMODEL_LOG_DIR": str(cwd / "logs"),
+        "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
+        "BIGMODEL_DATA_DIR": str(cwd / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bigmodel", "train", *TINY, *SEARCH],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not list((cwd / "logs").glob("*/multirun/*/1/.hydra")):
         assert proc.poll() is None and time.time() < deadline, "the search ended before its second trial"
@@ -64,7 +74,7 @@ def test_optuna_search_killed_and_rerun_continues_its_study(tmp_path):
     assert len(sweeps) == 2
     assert len([p for p in sweeps[1].iterdir() if p.name.isdigit()]) == 4 - len(done_before)
     assert (sweeps[1] / "optimization_results.yaml").is_file()
-    assert "trial recorded as failed" in text or all(t.state == TrialState.COMPLETE for t in trials[len(before):])
+    assert "trial recorded as failed" in text or all(t.state == TrialState.COMPLETE for t in trials[len(before) :])
 
 
 @pytest.mark.slow
@@ -73,7 +83,7 @@ def test_a_search_whose_every_trial_fails_ends_with_the_failed_jobs_not_a_traceb
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     write_fake_cifar10(tmp_path / "data" / "cifar10")
     args = [*TINY, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "data.batch_size=abc"]
-    for attempt in range(2):  # the re-run finds the study done, still without a best trial
+    for _attempt in range(2):  # the re-run finds the study done, still without a best trial
         out = run_cli("train", *args, cwd=tmp_path)
         text = out.stdout + out.stderr
         assert out.returncode == 1 and "Traceback" not in text and "ValueError" not in text, text[-3000:]

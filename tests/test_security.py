@@ -23,8 +23,15 @@ from test_text_data import write_sentiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-SMALL = ["model=lstm", "data=sst2", "debug=fast", "logger=none", "model.embed_dim=8", "model.hidden_size=8",
-         "data.batch_size=8"]
+SMALL = [
+    "model=lstm",
+    "data=sst2",
+    "debug=fast",
+    "logger=none",
+    "model.embed_dim=8",
+    "model.hidden_size=8",
+    "data.batch_size=8",
+]
 
 
 class Payload:
@@ -43,8 +50,17 @@ def real(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("security")
     write_sentiment(root / "data" / "sst2", n_train=32)
     (root / "run").mkdir()
-    cfg = compose_cfg("train", [f"paths.data_dir={root}/data", f"paths.log_dir={root}/logs",
-                                f"paths.cache_dir={root}/cache", *SMALL, "test=false"], root / "run")
+    cfg = compose_cfg(
+        "train",
+        [
+            f"paths.data_dir={root}/data",
+            f"paths.log_dir={root}/logs",
+            f"paths.cache_dir={root}/cache",
+            *SMALL,
+            "test=false",
+        ],
+        root / "run",
+    )
     train(cfg)
     GlobalHydra.instance().clear()
     return root / "run" / "checkpoints" / "best.pt"
@@ -110,9 +126,18 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("command,kind", [
-    ("eval", "payload"), *[pytest.param(c, k, marks=pytest.mark.slow) for c in COMMANDS for k in ("payload", "bare")
-                           if (c, k) != ("eval", "payload")]])
+@pytest.mark.parametrize(
+    "command,kind",
+    [
+        ("eval", "payload"),
+        *[
+            pytest.param(c, k, marks=pytest.mark.slow)
+            for c in COMMANDS
+            for k in ("payload", "bare")
+            if (c, k) != ("eval", "payload")
+        ],
+    ],
+)
 def test_every_command_refuses_a_hostile_checkpoint(tmp_path, real, command, kind):
     path = hostile_files(real, tmp_path / "downloads", tmp_path / "MARKER")[kind]
     write_sentiment(tmp_path / "data" / "sst2", n_train=32)
@@ -143,8 +168,13 @@ def test_a_trained_checkpoint_is_plain(real):
 def test_a_format_1_checkpoint_with_enum_members_still_loads(tmp_path, real):
     """Checkpoints written before configs were stored plain hold the trainer's enum members."""
     ckpt = torch.load(real, weights_only=True)
-    ckpt["config"]["trainer"] |= {"device": Device.auto, "precision": Precision.fp32, "strategy": Strategy.auto,
-                                  "on_nonfinite": NonFinite.stop, "profiler": Profiler.none}
+    ckpt["config"]["trainer"] |= {
+        "device": Device.auto,
+        "precision": Precision.fp32,
+        "strategy": Strategy.auto,
+        "on_nonfinite": NonFinite.stop,
+        "profiler": Profiler.none,
+    }
     torch.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "old.pt", weights_only=True)  # what a plain weights_only load says
@@ -194,5 +224,5 @@ def test_src_never_loads_with_weights_only_false():
     calls = [(p, m.start()) for p, text in sources.items() for m in re.finditer(r"torch\.load\(", text)]
     assert calls  # checkpoint.load, the image cache
     for p, start in calls:
-        call = sources[p][start:sources[p].index(")", start) + 1]
+        call = sources[p][start : sources[p].index(")", start) + 1]
         assert "weights_only=True" in call, f"{p}: {call}"

@@ -33,14 +33,29 @@ CHARS = "\n abcdefgh"
 LIMITS = Limits(max_items=4, max_text_chars=50, max_image_pixels=64 * 64, max_new_tokens=300)
 
 
-def save_ckpt(path, target: str, args: dict, model_args: dict, model: torch.nn.Module, data: dict,
-              monitor: str = "val/acc", best: float = 0.5) -> str:
+def save_ckpt(
+    path,
+    target: str,
+    args: dict,
+    model_args: dict,
+    model: torch.nn.Module,
+    data: dict,
+    monitor: str = "val/acc",
+    best: float = 0.5,
+) -> str:
     """A checkpoint as `bigmodel train` writes it: config, weights, the data module's state, best metric."""
-    save_atomic({"format": FORMAT_VERSION, "model": model.state_dict(), "model_args": model_args, "data": data,
-                 "config": {"model": {"_target_": target, **args},
-                            "callbacks": {"model_checkpoint": {"monitor": monitor}}},
-                 "progress": {"global_step": 2, "epoch": 0}, "callbacks": {"model_checkpoint": {"best": best}}},
-                path)
+    save_atomic(
+        {
+            "format": FORMAT_VERSION,
+            "model": model.state_dict(),
+            "model_args": model_args,
+            "data": data,
+            "config": {"model": {"_target_": target, **args}, "callbacks": {"model_checkpoint": {"monitor": monitor}}},
+            "progress": {"global_step": 2, "epoch": 0},
+            "callbacks": {"model_checkpoint": {"best": best}},
+        },
+        path,
+    )
     return str(path)
 
 
@@ -53,27 +68,50 @@ def ckpts(tmp_path_factory) -> dict[str, str]:
     lstm = dict(embed_dim=8, hidden_size=8)
     gpt = dict(block_size=16, n_layer=1, n_head=2, n_embd=8)
     return {
-        "cnn": save_ckpt(root / "cnn.pt", "bigmodel.models.cnn.CNN", cnn, {"num_classes": 3, "in_channels": 3},
-                         CNN(3, 3, **cnn), {"class_names": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3,
-                                            "image_size": [8, 8]}),
-        "lstm": save_ckpt(root / "lstm.pt", "bigmodel.models.rnn.LSTMClassifier", lstm,
-                          {"vocab_size": len(vocab), "num_classes": 2, "pad_idx": 0},
-                          LSTMClassifier(len(vocab), 2, 0, **lstm),
-                          {"vocab": vocab.state_dict(), "class_names": ["negative", "positive"]}),
-        "gpt": save_ckpt(root / "gpt.pt", "bigmodel.models.gpt.GPT", gpt, {"vocab_size": len(CHARS)},
-                         GPT(len(CHARS), **gpt), {"tokenizer": {"kind": "char", "chars": CHARS}, "block_size": 16},
-                         monitor="val/loss", best=2.3),
+        "cnn": save_ckpt(
+            root / "cnn.pt",
+            "bigmodel.models.cnn.CNN",
+            cnn,
+            {"num_classes": 3, "in_channels": 3},
+            CNN(3, 3, **cnn),
+            {"class_names": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": [8, 8]},
+        ),
+        "lstm": save_ckpt(
+            root / "lstm.pt",
+            "bigmodel.models.rnn.LSTMClassifier",
+            lstm,
+            {"vocab_size": len(vocab), "num_classes": 2, "pad_idx": 0},
+            LSTMClassifier(len(vocab), 2, 0, **lstm),
+            {"vocab": vocab.state_dict(), "class_names": ["negative", "positive"]},
+        ),
+        "gpt": save_ckpt(
+            root / "gpt.pt",
+            "bigmodel.models.gpt.GPT",
+            gpt,
+            {"vocab_size": len(CHARS)},
+            GPT(len(CHARS), **gpt),
+            {"tokenizer": {"kind": "char", "chars": CHARS}, "block_size": 16},
+            monitor="val/loss",
+            best=2.3,
+        ),
     }
 
 
 @contextmanager
-def running(ckpt: str | None, *, max_batch_size: int = 32, max_wait_ms: float = 5, max_body_bytes: int = 2**16,
-            model_path: str | None = None):
+def running(
+    ckpt: str | None,
+    *,
+    max_batch_size: int = 32,
+    max_wait_ms: float = 5,
+    max_body_bytes: int = 2**16,
+    model_path: str | None = None,
+):
     """A uvicorn server for `ckpt` (or an exported folder) in a thread, on a free loopback port: yields
     (base URL, backend, app)."""
     backend = load_backend(ckpt, model_path, torch.device("cpu"), LIMITS)
-    app = create_app(backend, limits=LIMITS, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                     max_body_bytes=max_body_bytes)
+    app = create_app(
+        backend, limits=LIMITS, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes
+    )
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -113,7 +151,9 @@ def test_image_predictions_match_the_model_and_concurrent_requests_are_batched(c
     for answer, want in zip(answers, expected):  # each client got the prediction of its own image
         (got,) = answer.json()["predictions"]
         assert got["label"] == want["label"] and got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
-        assert list(got["probabilities"]) == CLASSES and sum(got["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert list(got["probabilities"]) == CLASSES and sum(got["probabilities"].values()) == pytest.approx(
+            1, abs=1e-4
+        )
     assert stats["requests"] == 8 and stats["batches"] < 8  # 8 requests within 500 ms: fewer model calls
     assert sum(int(k) * v for k, v in stats["batch_sizes"].items()) == 8 and max(map(int, stats["batch_sizes"])) > 1
 
@@ -188,19 +228,22 @@ def test_bad_requests_get_a_4xx_with_a_json_error_and_the_server_keeps_serving(c
         after = httpx.post(f"{url}/v1/predict", json=good)
     for (body, status, words), answer in zip(IMAGE_REFUSALS, answers):
         assert answer.status_code == status and words in answer.json()["error"], (body[:40], answer.text)
-    assert all(a.status_code == 200 for a in answers[len(IMAGE_REFUSALS):])  # sent alongside the bad ones
+    assert all(a.status_code == 200 for a in answers[len(IMAGE_REFUSALS) :])  # sent alongside the bad ones
     assert chunked.status_code == 413 and "larger than" in chunked.json()["error"]  # no content-length
     assert wrong_route.status_code == 404 and "/v1/predict" in wrong_route.json()["error"]
     assert after.status_code == 200 and len(after.json()["predictions"]) == 1
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({"texts": ["x" * 51]}, 413, "at most 50"),
-    ({"texts": ["fine", 3]}, 422, "texts[1] is not a string"),
-    ({"texts": ["  "]}, 422, "texts[0] is empty"),
-    ({"texts": ["a"] * 5}, 413, "at most 4"),
-    ({"images": [b64(png())]}, 422, "classifies texts"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"texts": ["x" * 51]}, 413, "at most 50"),
+        ({"texts": ["fine", 3]}, 422, "texts[1] is not a string"),
+        ({"texts": ["  "]}, 422, "texts[0] is empty"),
+        ({"texts": ["a"] * 5}, 413, "at most 4"),
+        ({"images": [b64(png())]}, 422, "classifies texts"),
+    ],
+)
 def test_bad_text_requests(ckpts, body, status, words):
     with running(ckpts["lstm"]) as (url, _, _):
         answer = httpx.post(f"{url}/v1/predict", json=body)
@@ -214,9 +257,9 @@ def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
     events, name = [], "message"
     for line in response.iter_lines():
         if line.startswith("event: "):
-            name = line[len("event: "):]
+            name = line[len("event: ") :]
         elif line.startswith("data: "):
-            events.append((name, json.loads(line[len("data: "):])))
+            events.append((name, json.loads(line[len("data: ") :])))
             name = "message"
     return events
 
@@ -241,21 +284,24 @@ def test_generate_and_stream_server_sent_events(ckpts):
     assert info["task"] == "text-generation" and info["vocab_size"] == len(CHARS)
 
 
-@pytest.mark.parametrize("body, words", [
-    ({"max_new_tokens": 0}, "max_new_tokens=0"),
-    ({"max_new_tokens": 301}, "at most 300"),
-    ({"temperature": -1}, "temperature=-1"),
-    ({"top_k": 0}, "top_k=0"),
-    ({"top_k": 11}, "vocabulary of 10"),
-    ({"top_p": 1.5}, "top_p=1.5"),
-    ({"seed": "x"}, "seed='x'"),
-    ({"seed": -1}, "seed=-1"),
-    ({"stream": "yes"}, "stream='yes'"),
-    ({"prompt": ["a"]}, "prompt is not a string"),
-    ({"prompt": "xyz"}, "not in this model's vocabulary"),
-    ({"prompt": "a" * 51}, "at most 50"),
-    ({"promt": "a"}, "unknown field"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens=0"),
+        ({"max_new_tokens": 301}, "at most 300"),
+        ({"temperature": -1}, "temperature=-1"),
+        ({"top_k": 0}, "top_k=0"),
+        ({"top_k": 11}, "vocabulary of 10"),
+        ({"top_p": 1.5}, "top_p=1.5"),
+        ({"seed": "x"}, "seed='x'"),
+        ({"seed": -1}, "seed=-1"),
+        ({"stream": "yes"}, "stream='yes'"),
+        ({"prompt": ["a"]}, "prompt is not a string"),
+        ({"prompt": "xyz"}, "not in this model's vocabulary"),
+        ({"prompt": "a" * 51}, "at most 50"),
+        ({"promt": "a"}, "unknown field"),
+    ],
+)
 def test_generate_refuses_options_out_of_range(ckpts, body, words):
     with running(ckpts["gpt"]) as (url, _, _):
         answer = httpx.post(f"{url}/v1/generate", json=body)

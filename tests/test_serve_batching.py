@@ -25,8 +25,9 @@ class Recorder:
         return [2 * x for x in items]
 
 
-async def serve_requests(run: Recorder, requests: list[list], *, max_batch_size: int, max_wait_ms: float,
-                         gap_s: float = 0.0) -> list:
+async def serve_requests(
+    run: Recorder, requests: list[list], *, max_batch_size: int, max_wait_ms: float, gap_s: float = 0.0
+) -> list:
     with ThreadPoolExecutor(1, thread_name_prefix="model") as executor:
         batcher = Batcher(run, executor, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
         batcher.start()

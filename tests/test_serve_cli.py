@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+
 from conftest import run_cli
 from test_serve import b64, ckpts, png  # noqa: F401 (ckpts is a fixture)
 
@@ -23,8 +24,14 @@ class Server:
 
     def __init__(self, cwd, *args: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "BIGMODEL_LOG_DIR": str(cwd / "logs")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "bigmodel", "serve", "port=0", *args], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bigmodel", "serve", "port=0", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -60,8 +67,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(ckpts, tmp_path):
     try:
         url = server.url()
         answer = {}
-        client = threading.Thread(target=lambda: answer.update(
-            r=httpx.post(f"{url}/v1/predict", json={"images": [b64(png())]}, timeout=60)))
+        client = threading.Thread(
+            target=lambda: answer.update(r=httpx.post(f"{url}/v1/predict", json={"images": [b64(png())]}, timeout=60))
+        )
         client.start()
         end = time.monotonic() + 30
         while httpx.get(f"{url}/v1/stats").json()["in_flight"] < 1 and time.monotonic() < end:

@@ -2,16 +2,18 @@
 
 import pytest
 import torch
-from test_export import train_tiny
-from test_serve import LIMITS, b64, png, running
 
 from bigmodel.checkpoint import CheckpointError
 from bigmodel.export import export_model
 from bigmodel.serve.backend import load_backend
+from test_export import train_tiny
+from test_serve import LIMITS, b64, png, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-BODIES = {"cnn": {"images": [b64(png((32, 32), (200, 10, 10))), b64(png((40, 20), (5, 90, 250), "JPEG"))]},
-          "lstm": {"texts": ["a good film", "bad , really bad", "what"]}}
+BODIES = {
+    "cnn": {"images": [b64(png((32, 32), (200, 10, 10))), b64(png((40, 20), (5, 90, 250), "JPEG"))]},
+    "lstm": {"texts": ["a good film", "bad , really bad", "what"]},
+}
 
 
 @pytest.mark.parametrize("family", ["cnn", "lstm"])
@@ -29,7 +31,11 @@ def test_an_exported_folder_serves_the_checkpoints_predictions(tmp_path, family)
     for g, w in zip(got, want):
         assert list(g["probabilities"]) == list(w["probabilities"])
         assert list(g["probabilities"].values()) == pytest.approx(list(w["probabilities"].values()), abs=1e-4)
-    assert info["format"] == "onnx" and info["model_path"] == str(folder) and info["classes"] == list(got[0]["probabilities"])
+    assert (
+        info["format"] == "onnx"
+        and info["model_path"] == str(folder)
+        and info["classes"] == list(got[0]["probabilities"])
+    )
 
 
 def test_an_exported_gpt_is_refused_with_one_line(tmp_path):

@@ -21,8 +21,15 @@ def encoded(size=(23, 17), fmt="PNG", **options) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt, options", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
-                                          ("JPEG", {"exif": Image.Exif().tobytes(), "quality": 50})])
+@pytest.mark.parametrize(
+    "fmt, options",
+    [
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("JPEG", {"exif": Image.Exif().tobytes(), "quality": 50}),
+    ],
+)
 def test_header_size_reads_png_and_jpeg_headers_as_pillow_does(fmt, options):
     data = encoded((23, 17), fmt, **options)
     assert header_size(data) == Image.open(io.BytesIO(data)).size == (23, 17)

@@ -13,15 +13,32 @@ import pytest
 from bigmodel import checkpoint
 from conftest import run_cli, write_fake_cifar10
 
-TINY = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "data.val_size=20",
-        "data.batch_size=16", "debug=fast"]
+TINY = [
+    "model.stem_width=4",
+    "model.widths=[8]",
+    "data.download=false",
+    "data.val_size=20",
+    "data.batch_size=16",
+    "debug=fast",
+]
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "BIGMODEL_LOG_DIR": str(cwd / "logs"), "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
-           "BIGMODEL_DATA_DIR": str(cwd / "data"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "bigmodel", "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "BIGMODEL_LOG_DIR": str(cwd / "logs"),
+        "BIGMODEL_CACHE_DIR": str(cwd / "cache"),
+        "BIGMODEL_DATA_DIR": str(cwd / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "bigmodel", "train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for_torch(proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -59,7 +76,7 @@ def test_a_bad_job_is_recorded_and_the_sweep_runs_the_others(tmp_path):
         assert (sweep / job / "config.yaml").is_file() and not (sweep / job / "error.txt").exists()
     error = (sweep / "1" / "error.txt").read_text()
     assert "job 1" in error and "data.batch_size=abc" in error and "is not a valid int" in error
-    summary = text[text.index("1 job(s) failed"):]
+    summary = text[text.index("1 job(s) failed") :]
     assert error.splitlines()[0] in summary
 
 
@@ -67,8 +84,15 @@ def test_a_bad_job_is_recorded_and_the_sweep_runs_the_others(tmp_path):
 def test_ctrl_c_during_a_sweep_saves_the_job_and_stops_the_sweep(tmp_path):
     write_fake_cifar10(tmp_path / "data" / "cifar10", n_train=400)
     not_fast = [a for a in TINY if a != "debug=fast"]
-    proc = start(tmp_path, "-m", *not_fast, "trainer.progress_bar=false", "trainer.max_steps=100000",
-                 "trainer.val_check_interval=2", "seed=1,2")
+    proc = start(
+        tmp_path,
+        "-m",
+        *not_fast,
+        "trainer.progress_bar=false",
+        "trainer.max_steps=100000",
+        "trainer.val_check_interval=2",
+        "seed=1,2",
+    )
     lines = []
     deadline = time.time() + 180
     for line in proc.stdout:  # wait until the first job is training

@@ -8,8 +8,14 @@ from helpers import make_trainer
 
 
 def test_counts_and_shapes_of_a_small_cnn():
-    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 4),
+    )
     model[0].bias.requires_grad_(False)  # frozen: counted, not trainable
     model.train()
     before = [b.clone() for b in model.buffers()]
@@ -17,10 +23,21 @@ def test_counts_and_shapes_of_a_small_cnn():
 
     conv, linear = 3 * 5 * 3 * 3 + 5, 5 * 4 + 4
     assert [(r.name, r.type, r.params, r.trainable) for r in rows] == [
-        ("0", "Conv2d", conv, conv - 5), ("1", "BatchNorm2d", 10, 10), ("2", "ReLU", 0, 0),
-        ("3", "AdaptiveAvgPool2d", 0, 0), ("4", "Flatten", 0, 0), ("5", "Linear", linear, linear)]
-    assert [r.output for r in rows] == ["[2, 5, 8, 8]", "[2, 5, 8, 8]", "[2, 5, 8, 8]", "[2, 5, 1, 1]",
-                                        "[2, 5]", "[2, 4]"]
+        ("0", "Conv2d", conv, conv - 5),
+        ("1", "BatchNorm2d", 10, 10),
+        ("2", "ReLU", 0, 0),
+        ("3", "AdaptiveAvgPool2d", 0, 0),
+        ("4", "Flatten", 0, 0),
+        ("5", "Linear", linear, linear),
+    ]
+    assert [r.output for r in rows] == [
+        "[2, 5, 8, 8]",
+        "[2, 5, 8, 8]",
+        "[2, 5, 8, 8]",
+        "[2, 5, 1, 1]",
+        "[2, 5]",
+        "[2, 4]",
+    ]
     assert model.training  # left as it was, and the pass ran in eval mode: no BatchNorm statistics moved
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
     text = table(model, rows)

@@ -10,8 +10,14 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import run_cli, write_fake_cifar10
 
-TINY = ["model.stem_width=4", "model.widths=[8]", "data.download=false", "data.val_size=20",
-        "data.batch_size=16", "debug=fast"]
+TINY = [
+    "model.stem_width=4",
+    "model.widths=[8]",
+    "data.download=false",
+    "data.val_size=20",
+    "data.batch_size=16",
+    "debug=fast",
+]
 
 
 def sweep_dir(cwd: Path) -> Path:
@@ -30,8 +36,10 @@ def hparams_by_run(folder: Path) -> dict[str, dict]:
         if "_hparams_/session_start_info" not in tags:
             continue
         info = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
-        values = {k: v.number_value if v.HasField("number_value") else v.string_value
-                  for k, v in info.session_start_info.hparams.items()}
+        values = {
+            k: v.number_value if v.HasField("number_value") else v.string_value
+            for k, v in info.session_start_info.hparams.items()
+        }
         experiment = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/experiment"]).experiment
         metrics = {m.name.tag for m in experiment.metric_infos}
         out[run] = {"hparams": values, "metrics": metrics}
@@ -68,9 +76,16 @@ def test_hparams_search_optuna_composes(compose_train):
 
 def test_slurm_launcher_composes_with_documented_options(compose_train):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = compose_train(["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2",
-                         "hydra.launcher.tasks_per_node=4", "hydra.launcher.gpus_per_node=4",
-                         "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=600"])
+    cfg = compose_train(
+        [
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.nodes=2",
+            "hydra.launcher.tasks_per_node=4",
+            "hydra.launcher.gpus_per_node=4",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.timeout_min=600",
+        ]
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)

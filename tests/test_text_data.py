@@ -52,15 +52,21 @@ def test_label_lines_split_on_newline_only(tmp_path):
     f.write_bytes("1 first\tline\r\n\n0 caf\u00e9 \x85 \u2028 still one line\n   \n1 last".encode("utf-8"))
     rows = read_label_lines(f)
     assert [(label, text) for label, text, _ in rows] == [
-        ("1", "first\tline"), ("0", "caf\u00e9 \x85 \u2028 still one line"), ("1", "last")]
+        ("1", "first\tline"),
+        ("0", "caf\u00e9 \x85 \u2028 still one line"),
+        ("1", "last"),
+    ]
     assert rows[1][2] == f"{f}:3"  # blank lines still count
 
 
-@pytest.mark.parametrize("content,line,message", [
-    ("1 fine\n0 fine\njustoneword\n", 3, "expected `LABEL text`"),
-    ("1 fine\n7 out of range\n", 2, "label '7'"),
-    ("1 fine\n0 fine\n1 fine\nmaybe a label name\n", 4, "label 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "content,line,message",
+    [
+        ("1 fine\n0 fine\njustoneword\n", 3, "expected `LABEL text`"),
+        ("1 fine\n7 out of range\n", 2, "label '7'"),
+        ("1 fine\n0 fine\n1 fine\nmaybe a label name\n", 4, "label 'maybe'"),
+    ],
+)
 def test_bad_lines_name_file_and_line(tmp_path, content, line, message):
     write_sentiment(tmp_path / "d")
     (tmp_path / "d" / "train.txt").write_text(content, encoding="utf-8")
@@ -88,7 +94,11 @@ def test_labels_may_be_class_names_or_indices(tmp_path):
 
 def test_missing_dev_carves_a_seeded_validation_split_from_train(tmp_path):
     folder = write_sentiment(tmp_path / "trec", n_train=40, dev=False)
-    a, b, c = small(folder, val_fraction=0.25, seed=1), small(folder, val_fraction=0.25, seed=1), small(folder, val_fraction=0.25, seed=2)
+    a, b, c = (
+        small(folder, val_fraction=0.25, seed=1),
+        small(folder, val_fraction=0.25, seed=1),
+        small(folder, val_fraction=0.25, seed=2),
+    )
     assert (len(a.datasets["train"]), len(a.datasets["val"])) == (30, 10)
     ids = lambda dm, s: sorted(t.tolist() + [y] for t, y in dm.datasets[s])  # noqa: E731
     assert ids(a, "val") == ids(b, "val") and ids(a, "val") != ids(c, "val")
@@ -99,8 +109,10 @@ def test_missing_dev_carves_a_seeded_validation_split_from_train(tmp_path):
 def test_shipped_trec_config_reads_latin1_train_and_carves_val(compose_train, tmp_path):
     folder = tmp_path / "data" / "trec"
     folder.mkdir(parents=True)
-    (folder / "train.txt").write_bytes("".join(f"{i % 6} What is question {i} ?\n" for i in range(38)).encode("latin-1")
-                                      + "5 How many r\u00f0les ?\n4 Where is Reykjav\u00edk ?\n".encode("latin-1"))
+    (folder / "train.txt").write_bytes(
+        "".join(f"{i % 6} What is question {i} ?\n" for i in range(38)).encode("latin-1")
+        + "5 How many r\u00f0les ?\n4 Where is Reykjav\u00edk ?\n".encode("latin-1")
+    )
     (folder / "test.txt").write_text("3 Who wrote Hamlet ?\n1 What is caf\u00e9 ?\n", encoding="utf-8")
     from hydra.utils import instantiate
 
@@ -200,18 +212,31 @@ def test_bucketing_groups_similar_lengths():
 
 # ---------------------------------------------------------------- CSV / TSV
 def test_text_csv_named_columns_tsv_and_inferred_labels(tmp_path):
-    (tmp_path / "train.tsv").write_text('id\treview\tstars\n1\t"Great film,\nreally."\tpos\n2\tDull.\tneg\n'
-                                        '3\tFun!\tpos\n4\tFun, great.\tpos\n', encoding="utf-8")
+    (tmp_path / "train.tsv").write_text(
+        'id\treview\tstars\n1\t"Great film,\nreally."\tpos\n2\tDull.\tneg\n3\tFun!\tpos\n4\tFun, great.\tpos\n',
+        encoding="utf-8",
+    )
     (tmp_path / "test.csv").write_text("stars,review\nneg,Awful\n", encoding="utf-8")  # delimiter per file
-    dm = text_csv(str(tmp_path / "train.tsv"), test_file=str(tmp_path / "test.csv"), text_column="review",
-                  label_column="stars", val_fraction=0.25, min_freq=1, seed=0)
+    dm = text_csv(
+        str(tmp_path / "train.tsv"),
+        test_file=str(tmp_path / "test.csv"),
+        text_column="review",
+        label_column="stars",
+        val_fraction=0.25,
+        min_freq=1,
+        seed=0,
+    )
     dm.setup()
     assert dm.class_names == ["neg", "pos"]
     assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (3, 1, 1)
     assert dm.datasets["test"][0][1] == 0 and dm.vocab.tokenizer.value == "words"
     assert {",", "."} <= set(dm.vocab.itos)  # punctuation split from words
     bad = text_csv(str(tmp_path / "train.tsv"), text_column="text")
-    with pytest.raises(DataError, match=r"train\.tsv: no column 'text' in the header \(data\.text_column\); columns are \['id', 'review', 'stars'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"train\.tsv: no column 'text' in the header \(data\.text_column\); "
+        r"columns are \['id', 'review', 'stars'\]",
+    ):
         bad.setup()
 
 
@@ -225,8 +250,13 @@ def test_integer_labels_from_one_are_their_own_classes(tmp_path):
     dm = text_csv(str(tmp_path / "train.csv"), label_column="stars", val_fraction=0.25, min_freq=1, seed=0)
     dm.setup()
     assert dm.class_names == ["1", "3", "5"] and dm.model_args()["num_classes"] == 3
-    unseen = text_csv(str(tmp_path / "train.csv"), test_file=str(tmp_path / "test.csv"), label_column="stars",
-                      val_fraction=0.25, min_freq=1)
+    unseen = text_csv(
+        str(tmp_path / "train.csv"),
+        test_file=str(tmp_path / "test.csv"),
+        label_column="stars",
+        val_fraction=0.25,
+        min_freq=1,
+    )
     with pytest.raises(DataError, match=r"test\.csv:2: label '0' is not one of"):
         unseen.setup()
 

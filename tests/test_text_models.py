@@ -14,15 +14,21 @@ from test_text_data import write_sentiment
 
 VOCAB, CLASSES = 40, 3
 MODELS = {
-    "lstm-max": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, n_layer=2, dropout=0.3, word_dropout=0.1),
+    "lstm-max": lambda: LSTMClassifier(
+        VOCAB, CLASSES, embed_dim=8, hidden_size=8, n_layer=2, dropout=0.3, word_dropout=0.1
+    ),
     "lstm-mean": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, pooling="mean"),
     "lstm-last": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, n_layer=2, pooling="last"),
-    "lstm-unidirectional": lambda: LSTMClassifier(VOCAB, CLASSES, embed_dim=8, hidden_size=8, bidirectional=False,
-                                                  pooling="last"),
+    "lstm-unidirectional": lambda: LSTMClassifier(
+        VOCAB, CLASSES, embed_dim=8, hidden_size=8, bidirectional=False, pooling="last"
+    ),
     "transformer-learned-mean": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=32),
-    "transformer-sinusoidal-cls": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=32,
-                                                                positions="sinusoidal", pooling="cls", word_dropout=0.1),
-    "transformer-max": lambda: TransformerClassifier(VOCAB, CLASSES, hidden_size=16, n_head=2, n_layer=1, pooling="max"),
+    "transformer-sinusoidal-cls": lambda: TransformerClassifier(
+        VOCAB, CLASSES, hidden_size=16, n_head=2, max_length=32, positions="sinusoidal", pooling="cls", word_dropout=0.1
+    ),
+    "transformer-max": lambda: TransformerClassifier(
+        VOCAB, CLASSES, hidden_size=16, n_head=2, n_layer=1, pooling="max"
+    ),
     "textcnn": lambda: TextCNN(VOCAB, CLASSES, embed_dim=8, n_filters=6, word_dropout=0.1, embed_dropout=0.1),
     "textcnn-wide-and-unigram": lambda: TextCNN(VOCAB, CLASSES, embed_dim=8, filter_widths=[1, 7], n_filters=4),
     "fasttext": lambda: FastText(VOCAB, CLASSES, embed_dim=8, dropout=0.2, word_dropout=0.1),
@@ -82,12 +88,24 @@ def test_sizes_are_overridable_from_the_config(compose_train):
     lstm = instantiate(compose_train(["model=lstm", "model.hidden_size=32", "model.n_layer=2"]).model, **args)
     assert isinstance(lstm, LSTMClassifier) and (lstm.lstm.hidden_size, lstm.lstm.num_layers) == (32, 2)
     assert lstm.head.in_features == 64  # both directions
-    tf = instantiate(compose_train(["model=transformer", "model.hidden_size=32", "model.n_layer=3",
-                                    "model.positions=sinusoidal", "model.pooling=cls"]).model, **args)
+    tf = instantiate(
+        compose_train(
+            [
+                "model=transformer",
+                "model.hidden_size=32",
+                "model.n_layer=3",
+                "model.positions=sinusoidal",
+                "model.pooling=cls",
+            ]
+        ).model,
+        **args,
+    )
     assert isinstance(tf, TransformerClassifier) and len(tf.blocks) == 3 and tf.embed.embedding_dim == 32
     assert "pos" not in tf.state_dict()  # sinusoids are computed, not saved
-    cnn = instantiate(compose_train(["model=textcnn", "model.filter_widths=[2,6]", "model.n_filters=7",
-                                     "model.embed_dim=12"]).model, **args)
+    cnn = instantiate(
+        compose_train(["model=textcnn", "model.filter_widths=[2,6]", "model.n_filters=7", "model.embed_dim=12"]).model,
+        **args,
+    )
     assert isinstance(cnn, TextCNN) and [c.kernel_size[0] for c in cnn.convs] == [2, 6]
     assert cnn.embed.embedding_dim == 12 and cnn.head.in_features == 14  # 7 maps per width
     bag = instantiate(compose_train(["model=fasttext", "model.embed_dim=12"]).model, **args)
@@ -139,8 +157,13 @@ def test_textcnn_gradients_equal_those_of_the_plain_graph():
 
     def plain(m: TextCNN) -> torch.Tensor:  # every window through autograd, then the max
         x = (m.embed(tokens) * (torch.arange(tokens.shape[1]) < lengths[:, None])[..., None]).transpose(1, 2)
-        feats = [conv(x).masked_fill(torch.arange(x.shape[2] + w - 1) >= (lengths + w - 1)[:, None, None],
-                                     float("-inf")).amax(2).relu() for conv, w in zip(m.convs, m.filter_widths)]
+        feats = [
+            conv(x)
+            .masked_fill(torch.arange(x.shape[2] + w - 1) >= (lengths + w - 1)[:, None, None], float("-inf"))
+            .amax(2)
+            .relu()
+            for conv, w in zip(m.convs, m.filter_widths)
+        ]
         return m.head(torch.cat(feats, 1))
 
     grads = []
@@ -158,12 +181,28 @@ def test_textcnn_gradients_equal_those_of_the_plain_graph():
 def test_cli_trains_textcnn_and_predicts_a_one_word_text(tmp_path):
     write_sentiment(tmp_path / "data" / "sst2")
     run_dir = tmp_path / "run"
-    out = run_cli("train", "model=textcnn", "data=sst2", "trainer=debug", "logger=none", "model.embed_dim=16",
-                  "model.n_filters=8", f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    out = run_cli(
+        "train",
+        "model=textcnn",
+        "data=sst2",
+        "trainer=debug",
+        "logger=none",
+        "model.embed_dim=16",
+        "model.n_filters=8",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test/acc=" in (run_dir / "train.log").read_text()
-    pred = run_cli("predict", f"ckpt_path={run_dir}/checkpoints/best.pt", "text=film",
-                   f"hydra.run.dir={tmp_path}/p", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    pred = run_cli(
+        "predict",
+        f"ckpt_path={run_dir}/checkpoints/best.pt",
+        "text=film",
+        f"hydra.run.dir={tmp_path}/p",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert pred.returncode == 0, pred.stderr[-3000:]
     label, probs, text = pred.stdout.strip().split("\n")[-1].split("\t")
     assert label in ("negative", "positive") and probs.startswith("negative=") and text == "film"

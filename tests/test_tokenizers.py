@@ -29,10 +29,75 @@ EXPECTED = {
     },
     Tokenizer.chars: {
         ZH: ["这", "台", "电", "脑", "很", "好", "，", "我", "很", "满", "意", "！"],
-        MIXED: ["这", "部", "i", "p", "h", "o", "n", "e", "1", "2", "拍", "的", "照", "片", "很", "清", "楚", "。",
-                "i", "t", "'", "s", "g", "r", "e", "a", "t", "."],
-        EN: ["i", "t", "'", "s", "a", "g", "r", "i", "p", "p", "i", "n", "g", ",", "f", "u", "n", "n", "y", "f",
-             "i", "l", "m", "(", "2", "0", "0", "2", ")", "-", "-", "1", "0", "/", "1", "0", "!"],
+        MIXED: [
+            "这",
+            "部",
+            "i",
+            "p",
+            "h",
+            "o",
+            "n",
+            "e",
+            "1",
+            "2",
+            "拍",
+            "的",
+            "照",
+            "片",
+            "很",
+            "清",
+            "楚",
+            "。",
+            "i",
+            "t",
+            "'",
+            "s",
+            "g",
+            "r",
+            "e",
+            "a",
+            "t",
+            ".",
+        ],
+        EN: [
+            "i",
+            "t",
+            "'",
+            "s",
+            "a",
+            "g",
+            "r",
+            "i",
+            "p",
+            "p",
+            "i",
+            "n",
+            "g",
+            ",",
+            "f",
+            "u",
+            "n",
+            "n",
+            "y",
+            "f",
+            "i",
+            "l",
+            "m",
+            "(",
+            "2",
+            "0",
+            "0",
+            "2",
+            ")",
+            "-",
+            "-",
+            "1",
+            "0",
+            "/",
+            "1",
+            "0",
+            "!",
+        ],
     },
     Tokenizer.jieba: {
         ZH: ["这台", "电脑", "很", "好", "，", "我", "很", "满意", "！"],
@@ -54,7 +119,20 @@ def test_exact_tokens(tokenizer, text):
 def test_words_keeps_case_when_asked_and_splits_cjk_punctuation_and_rare_blocks():
     text = "《三体》Vol.2\u3000第〇章：𠀀字"  # book-title marks, ideographic space, U+3007, an extension-B ideograph
     assert tokenize(text, Tokenizer.words, lowercase=False) == [
-        "《", "三", "体", "》", "Vol", ".", "2", "第", "〇", "章", "：", "𠀀", "字"]
+        "《",
+        "三",
+        "体",
+        "》",
+        "Vol",
+        ".",
+        "2",
+        "第",
+        "〇",
+        "章",
+        "：",
+        "𠀀",
+        "字",
+    ]
     assert tokenize("ひらがな 한국어", Tokenizer.words) == ["ひらがな", "한국어"]  # kana, Hangul: words, as in BERT
 
 
@@ -115,7 +193,7 @@ def test_ngrams_follow_the_tokens_in_text_order():
     assert with_ngrams(zh, 2) == ["很", "好", "用", "很 好", "好 用"]
     assert with_ngrams(zh, 3) == ["很", "好", "用", "很 好", "好 用", "很 好 用"]
     mixed = tokenize("好用iPhone 12", Tokenizer.words)  # Latin words stay whole inside their n-grams
-    assert with_ngrams(mixed, 2)[len(mixed):] == ["好 用", "用 iphone", "iphone 12"]
+    assert with_ngrams(mixed, 2)[len(mixed) :] == ["好 用", "用 iphone", "iphone 12"]
     en = tokenize("not good .", Tokenizer.whitespace)
     assert with_ngrams(en, 2) == ["not", "good", ".", "not good", "good ."]
     assert with_ngrams(["一"], 3) == ["一"] and with_ngrams([], 2) == []

@@ -30,13 +30,28 @@ def test_the_test_split_is_evaluated_on_best_pt(compose_train, tmp_path, monkeyp
 
     write_fake_cifar10(tmp_path / "data" / "cifar10")
     (tmp_path / "run").mkdir()
-    cfg = compose_train([f"paths.data_dir={tmp_path}/data", "data.download=false", "data.val_size=20",
-                         "data.eval_batch_size=16", "trainer=debug", "trainer.max_steps=6",
-                         "trainer.limit_train_batches=-1", "trainer.limit_val_batches=-1",
-                         "trainer.limit_test_batches=-1", "trainer.val_check_interval=1", "logger=none",
-                         "callbacks=model_checkpoint", "callbacks.model_checkpoint.monitor=val/loss",
-                         "callbacks.model_checkpoint.mode=min", "optimizer.lr=0.5",
-                         "model.stem_width=4", "model.widths=[8]", "optimized_metric=test/loss"])
+    cfg = compose_train(
+        [
+            f"paths.data_dir={tmp_path}/data",
+            "data.download=false",
+            "data.val_size=20",
+            "data.eval_batch_size=16",
+            "trainer=debug",
+            "trainer.max_steps=6",
+            "trainer.limit_train_batches=-1",
+            "trainer.limit_val_batches=-1",
+            "trainer.limit_test_batches=-1",
+            "trainer.val_check_interval=1",
+            "logger=none",
+            "callbacks=model_checkpoint",
+            "callbacks.model_checkpoint.monitor=val/loss",
+            "callbacks.model_checkpoint.mode=min",
+            "optimizer.lr=0.5",
+            "model.stem_width=4",
+            "model.widths=[8]",
+            "optimized_metric=test/loss",
+        ]
+    )
     test_loss = train(cfg)
     best, last = (load(str(tmp_path / "run" / "checkpoints" / f"{n}.pt")) for n in ("best", "last"))
     assert best["progress"]["global_step"] < last["progress"]["global_step"] == 6  # best is not the last
@@ -46,8 +61,11 @@ def test_the_test_split_is_evaluated_on_best_pt(compose_train, tmp_path, monkeyp
 
     # `bigmodel eval` measures the same on its own Runtime and the shared evaluation loop: no Trainer
     GlobalHydra.instance().clear()
-    ev = compose_cfg("eval", [f"ckpt_path={tmp_path}/run/checkpoints/best.pt", "trainer.device=cpu",
-                              "trainer.limit_test_batches=-1"], tmp_path / "eval")
+    ev = compose_cfg(
+        "eval",
+        [f"ckpt_path={tmp_path}/run/checkpoints/best.pt", "trainer.device=cpu", "trainer.limit_test_batches=-1"],
+        tmp_path / "eval",
+    )
     GlobalHydra.instance().clear()
     monkeypatch.setattr(train_module, "Trainer", None)  # building one would fail
     assert abs(train_module.evaluate(ev)["test/loss"] - on_best) < 1e-5

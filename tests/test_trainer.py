@@ -12,8 +12,7 @@ from helpers import RecordingLogger, StopAt, make_trainer
 
 def test_trainer_overfits_one_small_batch():
     """One batch of 16, seen 100 times through Trainer.fit: the loss falls >10x and every label is learned."""
-    trainer = make_trainer(n=16, batch_size=16, augment=False, bn=False, lr=0.05, max_steps=100,
-                           limit_val_batches=1)
+    trainer = make_trainer(n=16, batch_size=16, augment=False, bn=False, lr=0.05, max_steps=100, limit_val_batches=1)
     trainer.fit()
     losses = [v for _, v in trainer.logger.curve("train/loss")]
     assert len(losses) == 100 and losses[-1] < min(0.2, losses[0] / 10)
@@ -78,8 +77,11 @@ class NaNAt:
 def test_nonfinite_loss_stops_with_clear_error():
     trainer = make_trainer(max_steps=5, on_nonfinite=NonFinite.stop)
     trainer.loss_fn = NaNAt(3)
-    with pytest.raises(FloatingPointError, match=r"^non-finite loss nan at step 3 \(epoch 0\); set trainer.on_nonfinite="
-                                                 r"skip to drop such steps, or lower optimizer.lr$"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^non-finite loss nan at step 3 \(epoch 0\); set trainer.on_nonfinite="
+        r"skip to drop such steps, or lower optimizer.lr$",
+    ):
         trainer.fit()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
@@ -99,9 +101,12 @@ def test_nonfinite_skip_gives_up_when_every_step_is_nan():
 
     trainer = make_trainer(max_steps=5, on_nonfinite=NonFinite.skip, limit_val_batches=1)
     trainer.loss_fn = lambda logits, targets: logits.sum() * float("nan")
-    with pytest.raises(FloatingPointError, match=f"^{MAX_SKIPS_IN_A_ROW} steps in a row had a non-finite loss \\(last at "
-                                                 f"step 1\\): the weights or the data hold NaN/inf; lower optimizer.lr "
-                                                 "or check the data$"):
+    with pytest.raises(
+        FloatingPointError,
+        match=f"^{MAX_SKIPS_IN_A_ROW} steps in a row had a non-finite loss \\(last at "
+        f"step 1\\): the weights or the data hold NaN/inf; lower optimizer.lr "
+        "or check the data$",
+    ):
         trainer.fit()  # a run whose every step is skipped would otherwise never end
     assert trainer.global_step == 0
 
@@ -109,8 +114,11 @@ def test_nonfinite_skip_gives_up_when_every_step_is_nan():
 def test_no_training_batches_is_a_clear_error():
     from bigmodel.data.errors import DataError
 
-    with pytest.raises(DataError, match=r"^no training batches: the train split is empty or smaller than one batch "
-                                        r"\(data.batch_size\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"^no training batches: the train split is empty or smaller than one batch "
+        r"\(data.batch_size\)$",
+    ):
         make_trainer(max_steps=3, n=0).fit()  # an empty train split would loop forever looking for step 1
 
 
@@ -133,7 +141,9 @@ class Record:
 
     def on_train_batch_end(self, trainer, loss):
         weights = [p.detach().clone() for p in trainer.model.parameters()]
-        self.rows.append((trainer.global_step, trainer.scaler.get_scale(), trainer.optimizer.param_groups[0]["lr"], weights))
+        self.rows.append(
+            (trainer.global_step, trainer.scaler.get_scale(), trainer.optimizer.param_groups[0]["lr"], weights)
+        )
 
 
 def test_fp16_step_skipped_by_the_gradscaler_does_not_advance_the_schedule():
@@ -217,8 +227,12 @@ def test_compiled_model_checkpoint_loads_uncompiled(tmp_path):
     from bigmodel.callbacks import ModelCheckpoint
     from bigmodel.checkpoint import load, load_model_state
 
-    trainer = make_trainer(max_steps=2, compile=True, bn=False,
-                           callbacks={"model_checkpoint": ModelCheckpoint(str(tmp_path), monitor="val/acc", mode="max")})
+    trainer = make_trainer(
+        max_steps=2,
+        compile=True,
+        bn=False,
+        callbacks={"model_checkpoint": ModelCheckpoint(str(tmp_path), monitor="val/acc", mode="max")},
+    )
     trainer.fit()
     assert hasattr(trainer.step_fn, "_torchdynamo_orig_callable")  # model + loss ran as one compiled function
     state = load(tmp_path / "last.pt")["model"]
@@ -251,11 +265,23 @@ class Hooks:
 
 def test_hooks_are_called_in_order_with_their_arguments():
     hooks = Hooks()
-    trainer = make_trainer(max_steps=5, val_check_interval=2, limit_val_batches=1, callbacks={"h": hooks, "none": object()})
+    trainer = make_trainer(
+        max_steps=5, val_check_interval=2, limit_val_batches=1, callbacks={"h": hooks, "none": object()}
+    )
     trainer.fit()
     names = ["val/acc", "val/f1", "val/loss", "val/precision", "val/recall"]
-    assert hooks.calls == [("fit_start", 0), ("batch", 1), ("batch", 2), ("val", 2, names), ("batch", 3),
-                           ("batch", 4), ("val", 4, names), ("batch", 5), ("val", 5, names), ("fit_end", 5)]
+    assert hooks.calls == [
+        ("fit_start", 0),
+        ("batch", 1),
+        ("batch", 2),
+        ("val", 2, names),
+        ("batch", 3),
+        ("batch", 4),
+        ("val", 4, names),
+        ("batch", 5),
+        ("val", 5, names),
+        ("fit_end", 5),
+    ]
 
 
 def test_limit_val_batches_evaluates_exactly_that_many_batches():
@@ -278,8 +304,9 @@ def test_limit_val_batches_evaluates_exactly_that_many_batches():
 def test_lr_at_each_step_follows_the_warmup_and_cosine():
     from bigmodel.callbacks import LearningRateMonitor
 
-    trainer = make_trainer(max_steps=6, lr=0.3, callbacks={"lr": LearningRateMonitor(every_n_steps=1)},
-                           limit_val_batches=1)
+    trainer = make_trainer(
+        max_steps=6, lr=0.3, callbacks={"lr": LearningRateMonitor(every_n_steps=1)}, limit_val_batches=1
+    )
     trainer.fit()
     # warm-up of 2 steps: (k+1)/3; then cosine over the remaining 4 steps down to 0
     factor = [2 / 3, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)]
@@ -293,8 +320,9 @@ def test_validation_line_and_metric_names(caplog):
     with caplog.at_level("INFO", logger="bigmodel"):
         trainer.fit()
     v = r"[0-9]+\.[0-9]{4}"
-    assert re.search(f"epoch 0 step 2: val/loss={v}  val/acc={v}  val/precision={v}  val/recall={v}  val/f1={v}$",
-                     caplog.text, re.M)
+    assert re.search(
+        f"epoch 0 step 2: val/loss={v}  val/acc={v}  val/precision={v}  val/recall={v}  val/f1={v}$", caplog.text, re.M
+    )
 
 
 def test_max_steps_of_one_and_epochs_limited_by_batches():
@@ -329,8 +357,9 @@ def test_a_loader_shorter_than_its_len_ends_the_epoch_not_the_run():
 
 
 def test_accumulated_step_logs_the_mean_of_its_micro_batch_losses():
-    trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, bn=False, augment=False, lr=0.0,
-                           limit_val_batches=1)  # lr 0: the weights stay, so the losses can be recomputed
+    trainer = make_trainer(
+        max_steps=3, accumulate_grad_batches=2, bn=False, augment=False, lr=0.0, limit_val_batches=1
+    )  # lr 0: the weights stay, so the losses can be recomputed
     batches = list(trainer.datamodule.loader("train", epoch=0))
     with torch.no_grad():
         losses = [torch.nn.functional.cross_entropy(trainer.model(x), y).item() for x, y in batches[:6]]
@@ -362,8 +391,15 @@ def test_a_signal_during_training_marks_the_run_interrupted():
 def test_train_accuracy_skips_ignored_targets_and_throughput_counts_samples(monkeypatch):
     import bigmodel.window as window_module
 
-    trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, bn=False, augment=False, lr=0.0,
-                           limit_val_batches=1, val_check_interval=1)
+    trainer = make_trainer(
+        max_steps=3,
+        accumulate_grad_batches=2,
+        bn=False,
+        augment=False,
+        lr=0.0,
+        limit_val_batches=1,
+        val_check_interval=1,
+    )
     real = trainer.datamodule.loader
     now = [0.0]  # a clock the test drives: 0.5 "s" to fetch each train batch, 1 "s" per loss, 100 per validation
 
@@ -434,8 +470,9 @@ def test_skips_in_a_row_reset_after_a_good_step(monkeypatch):
 
 
 def test_fp16_skipped_nan_step_backs_off_the_loss_scale():
-    trainer = make_trainer(max_steps=3, precision=Precision.fp16, on_nonfinite=NonFinite.skip, limit_val_batches=1,
-                           bn=False)  # this model never overflows on its own: 2 ** 16 stays until the NaN
+    trainer = make_trainer(
+        max_steps=3, precision=Precision.fp16, on_nonfinite=NonFinite.skip, limit_val_batches=1, bn=False
+    )  # this model never overflows on its own: 2 ** 16 stays until the NaN
     trainer.loss_fn = NaNOn([2])
     trainer.fit()
     assert trainer.global_step == 3 and trainer.scaler.get_scale() == 2.0**15
@@ -448,10 +485,13 @@ def test_logged_train_loss_is_the_mean_over_the_log_window():
         losses = [torch.nn.functional.cross_entropy(trainer.model(x), y).item() for x, y in batches]
         hits = [(trainer.model(x).argmax(-1) == y).sum().item() for x, y in batches]
     trainer.fit()
-    assert trainer.logger.curve("train/loss") == [(2, pytest.approx((losses[0] + losses[1]) / 2, rel=1e-5)),
-                                                  (4, pytest.approx((losses[2] + losses[3]) / 2, rel=1e-5))]
-    assert [v for _, v in trainer.logger.curve("train/acc")] == pytest.approx([(hits[0] + hits[1]) / 16,
-                                                                              (hits[2] + hits[3]) / 16])
+    assert trainer.logger.curve("train/loss") == [
+        (2, pytest.approx((losses[0] + losses[1]) / 2, rel=1e-5)),
+        (4, pytest.approx((losses[2] + losses[3]) / 2, rel=1e-5)),
+    ]
+    assert [v for _, v in trainer.logger.curve("train/acc")] == pytest.approx(
+        [(hits[0] + hits[1]) / 16, (hits[2] + hits[3]) / 16]
+    )
 
 
 class ImageLogger(RecordingLogger):

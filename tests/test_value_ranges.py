@@ -30,25 +30,31 @@ def first_error(compose_train, overrides: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- the Range annotation itself
-@pytest.mark.parametrize("rng, text", [
-    (Range(ge=1), ">= 1"),
-    (Range(gt=0), "> 0"),
-    (Range(ge=0, lt=1), "in [0, 1)"),
-    (Range(ge=0, le=1), "in [0, 1]"),
-    (Range(lt=0.5), "< 0.5"),
-    (Range(ge=1, special={-1: "all"}), "-1 (all) or >= 1"),
-])
+@pytest.mark.parametrize(
+    "rng, text",
+    [
+        (Range(ge=1), ">= 1"),
+        (Range(gt=0), "> 0"),
+        (Range(ge=0, lt=1), "in [0, 1)"),
+        (Range(ge=0, le=1), "in [0, 1]"),
+        (Range(lt=0.5), "< 0.5"),
+        (Range(ge=1, special={-1: "all"}), "-1 (all) or >= 1"),
+    ],
+)
 def test_range_says_what_is_valid(rng, text):
     assert str(rng) == text
 
 
-@pytest.mark.parametrize("rng, inside, outside", [
-    (Range(ge=1), [1, 2, 10**9], [0, -1, 0.5]),
-    (Range(gt=0), [1e-12, 3.0], [0, -1e-9]),
-    (Range(ge=0, lt=1), [0, 0.999], [1, 1.0, -0.1]),
-    (Range(ge=1, special={-1: "all"}), [-1, 1, 7], [0, -2, -5]),
-    (Range(ge=0), [0.0], [math.nan, math.inf, -math.inf]),  # never NaN or infinite
-])
+@pytest.mark.parametrize(
+    "rng, inside, outside",
+    [
+        (Range(ge=1), [1, 2, 10**9], [0, -1, 0.5]),
+        (Range(gt=0), [1e-12, 3.0], [0, -1e-9]),
+        (Range(ge=0, lt=1), [0, 0.999], [1, 1.0, -0.1]),
+        (Range(ge=1, special={-1: "all"}), [-1, 1, 7], [0, -2, -5]),
+        (Range(ge=0), [0.0], [math.nan, math.inf, -math.inf]),  # never NaN or infinite
+    ],
+)
 def test_range_contains(rng, inside, outside):
     assert all(v in rng for v in inside) and not any(v in rng for v in outside)
 
@@ -64,7 +70,10 @@ def test_lists_are_checked_element_by_element_and_unannotated_numbers_not_at_all
 def test_multiple_of_names_both_keys():
     hints = {"n_embd": Annotated[int, MultipleOf("n_head")]}
     assert not_a_multiple(hints, {"n_embd": 384, "n_head": 6}, "model.") is None
-    assert not_a_multiple(hints, {"n_embd": 32, "n_head": 5}, "model.") == "model.n_embd=32 must be a multiple of model.n_head=5"
+    assert (
+        not_a_multiple(hints, {"n_embd": 32, "n_head": 5}, "model.")
+        == "model.n_embd=32 must be a multiple of model.n_head=5"
+    )
 
 
 # ---------------------------------------------------------------- composed configs, as train() checks them
@@ -105,28 +114,38 @@ BAD = [
     (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5] is out of range; valid: each value in [0, 1)"),
     (["optimizer=sgd", "optimizer.momentum=1.2"], "optimizer.momentum=1.2 is out of range; valid: in [0, 1)"),
     (["optimizer=adam", "optimizer.lr=-3"], "optimizer.lr=-3 is out of range; valid: > 0"),
-    (["optimizer=sgd", "optimizer.momentum=0"],  # torch's own check of two arguments together
-     "optimizer: Nesterov momentum requires a momentum and zero dampening (for torch.optim.SGD)"),
+    (
+        ["optimizer=sgd", "optimizer.momentum=0"],  # torch's own check of two arguments together
+        "optimizer: Nesterov momentum requires a momentum and zero dampening (for torch.optim.SGD)",
+    ),
     (["loss.label_smoothing=5"], "loss.label_smoothing=5 is out of range; valid: in [0, 1]"),
     (["loss.label_smoothing=-0.1"], "loss.label_smoothing=-0.1 is out of range; valid: in [0, 1]"),
     (["scheduler.warmup_steps=-10"], "scheduler.warmup_steps=-10 is out of range; valid: >= 0"),
     (["scheduler.min_lr_ratio=2"], "scheduler.min_lr_ratio=2 is out of range; valid: in [0, 1]"),
-    (["scheduler=onecycle", "scheduler.warmup_frac=-0.2"], "scheduler.warmup_frac=-0.2 is out of range; valid: in [0, 1]"),
+    (
+        ["scheduler=onecycle", "scheduler.warmup_frac=-0.2"],
+        "scheduler.warmup_frac=-0.2 is out of range; valid: in [0, 1]",
+    ),
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 is out of range; valid: >= 1"),
     (["model.dropout=1"], "model.dropout=1 is out of range; valid: in [0, 1)"),
     (["model.widths=[64,0]"], "model.widths=[64, 0] is out of range; valid: each value >= 1"),
     (["model.stem_width=0"], "model.stem_width=0 is out of range; valid: >= 1"),
     (["model=lstm", "model.hidden_size=0"], "model.hidden_size=0 is out of range; valid: >= 1"),
     (["model=lstm", "model.word_dropout=-0.5"], "model.word_dropout=-0.5 is out of range; valid: in [0, 1)"),
-    (["model=textcnn", "model.filter_widths=[3,0]"], "model.filter_widths=[3, 0] is out of range; valid: each value >= 1"),
+    (
+        ["model=textcnn", "model.filter_widths=[3,0]"],
+        "model.filter_widths=[3, 0] is out of range; valid: each value >= 1",
+    ),
     (["model=textcnn", "model.n_filters=0"], "model.n_filters=0 is out of range; valid: >= 1"),
     (["model=transformer", "model.n_layer=0"], "model.n_layer=0 is out of range; valid: >= 1"),
     (["model=transformer", "model.hidden_size=130"], "model.hidden_size=130 must be a multiple of model.n_head=4"),
     (["model=gpt", "model.n_embd=-8"], "model.n_embd=-8 is out of range; valid: >= 1"),
     (["model=gpt", "model.n_embd=32", "model.n_head=5"], "model.n_embd=32 must be a multiple of model.n_head=5"),
     (["model=gpt", "model.block_size=0"], "model.block_size=0 is out of range; valid: >= 1"),
-    (["callbacks=early_stopping", "callbacks.early_stopping.patience=-1"],
-     "callbacks.early_stopping.patience=-1 is out of range; valid: >= 0"),
+    (
+        ["callbacks=early_stopping", "callbacks.early_stopping.patience=-1"],
+        "callbacks.early_stopping.patience=-1 is out of range; valid: >= 0",
+    ),
     (["callbacks.lr_monitor.every_n_steps=0"], "callbacks.lr_monitor.every_n_steps=0 is out of range; valid: >= 1"),
     (["callbacks.text_sample.max_new_tokens=0"], "callbacks.text_sample.max_new_tokens=0 is out of range; valid: >= 1"),
     (["callbacks.text_sample.temperature=-1"], "callbacks.text_sample.temperature=-1 is out of range; valid: >= 0"),
@@ -139,12 +158,21 @@ def test_out_of_range_values_are_named_with_their_valid_range(compose_train, ove
 
 
 CHOICES = [
-    (["model=lstm", "model.pooling=median"],
-     "model.pooling='median' is not a valid Pooling (for bigmodel.models.rnn.LSTMClassifier); valid: last, max, mean"),
-    (["model=transformer", "model.positions=rotary"], "model.positions='rotary' is not a valid Positions "
-     "(for bigmodel.models.transformer.TransformerClassifier); valid: learned, sinusoidal"),
-    (["callbacks.model_checkpoint.mode=maximum"], "callbacks.model_checkpoint.mode='maximum' is not a valid choice "
-     "(for bigmodel.callbacks.ModelCheckpoint); valid: min, max"),
+    (
+        ["model=lstm", "model.pooling=median"],
+        "model.pooling='median' is not a valid Pooling (for bigmodel.models.rnn.LSTMClassifier); "
+        "valid: last, max, mean",
+    ),
+    (
+        ["model=transformer", "model.positions=rotary"],
+        "model.positions='rotary' is not a valid Positions "
+        "(for bigmodel.models.transformer.TransformerClassifier); valid: learned, sinusoidal",
+    ),
+    (
+        ["callbacks.model_checkpoint.mode=maximum"],
+        "callbacks.model_checkpoint.mode='maximum' is not a valid choice "
+        "(for bigmodel.callbacks.ModelCheckpoint); valid: min, max",
+    ),
 ]
 
 
@@ -154,12 +182,27 @@ def test_a_choice_outside_its_options_lists_them(compose_train, overrides, messa
 
 
 GOOD_EDGES = [  # the edges of each range that still make sense
-    "trainer.max_steps=-1", "trainer.max_steps=1", "trainer.max_epochs=1", "trainer.limit_val_batches=-1",
-    "trainer.limit_train_batches=1", "trainer.val_check_interval=0", "trainer.gradient_clip_val=0",
-    "trainer.num_threads=0", "data.batch_size=1", "data.val_size=0", "data.augment.crop_padding=0",
-    "optimizer.weight_decay=0", "optimizer.lr=1e-9", "loss.label_smoothing=0", "loss.label_smoothing=1",
-    "model.dropout=0", "model.dropout=0.99", "scheduler.warmup_steps=0", "scheduler.min_lr_ratio=1",
-    "callbacks.model_checkpoint.mode=min", "optimizer=sgd",
+    "trainer.max_steps=-1",
+    "trainer.max_steps=1",
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=-1",
+    "trainer.limit_train_batches=1",
+    "trainer.val_check_interval=0",
+    "trainer.gradient_clip_val=0",
+    "trainer.num_threads=0",
+    "data.batch_size=1",
+    "data.val_size=0",
+    "data.augment.crop_padding=0",
+    "optimizer.weight_decay=0",
+    "optimizer.lr=1e-9",
+    "loss.label_smoothing=0",
+    "loss.label_smoothing=1",
+    "model.dropout=0",
+    "model.dropout=0.99",
+    "scheduler.warmup_steps=0",
+    "scheduler.min_lr_ratio=1",
+    "callbacks.model_checkpoint.mode=min",
+    "optimizer=sgd",
 ]
 
 
@@ -172,9 +215,10 @@ def test_values_at_the_edge_of_their_range_pass(compose_train, override):
 def test_predict_checks_its_values_and_asks_for_a_checkpoint(tmp_path):
     from bigmodel.predict import predict
 
-    for overrides, message in [(["text=hi"], "ckpt_path is required, e.g. bigmodel predict ckpt_path="),
-                               (["text=hi", "ckpt_path=x", "batch_size=0"],
-                                "batch_size=0 is out of range; valid: >= 1")]:
+    for overrides, message in [
+        (["text=hi"], "ckpt_path is required, e.g. bigmodel predict ckpt_path="),
+        (["text=hi", "ckpt_path=x", "batch_size=0"], "batch_size=0 is out of range; valid: >= 1"),
+    ]:
         cfg = compose_cfg("predict", overrides, tmp_path)
         GlobalHydra.instance().clear()
         with pytest.raises(ConfigError, match=re.escape(message)):
@@ -190,9 +234,14 @@ CLI = [
     (["train", "optimizer.lr=-1"], "optimizer.lr=-1 is out of range; valid: > 0"),
     (["train", "loss.label_smoothing=5"], "loss.label_smoothing=5 is out of range; valid: in [0, 1]"),
     (["predict", "text=a fine film"], "ckpt_path is required, e.g. bigmodel predict ckpt_path="),
-    (["predict", "ckpt_path=missing.pt", "text=a fine film", "batch_size=0"], "batch_size=0 is out of range; valid: >= 1"),
-    (["eval", "ckpt_path=missing.pt", "trainer.limit_test_batches=0"],
-     "trainer.limit_test_batches=0 is out of range; valid: -1 (all) or >= 1"),
+    (
+        ["predict", "ckpt_path=missing.pt", "text=a fine film", "batch_size=0"],
+        "batch_size=0 is out of range; valid: >= 1",
+    ),
+    (
+        ["eval", "ckpt_path=missing.pt", "trainer.limit_test_batches=0"],
+        "trainer.limit_test_batches=0 is out of range; valid: -1 (all) or >= 1",
+    ),
     (["eval"], "ckpt_path is required, e.g. bigmodel eval ckpt_path="),
 ]
 
@@ -200,8 +249,9 @@ CLI = [
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", CLI, ids=[" ".join(a) for a, _ in CLI])
 def test_cli_refuses_bad_values_in_one_line_before_any_work(tmp_path, args, message):
-    out = run_cli(*args, "trainer.progress_bar=false" if args[0] != "predict" else "device=cpu", cwd=tmp_path,
-                  timeout=120)
+    out = run_cli(
+        *args, "trainer.progress_bar=false" if args[0] != "predict" else "device=cpu", cwd=tmp_path, timeout=120
+    )
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert "Traceback" not in text

@@ -22,8 +22,13 @@ from conftest import run_cli
 from test_text_data import write_sentiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
-VECS = {"good": [0.5, -1.0, 2.0, 0.25], "film": [1.5, 0.0, -0.5, 3.0], "Dull": [-2.0, 1.0, 0.0, 0.75],
-        "dull": [9.0, 9.0, 9.0, 9.0], "zebra": [1.0, 1.0, 1.0, 1.0]}  # "dull" (exact) beats "Dull"
+VECS = {
+    "good": [0.5, -1.0, 2.0, 0.25],
+    "film": [1.5, 0.0, -0.5, 3.0],
+    "Dull": [-2.0, 1.0, 0.0, 0.75],
+    "dull": [9.0, 9.0, 9.0, 9.0],
+    "zebra": [1.0, 1.0, 1.0, 1.0],
+}  # "dull" (exact) beats "Dull"
 
 
 def write_glove(path: Path, vecs=VECS) -> Path:
@@ -32,8 +37,9 @@ def write_glove(path: Path, vecs=VECS) -> Path:
 
 
 def write_w2v_text(path: Path, vecs=VECS) -> Path:
-    path.write_text(f"{len(vecs)} 4\n" + "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vecs.items()),
-                    encoding="utf-8")
+    path.write_text(
+        f"{len(vecs)} 4\n" + "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vecs.items()), encoding="utf-8"
+    )
     return path
 
 
@@ -87,13 +93,16 @@ def test_lowercase_vocabulary_takes_a_cased_word_when_no_exact_match(tmp_path):
     assert model.embed.weight[dm.vocab.stoi["good"]].tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
-@pytest.mark.parametrize("content,message", [
-    ("good 1 2 3 4\nfilm 1 2 x 4\n", "line 2: 'x' is not a number"),
-    ("good 1 2 3 4\nfilm 1 2 3\n", "line 2: expected a word and 4 numbers, got 4 fields"),
-    ("2 4\ngood 1 2 3 4\n\nfilm 1 2 3 5z\n", "line 4: '5z' is not a number"),
-    ("", "line 1: empty"),
-    ("good 1 2 nan 4\n", "line 1: the vector of 'good' holds NaN"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("good 1 2 3 4\nfilm 1 2 x 4\n", "line 2: 'x' is not a number"),
+        ("good 1 2 3 4\nfilm 1 2 3\n", "line 2: expected a word and 4 numbers, got 4 fields"),
+        ("2 4\ngood 1 2 3 4\n\nfilm 1 2 3 5z\n", "line 4: '5z' is not a number"),
+        ("", "line 1: empty"),
+        ("good 1 2 nan 4\n", "line 1: the vector of 'good' holds NaN"),
+    ],
+)
 def test_bad_text_files_name_the_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_text(content, encoding="utf-8")
@@ -117,9 +126,14 @@ def test_truncated_binary_missing_file_wrong_size_and_no_coverage_are_clear(tmp_
 
 
 @pytest.mark.parametrize("freeze", [True, False])
-@pytest.mark.parametrize("make", [lambda v, f: LSTMClassifier(v, 2, embed_dim=4, hidden_size=4, freeze_embeddings=f),
-                                  lambda v, f: TextCNN(v, 2, embed_dim=4, n_filters=3, freeze_embeddings=f)],
-                         ids=["lstm", "textcnn"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v, f: LSTMClassifier(v, 2, embed_dim=4, hidden_size=4, freeze_embeddings=f),
+        lambda v, f: TextCNN(v, 2, embed_dim=4, n_filters=3, freeze_embeddings=f),
+    ],
+    ids=["lstm", "textcnn"],
+)
 def test_frozen_embeddings_stay_fixed_after_a_step(tmp_path, freeze, make):
     dm = data()
     torch.manual_seed(0)
@@ -141,9 +155,20 @@ def test_cli_trains_with_frozen_pretrained_vectors(tmp_path):
     rng = np.random.default_rng(0)
     vecs = {w: rng.normal(size=8).round(4).tolist() for w in words}
     path = write_w2v_binary(tmp_path / "vecs.bin", vecs)
-    out = run_cli("train", "model=lstm", "data=sst2", "trainer=debug", "logger=none", "model.embed_dim=8",
-                  "model.hidden_size=8", f"model.pretrained_vectors={path}", "model.freeze_embeddings=true",
-                  f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    out = run_cli(
+        "train",
+        "model=lstm",
+        "data=sst2",
+        "trainer=debug",
+        "logger=none",
+        "model.embed_dim=8",
+        "model.hidden_size=8",
+        f"model.pretrained_vectors={path}",
+        "model.freeze_embeddings=true",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     log = (tmp_path / "run" / "train.log").read_text()
     assert "pretrained vectors cover" in log and "(word2vec binary" in log
@@ -151,7 +176,15 @@ def test_cli_trains_with_frozen_pretrained_vectors(tmp_path):
     tokens = ckpt["data"]["vocab"]["tokens"]
     for w, v in vecs.items():
         assert np.allclose(ckpt["model"]["embed.weight"][tokens.index(w)].numpy(), v, atol=1e-6), w
-    bad = run_cli("train", "model=lstm", "data=sst2", "trainer=debug", "logger=none",
-                  f"model.pretrained_vectors={path}", f"hydra.run.dir={tmp_path}/bad", cwd=tmp_path)
+    bad = run_cli(
+        "train",
+        "model=lstm",
+        "data=sst2",
+        "trainer=debug",
+        "logger=none",
+        f"model.pretrained_vectors={path}",
+        f"hydra.run.dir={tmp_path}/bad",
+        cwd=tmp_path,
+    )
     text = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "8-dimensional vectors" in text and "Traceback" not in text

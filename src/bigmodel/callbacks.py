@@ -1,14 +1,14 @@
 """Small duck-typed callbacks. The trainer calls whichever of these hooks an object defines:
 
-    on_fit_start(trainer)                           after a resumed checkpoint is loaded
-    on_train_batch_start(trainer, batch)            before each (micro-)batch's forward
-    on_train_batch_end(trainer, loss: Tensor)       after each optimizer step; loss is 0-d on the device
-                                                    (float(loss) waits for the GPU: only when needed)
-    on_validation_end(trainer, metrics: dict)       metrics carry the "val/" prefix
-    on_fit_end(trainer)                             also after an interrupt (SIGINT/SIGTERM)
-    eval_weights(trainer)                           a context manager: the weights evaluation and best.pt use
-    state_dict() / load_state_dict(state)           saved in and restored from checkpoints: plain
-                                                    values only (str/int/float/bool/None, lists, dicts)
+on_fit_start(trainer)                           after a resumed checkpoint is loaded
+on_train_batch_start(trainer, batch)            before each (micro-)batch's forward
+on_train_batch_end(trainer, loss: Tensor)       after each optimizer step; loss is 0-d on the device
+                                                (float(loss) waits for the GPU: only when needed)
+on_validation_end(trainer, metrics: dict)       metrics carry the "val/" prefix
+on_fit_end(trainer)                             also after an interrupt (SIGINT/SIGTERM)
+eval_weights(trainer)                           a context manager: the weights evaluation and best.pt use
+state_dict() / load_state_dict(state)           saved in and restored from checkpoints: plain
+                                                values only (str/int/float/bool/None, lists, dicts)
 """
 
 import math
@@ -47,9 +47,17 @@ class ModelCheckpoint:
     resume uses last.pt) unless `best_with_optimizer`. With `background`, the state is copied to
     CPU memory and written by a thread while training goes on (atomically, one file at a time)."""
 
-    def __init__(self, dirpath: str, monitor: str = "val/loss", mode: Literal["min", "max"] = "min",
-                 save_last: bool = True, save_best: bool = True, every_n_val: PositiveInt = 1,
-                 best_with_optimizer: bool = False, background: bool = True) -> None:
+    def __init__(
+        self,
+        dirpath: str,
+        monitor: str = "val/loss",
+        mode: Literal["min", "max"] = "min",
+        save_last: bool = True,
+        save_best: bool = True,
+        every_n_val: PositiveInt = 1,
+        best_with_optimizer: bool = False,
+        background: bool = True,
+    ) -> None:
         self.dirpath, self.monitor, self.mode = dirpath, monitor, _check_mode(mode)
         self.save_last, self.save_best, self.every_n_val = save_last, save_best, every_n_val
         self.best_with_optimizer, self.background = best_with_optimizer, background
@@ -106,8 +114,13 @@ class ModelCheckpoint:
 class EarlyStopping:
     """Stops training when `monitor` has not improved by `min_delta` for `patience` validations."""
 
-    def __init__(self, monitor: str = "val/loss", mode: Literal["min", "max"] = "min", patience: NonNegativeInt = 5,
-                 min_delta: NonNegativeFloat = 0.0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val/loss",
+        mode: Literal["min", "max"] = "min",
+        patience: NonNegativeInt = 5,
+        min_delta: NonNegativeFloat = 0.0,
+    ) -> None:
         self.monitor, self.mode, self.patience, self.min_delta = monitor, _check_mode(mode), patience, min_delta
         self.best: float | None = None
         self.bad_evals = 0

@@ -19,9 +19,16 @@ class TextSample:
     generate (has `stream`) and the data has a tokenizer, so it can sit in the default callbacks.
     Sampling uses its own seeded generator, so it neither draws from nor changes the training RNG."""
 
-    def __init__(self, prompt: str = "\n", max_new_tokens: PositiveInt = 200, temperature: NonNegativeFloat = 0.8,
-                 top_k: PositiveInt | None = 200, seed: int = 0, every_n_evals: PositiveInt = 1,
-                 to_console: bool = True) -> None:
+    def __init__(
+        self,
+        prompt: str = "\n",
+        max_new_tokens: PositiveInt = 200,
+        temperature: NonNegativeFloat = 0.8,
+        top_k: PositiveInt | None = 200,
+        seed: int = 0,
+        every_n_evals: PositiveInt = 1,
+        to_console: bool = True,
+    ) -> None:
         self.prompt, self.max_new_tokens, self.temperature, self.top_k = prompt, max_new_tokens, temperature, top_k
         self.seed, self.every_n_evals, self.to_console = seed, every_n_evals, to_console
         self.evals = 0
@@ -43,15 +50,25 @@ class TextSample:
         if trainer.device.type == "cpu":
             torch.set_num_threads(1)  # one sequence, small matmuls: more threads only wait on each other
         try:
-            text = sample_text(trainer.model, tokenizer, self.prompt, max_new_tokens=self.max_new_tokens,
-                               temperature=self.temperature, top_k=self.top_k, generator=generator,
-                               device=trainer.device, autocast=trainer.autocast)
+            text = sample_text(
+                trainer.model,
+                tokenizer,
+                self.prompt,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                top_k=self.top_k,
+                generator=generator,
+                device=trainer.device,
+                autocast=trainer.autocast,
+            )
         finally:
             torch.set_num_threads(threads)
         if not trainer.is_global_zero:
             return
-        header = (f"sample at step {trainer.global_step} · prompt {self.prompt!r} · temperature "
-                  f"{self.temperature} · top_k {self.top_k}")
+        header = (
+            f"sample at step {trainer.global_step} · prompt {self.prompt!r} · temperature "
+            f"{self.temperature} · top_k {self.top_k}"
+        )
         text = text.lstrip("\n")  # the default prompt "\n" would open every sample with a blank line
         trainer.logger.log_text("val/sample", f"{header}\n\n{text}", trainer.global_step)
         if self.to_console:

@@ -23,8 +23,14 @@ class Predictions:
     """After every `every_n_evals`-th validation: `images` sample predictions as a grid, or up to
     `examples` misclassified texts found in the first `max_batches` validation batches."""
 
-    def __init__(self, images: PositiveInt = 16, examples: PositiveInt = 8, max_batches: PositiveInt = 20,
-                 every_n_evals: PositiveInt = 1, max_chars: PositiveInt = 300) -> None:
+    def __init__(
+        self,
+        images: PositiveInt = 16,
+        examples: PositiveInt = 8,
+        max_batches: PositiveInt = 20,
+        every_n_evals: PositiveInt = 1,
+        max_chars: PositiveInt = 300,
+    ) -> None:
         self.images, self.examples, self.max_batches = images, examples, max_batches
         self.every_n_evals, self.max_chars = every_n_evals, max_chars
         self.evals = 0
@@ -87,12 +93,16 @@ class Predictions:
                 if t != p and len(found) < self.examples:
                     text = " ".join(vocab.decode(i for i in ids if i != vocab.pad_idx))
                     text = text if len(text) <= self.max_chars else text[: self.max_chars - 1] + "…"
-                    found.append(f"{len(found) + 1}. true {class_names[t]}, predicted {class_names[p]} "
-                                 f"(confidence {c:.2f})\n   {text}")
+                    found.append(
+                        f"{len(found) + 1}. true {class_names[t]}, predicted {class_names[p]} "
+                        f"(confidence {c:.2f})\n   {text}"
+                    )
             if len(found) >= self.examples:
                 break
-        head = (f"step {trainer.global_step}: {wrong} of the first {seen} validation examples are misclassified; "
-                f"{'the first ' if len(found) < wrong else ''}{len(found)} of them:")
+        head = (
+            f"step {trainer.global_step}: {wrong} of the first {seen} validation examples are misclassified; "
+            f"{'the first ' if len(found) < wrong else ''}{len(found)} of them:"
+        )
         trainer.logger.log_text("val/misclassified", "\n".join([head, "", *found]), trainer.global_step)
 
     def state_dict(self) -> dict:

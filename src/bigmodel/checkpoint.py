@@ -63,8 +63,10 @@ def check_plain(obj: Any, key: str = "checkpoint") -> None:
         for i, v in enumerate(obj):
             check_plain(v, f"{key}[{i}]")
     elif not isinstance(obj, PLAIN):
-        raise CheckpointError(f"{key} holds a {type(obj).__module__}.{type(obj).__qualname__}: checkpoints hold "
-                              "only tensors and dicts/lists of str, int, float, bool and None")
+        raise CheckpointError(
+            f"{key} holds a {type(obj).__module__}.{type(obj).__qualname__}: checkpoints hold "
+            "only tensors and dicts/lists of str, int, float, bool and None"
+        )
 
 
 def _refusal(path: Path, e: Exception) -> str:
@@ -76,15 +78,21 @@ def _refusal(path: Path, e: Exception) -> str:
         head = f.read(2)
     found = re.search(r"GLOBAL ([\w.]+)", str(e))
     if found:
-        return (f"{name} is not a bigmodel checkpoint: it holds objects that are not allowed ({found[1]}), so it "
-                "was not loaded; a checkpoint holds only tensors and plain values")
+        return (
+            f"{name} is not a bigmodel checkpoint: it holds objects that are not allowed ({found[1]}), so it "
+            "was not loaded; a checkpoint holds only tensors and plain values"
+        )
     if head[:1] == b"\x80":  # the PROTO opcode that starts every pickle (protocol 2+), outside a torch zip
-        return (f"{name} is not a bigmodel checkpoint: it is a bare pickle, not a file torch.save wrote, "
-                "so it was not loaded")
+        return (
+            f"{name} is not a bigmodel checkpoint: it is a bare pickle, not a file torch.save wrote, "
+            "so it was not loaded"
+        )
     detail = str(e).split("WeightsUnpickler error:")[-1].strip().split("\n")[0][:200]  # torch's advice: not shown
     if isinstance(e, pickle.UnpicklingError) and head == b"PK":
-        return (f"{name} is not a bigmodel checkpoint: it holds pickle data that is not allowed ({detail}), "
-                "so it was not loaded")
+        return (
+            f"{name} is not a bigmodel checkpoint: it holds pickle data that is not allowed ({detail}), "
+            "so it was not loaded"
+        )
     return f"{name} is not a readable checkpoint (truncated, or not a checkpoint file; {type(e).__name__}: {detail})"
 
 
@@ -98,7 +106,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     if scoped is None:
         torch.serialization.add_safe_globals(list(LEGACY_ENUMS))
     try:
-        with warnings.catch_warnings(), (scoped(LEGACY_ENUMS) if scoped else nullcontext()):
+        with warnings.catch_warnings(), scoped(LEGACY_ENUMS) if scoped else nullcontext():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files: we refuse them
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # foreign objects, a bare pickle, truncated, not a torch file, ...
@@ -115,8 +123,11 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if own[k].shape != state[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -132,21 +143,27 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
 def config_diff(saved: Any, now: Any, key: str) -> list[tuple[str, Any, Any]]:
     """(key.sub, value in the checkpoint, value now) for each value that differs between two config trees."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        return [d for k in sorted(set(saved) | set(now), key=str)
-                for d in config_diff(saved.get(k), now.get(k), f"{key}.{k}")]
+        return [
+            d
+            for k in sorted(set(saved) | set(now), key=str)
+            for d in config_diff(saved.get(k), now.get(k), f"{key}.{k}")
+        ]
     return [] if saved == now else [(key, saved, now)]
 
 
 def check_resumable(ckpt: dict[str, Any], config: dict[str, Any] | None, path: str) -> None:
     """Resuming needs the checkpoint's model architecture and optimizer: name the keys that differ."""
     if "optimizer" in ckpt and ckpt["optimizer"] is None:  # a Trainer checkpoint always has the entry
-        raise CheckpointError(f"ckpt_path={path!r} holds no optimizer state (best.pt is written for eval, export "
-                              "and init_from): resume from the run's checkpoints/last.pt (ckpt_path=auto finds it)")
+        raise CheckpointError(
+            f"ckpt_path={path!r} holds no optimizer state (best.pt is written for eval, export "
+            "and init_from): resume from the run's checkpoints/last.pt (ckpt_path=auto finds it)"
+        )
     saved = ckpt.get("config") or {}
     if not config or not saved:
         return
-    changed = [d for d in config_diff(saved.get("model"), config.get("model"), "model")
-               if not d[0].endswith("dropout")]  # dropout may change on resume; shapes may not
+    changed = [
+        d for d in config_diff(saved.get("model"), config.get("model"), "model") if not d[0].endswith("dropout")
+    ]  # dropout may change on resume; shapes may not
     lines = [f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in changed]
     opt_then, opt_now = ((c.get("optimizer") or {}).get("_target_") for c in (saved, config))
     if opt_then != opt_now:
@@ -210,9 +227,11 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     try:
         save_atomic(obj, path)
     except OSError as e:
-        raise CheckpointError(f"could not write the checkpoint {str(path)!r}: {e.strerror or e}; the checkpoints "
-                              "saved before it are unchanged (free space, or set callbacks.model_checkpoint.dirpath "
-                              "to another disk)") from None
+        raise CheckpointError(
+            f"could not write the checkpoint {str(path)!r}: {e.strerror or e}; the checkpoints "
+            "saved before it are unchanged (free space, or set callbacks.model_checkpoint.dirpath "
+            "to another disk)"
+        ) from None
 
 
 def to_host(obj: Any) -> Any:

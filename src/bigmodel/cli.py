@@ -7,8 +7,9 @@ import re
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 COMMANDS = {  # name -> (config name, one-line help); the function each runs: command_function below
     "train": ("train", "train a model (default: the CIFAR-10 CNN)"),
@@ -91,7 +92,7 @@ def quote_free_text(argv: list[str], key: str) -> list[str]:
     out = []
     for arg in argv:
         if arg.startswith(f"{key}="):
-            v = arg[len(key) + 1:]
+            v = arg[len(key) + 1 :]
             if not (len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"" and v[0] not in v[1:-1]):
                 v = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", v)  # Hydra escapes: see its grammar
                 v = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, v)

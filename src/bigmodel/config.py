@@ -105,15 +105,23 @@ class PathsConfig:
 # torch's optimizers have no annotated signatures: the ranges of their arguments, by name, for any
 # `torch.optim.*` target. torch itself accepts lr=0 and momentum >= 1, which train nothing or diverge.
 TORCH_OPTIM_RANGES: dict[str, Any] = {
-    "lr": PositiveFloat, "momentum": Fraction, "dampening": Annotated[float, Range(ge=0, le=1)],
-    "weight_decay": NonNegativeFloat, "betas": Fraction, "eps": PositiveFloat, "alpha": Fraction,
-    "rho": Fraction, "lr_decay": NonNegativeFloat, "initial_accumulator_value": NonNegativeFloat,
+    "lr": PositiveFloat,
+    "momentum": Fraction,
+    "dampening": Annotated[float, Range(ge=0, le=1)],
+    "weight_decay": NonNegativeFloat,
+    "betas": Fraction,
+    "eps": PositiveFloat,
+    "alpha": Fraction,
+    "rho": Fraction,
+    "lr_decay": NonNegativeFloat,
+    "initial_accumulator_value": NonNegativeFloat,
 }
 
 
 @dataclass
 class PredictConfig:
     """`bigmodel predict`'s keys; configs/predict.yaml says what each one does."""
+
     name: str = "predict"
     ckpt_path: str | None = None
     model_path: str | None = None
@@ -129,6 +137,7 @@ class PredictConfig:
 @dataclass
 class ServeConfig:
     """`bigmodel serve`'s keys; configs/serve.yaml says what each one does."""
+
     name: str = "serve"
     ckpt_path: str | None = None
     model_path: str | None = None
@@ -155,8 +164,11 @@ def _check_torch_optimizer(node: dict, key: str) -> None:
     switches (fused, foreach, ...) depend on the device, not on the values, and are left out."""
     import torch
 
-    args = {k: v for k, v in node.items() if not str(k).startswith("_")
-            and k not in ("fused", "foreach", "capturable", "differentiable")}
+    args = {
+        k: v
+        for k, v in node.items()
+        if not str(k).startswith("_") and k not in ("fused", "foreach", "capturable", "differentiable")
+    }
     try:
         get_object(node["_target_"])([torch.nn.Parameter(torch.zeros(1))], **args)
     except (ValueError, TypeError, RuntimeError) as e:
@@ -269,8 +281,10 @@ def check_targets(node: Any, key: str = "") -> None:
                 valid = [n for n in params if n not in ("self", "args", "kwargs")]
                 raise ConfigError(f"{key}.{k} is not an argument of {node['_target_']}; valid: {valid}")
             if k in hints and not _accepts(hints[k], v):
-                raise ConfigError(f"{key}.{k}={v!r} is not a valid {_describe(hints[k])} (for {node['_target_']})"
-                                  + _choices(hints[k]))
+                raise ConfigError(
+                    f"{key}.{k}={v!r} is not a valid {_describe(hints[k])} (for {node['_target_']})"
+                    + _choices(hints[k])
+                )
             if k in ranges and (msg := out_of_range(f"{key}.{k}", v, ranges[k])):
                 raise ConfigError(msg)
         defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}

@@ -83,8 +83,13 @@ def shared_stamp(fmt: str) -> str:
     return stamp[0]
 
 
-def wrap(model: nn.Module, strategy: Strategy, device: torch.device,
-         optimizer: torch.optim.Optimizer | None = None, precision: Precision | None = None) -> nn.Module:
+def wrap(
+    model: nn.Module,
+    strategy: Strategy,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+    precision: Precision | None = None,
+) -> nn.Module:
     """The module to call for training: DDP or FSDP when several processes run, else the model itself.
 
     FSDP shards `model` in place and replaces its parameters, so `optimizer` (built on the old ones,
@@ -110,8 +115,9 @@ def mixed_precision(precision: Precision | None):
     return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
 
 
-def shard(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-          precision: Precision | None = None) -> nn.Module:
+def shard(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None = None, precision: Precision | None = None
+) -> nn.Module:
     """FSDP2: each block of every nn.ModuleList (a Transformer's layers) is one unit, the rest another."""
     from torch.distributed.fsdp import fully_shard
 
@@ -177,8 +183,10 @@ def _keyed_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: di
     """An optimizer state dict keyed by parameter index (optimizer.state_dict()) re-keyed by name."""
     names = {id(p): name for name, p in model.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    return {"state": {order[i]: s for i, s in state["state"].items()},
-            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+    return {
+        "state": {order[i]: s for i, s in state["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

@@ -16,8 +16,8 @@ FSDP each process averages its own shards and the checkpoint holds the full tens
 every process while it is written (memory for one full copy of the weights each).
 """
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -109,8 +109,11 @@ class EMA:
         self.swapped = not self.swapped
 
     def state_dict(self) -> dict:
-        return {"updates": self.updates, "swapped": self.swapped,
-                "average": {n: _full(a) for n, a in self.average.items()}}
+        return {
+            "updates": self.updates,
+            "swapped": self.swapped,
+            "average": {n: _full(a) for n, a in self.average.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = state["updates"]

@@ -1,6 +1,7 @@
 """One evaluation loop, shared by the Trainer (validation, test) and `bigmodel eval` (no Trainer)."""
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,8 +18,15 @@ def batch_limit(config: TrainerConfig, split: str) -> int:
 
 
 @torch.no_grad()
-def evaluate(runtime: Runtime, model: nn.Module, loader: Iterable, loss_fn: Any, metrics: Any,
-             limit: int = -1, split: str = "val") -> dict[str, float]:
+def evaluate(
+    runtime: Runtime,
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: Any,
+    metrics: Any,
+    limit: int = -1,
+    split: str = "val",
+) -> dict[str, float]:
     """{"loss": ..., **metrics.compute()} over at most `limit` batches of `loader`, summed across
     processes; no split prefix. `model` (the uncompiled module) runs in eval mode for the duration."""
     was_training = model.training
@@ -47,8 +55,17 @@ def evaluate(runtime: Runtime, model: nn.Module, loader: Iterable, loss_fn: Any,
     return {"loss": (loss_sum / count).item(), **metrics.compute()}
 
 
-def evaluate_split(runtime: Runtime, model: nn.Module, datamodule: Any, split: str, loss_fn: Any, metrics: Any,
-                   limit: int, logger: Any, step: int) -> dict[str, float]:
+def evaluate_split(
+    runtime: Runtime,
+    model: nn.Module,
+    datamodule: Any,
+    split: str,
+    loss_fn: Any,
+    metrics: Any,
+    limit: int,
+    logger: Any,
+    step: int,
+) -> dict[str, float]:
     """`evaluate` over the data module's `split` (this process's share), prefixed with the split and
     logged at `step` by rank 0 with the metrics' report (confusion matrix, ...)."""
     loader = datamodule.loader(split, rank=runtime.rank, world_size=runtime.world_size, device=runtime.device)

@@ -58,7 +58,9 @@ def example_inputs(restored: Restored, task: str) -> tuple[tuple[torch.Tensor, .
     return (tokens, torch.tensor([t, max(1, t // 2)])), ({0: batch, 1: seq}, {0: batch})
 
 
-def write_model(model: torch.nn.Module, args: tuple, shapes: tuple, fmt: str, file: Path, input_names: list[str]) -> None:
+def write_model(
+    model: torch.nn.Module, args: tuple, shapes: tuple, fmt: str, file: Path, input_names: list[str]
+) -> None:
     """Trace `model` on `args` with free axes `shapes` and write it to `file` as `fmt`."""
     for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export"):  # their INFO lines are not the user's
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -69,9 +71,17 @@ def write_model(model: torch.nn.Module, args: tuple, shapes: tuple, fmt: str, fi
             return
         from bigmodel.onnx_ops import translation_table
 
-        program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes, input_names=input_names,
-                                    output_names=["logits"], custom_translation_table=translation_table(),
-                                    optimize=True, verbose=False)
+        program = torch.onnx.export(
+            model,
+            args,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            input_names=input_names,
+            output_names=["logits"],
+            custom_translation_table=translation_table(),
+            optimize=True,
+            verbose=False,
+        )
         if any(node.op_type == "LSTM" for node in program.model.graph):
             import onnxscript.optimizer
 
@@ -110,12 +120,24 @@ def source_info(restored: Restored) -> dict[str, Any]:
     ckpt = checkpoint.load(restored.path)
     best = ((ckpt.get("callbacks") or {}).get("model_checkpoint") or {}).get("best")
     monitor = OmegaConf.select(restored.config, "callbacks.model_checkpoint.monitor")
-    return {"checkpoint": str(Path(restored.path).resolve()), "global_step": restored.progress.get("global_step"),
-            "epoch": restored.progress.get("epoch"), "metrics": {monitor: best} if monitor and best is not None else {}}
+    return {
+        "checkpoint": str(Path(restored.path).resolve()),
+        "global_step": restored.progress.get("global_step"),
+        "epoch": restored.progress.get("epoch"),
+        "metrics": {monitor: best} if monitor and best is not None else {},
+    }
 
 
-def export_model(ckpt_path: str, fmt: str, output_dir: str | Path | None = None, *, overwrite: bool = False,
-                 check_batches: int = 2, atol: float = 1e-3, data: Any = None) -> Path:
+def export_model(
+    ckpt_path: str,
+    fmt: str,
+    output_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    check_batches: int = 2,
+    atol: float = 1e-3,
+    data: Any = None,
+) -> Path:
     """Export the checkpoint as `fmt` into `output_dir` (default: default_output_dir), check it
     against the eager model on `check_batches` validation batches; returns the folder."""
     if fmt not in FORMATS:
@@ -126,8 +148,14 @@ def export_model(ckpt_path: str, fmt: str, output_dir: str | Path | None = None,
     restored = restore_model(ckpt_path, "cpu")
     task = task_of(restored.data)
     args, shapes = example_inputs(restored, task)
-    spec = describe(fmt, restored.data, OmegaConf.to_container(restored.config, resolve=True), restored.model,
-                    restored.model_args, source_info(restored))
+    spec = describe(
+        fmt,
+        restored.data,
+        OmegaConf.to_container(restored.config, resolve=True),
+        restored.model,
+        restored.model_args,
+        source_info(restored),
+    )
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -152,11 +180,16 @@ def check(exported: Exported, restored: Restored, n: int, atol: float, data: Any
     """Compare on n real validation batches; print the result; ExportError beyond atol."""
     datamodule = restore_datamodule(restored, data)
     report = compare(exported, restored.model, datamodule.loader("val"), n) | {"atol": atol}
-    print(f"check on {report['batches']} val batches ({report['examples']} examples): max |logit diff| "
-          f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.2f}%", flush=True)
+    print(
+        f"check on {report['batches']} val batches ({report['examples']} examples): max |logit diff| "
+        f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.2f}%",
+        flush=True,
+    )
     if not report["max_abs_diff"] <= atol:  # NaN fails too
-        raise ExportError(f"the exported model differs from the checkpoint: max |logit diff| "
-                          f"{report['max_abs_diff']:.3g} > atol={atol} on {report['batches']} val batches; not exported")
+        raise ExportError(
+            f"the exported model differs from the checkpoint: max |logit diff| "
+            f"{report['max_abs_diff']:.3g} > atol={atol} on {report['batches']} val batches; not exported"
+        )
     return report
 
 
@@ -175,11 +208,19 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     describes (the run's data config and vocabulary), with the same loss and metrics as eval ckpt_path=."""
     exported = load_exported(cfg.model_path)
     if not isinstance(exported.spec.get("config"), dict) or "data" not in exported.spec["config"]:
-        raise ExportError(f"model_path={cfg.model_path!r}: its bigmodel.json holds no training config, so its "
-                          "data cannot be rebuilt; re-export it with bigmodel export")
+        raise ExportError(
+            f"model_path={cfg.model_path!r}: its bigmodel.json holds no training config, so its "
+            "data cannot be rebuilt; re-export it with bigmodel export"
+        )
     saved = OmegaConf.create(exported.spec["config"])
-    restored = Restored(model=torch.nn.Identity(), config=saved, model_args={}, data=dict(exported.spec["data"]),
-                        progress={}, path=str(cfg.model_path))
+    restored = Restored(
+        model=torch.nn.Identity(),
+        config=saved,
+        model_args={},
+        data=dict(exported.spec["data"]),
+        progress={},
+        path=str(cfg.model_path),
+    )
     datamodule = restore_datamodule(restored, cfg.get("data"))  # +data.KEY=... overrides are checked too
     loss_fn, metrics = instantiate(saved.loss), datamodule.metrics()
     limit = cfg.trainer.limit_val_batches if cfg.split == "val" else cfg.trainer.limit_test_batches
@@ -207,5 +248,12 @@ def export(cfg: DictConfig) -> Path:
         raise ConfigError(f"check_batches={cfg.check_batches} must be >= 1: the export is checked before it is kept")
     if not float(cfg.atol) > 0:
         raise ConfigError(f"atol={cfg.atol} must be > 0")
-    return export_model(str(cfg.ckpt_path), str(cfg.format), cfg.output_dir, overwrite=bool(cfg.overwrite),
-                        check_batches=int(cfg.check_batches), atol=float(cfg.atol), data=cfg.get("data"))
+    return export_model(
+        str(cfg.ckpt_path),
+        str(cfg.format),
+        cfg.output_dir,
+        overwrite=bool(cfg.overwrite),
+        check_batches=int(cfg.check_batches),
+        atol=float(cfg.atol),
+        data=cfg.get("data"),
+    )

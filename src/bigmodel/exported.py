@@ -56,22 +56,43 @@ def task_of(data: dict[str, Any]) -> str:
         return "text_classification"
     if "mean" in data and "class_names" in data:
         return "image_classification"
-    raise ExportError("the checkpoint's data state names no vocabulary, tokenizer or image statistics: "
-                      "cannot tell how to feed the model")
+    raise ExportError(
+        "the checkpoint's data state names no vocabulary, tokenizer or image statistics: "
+        "cannot tell how to feed the model"
+    )
 
 
-def describe(fmt: str, data: dict[str, Any], config: dict[str, Any], model: torch.nn.Module,
-             model_args: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+def describe(
+    fmt: str,
+    data: dict[str, Any],
+    config: dict[str, Any],
+    model: torch.nn.Module,
+    model_args: dict[str, Any],
+    source: dict[str, Any],
+) -> dict[str, Any]:
     """The contents of bigmodel.json for a model exported as `fmt` from a checkpoint whose data state
     is `data`, training config `config`, constructor arguments `model_args`, and `source`."""
     task = task_of(data)
-    spec = {"version": SPEC_VERSION, "format": fmt, "model_file": FORMATS[fmt], "task": task,
-            "model_class": type(model).__name__,
-            "inputs": [{"name": n, "dtype": d, "axes": a} for n, d, a in INPUTS[task]],
-            "outputs": [{"name": "logits", "dtype": "float32",
-                         "axes": ["batch", "seq", "vocab"] if task == "language_model" else ["batch", "classes"]}],
-            "class_names": list(data.get("class_names", [])), "data": data, "model_args": model_args,
-            "config": config, "source": source}
+    spec = {
+        "version": SPEC_VERSION,
+        "format": fmt,
+        "model_file": FORMATS[fmt],
+        "task": task,
+        "model_class": type(model).__name__,
+        "inputs": [{"name": n, "dtype": d, "axes": a} for n, d, a in INPUTS[task]],
+        "outputs": [
+            {
+                "name": "logits",
+                "dtype": "float32",
+                "axes": ["batch", "seq", "vocab"] if task == "language_model" else ["batch", "classes"],
+            }
+        ],
+        "class_names": list(data.get("class_names", [])),
+        "data": data,
+        "model_args": model_args,
+        "config": config,
+        "source": source,
+    }
     if task == "text_classification":
         spec["max_length"] = getattr(model, "max_length", None)  # tokens a text is cut to (Transformer)
     if task == "language_model":
@@ -93,7 +114,9 @@ class Exported:
 
     def __call__(self, *inputs: Any) -> torch.Tensor:
         if len(inputs) != len(self.input_names):
-            raise TypeError(f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(inputs)}")
+            raise TypeError(
+                f"expected {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(inputs)}"
+            )
         if self.max_length and inputs[0].shape[1] > self.max_length:  # cut as the eager Transformer does
             inputs = (inputs[0][:, : self.max_length], inputs[1].clip(max=self.max_length))
         return self._run(inputs)
@@ -117,8 +140,9 @@ class Exported:
         """Text classifiers: (tokens (B, T), lengths (B,)) of `texts`, encoded as in training."""
         from bigmodel.data.text import pad_batch
 
-        (tokens, lengths), _ = pad_batch([(torch.tensor(self.vocab.encode(t), dtype=torch.long), 0) for t in texts],
-                                         self.vocab.pad_idx)
+        (tokens, lengths), _ = pad_batch(
+            [(torch.tensor(self.vocab.encode(t), dtype=torch.long), 0) for t in texts], self.vocab.pad_idx
+        )
         return tokens, lengths
 
     def normalize(self, images: Any) -> torch.Tensor:
@@ -140,8 +164,10 @@ def _onnx_runner(file: Path, inputs: list[dict], threads: int | None):
         raise ExportError(f"{file}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
 
     def run(values):
-        feed = {i["name"]: np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=i["dtype"])
-                for i, x in zip(inputs, values)}
+        feed = {
+            i["name"]: np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=i["dtype"])
+            for i, x in zip(inputs, values)
+        }
         return torch.from_numpy(session.run(None, feed)[0])
 
     run.session = session

@@ -54,8 +54,15 @@ def confusion_figure(confusion: torch.Tensor, class_names: list[str], title: str
         for i in range(n):
             for j in range(n):
                 colour = "white" if frac[i, j] > 0.55 else "black"
-                ax.text(j, i, f"{int(cm[i, j])}\n{100 * frac[i, j]:.0f}%", ha="center", va="center",
-                        color=colour, fontsize=font)
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j])}\n{100 * frac[i, j]:.0f}%",
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=font,
+                )
     fig.tight_layout()
     return to_tensor(fig)
 

@@ -85,8 +85,10 @@ class Report:
 def from_config(init_from: str | None, keep_sparsity: object = None) -> "InitFrom | None":
     """The top-level `init_from` / `init_keep_sparsity` keys, checked (keep_sparsity None: automatic)."""
     if keep_sparsity is not None and not isinstance(keep_sparsity, bool):
-        raise ConfigError(f"init_keep_sparsity={keep_sparsity!r} is not valid; use true, false or null "
-                          "(null: keep the zeros of a checkpoint written by bigmodel prune)")
+        raise ConfigError(
+            f"init_keep_sparsity={keep_sparsity!r} is not valid; use true, false or null "
+            "(null: keep the zeros of a checkpoint written by bigmodel prune)"
+        )
     if not init_from:
         if keep_sparsity:
             raise ConfigError("init_keep_sparsity=true needs init_from=PATH (the pruned checkpoint to fine-tune)")
@@ -119,8 +121,9 @@ class InitFrom:
         kept = ((self.ckpt.get("callbacks") or {}).get("keep_sparsity") or {}).get("tensors")  # a fine-tuned one
         report = Report(pruned=(self.ckpt.get("pruning") or {}).get("tensors", kept))
         own = model.state_dict()
-        state = fold_pruning({k.removeprefix("_orig_mod.").removeprefix("module."): v
-                              for k, v in self.ckpt["model"].items()})
+        state = fold_pruning(
+            {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in self.ckpt["model"].items()}
+        )
         new_args = datamodule.model_args()
         head = set(head_keys(model, new_args.get("num_classes")))
         head_rows = self._head_rows(new_args, datamodule, report) if head else None
@@ -142,8 +145,10 @@ class InitFrom:
         report.unexpected = [k for k in state if k not in own]
         if not report.loaded:
             target = ((self.ckpt.get("config") or {}).get("model") or {}).get("_target_")
-            raise CheckpointError(f"init_from={self.path!r}: no weight of the checkpoint fits {type(model).__name__} "
-                                  f"(the checkpoint's model: {target})")
+            raise CheckpointError(
+                f"init_from={self.path!r}: no weight of the checkpoint fits {type(model).__name__} "
+                f"(the checkpoint's model: {target})"
+            )
         model.load_state_dict(report.loaded, strict=False)
         self._summarize(report, own, new_args, config)
         return report
@@ -151,12 +156,19 @@ class InitFrom:
     def _vocab_rows(self, old: torch.Tensor, new: torch.Tensor, new_args: dict[str, Any]) -> bool:
         """Whether `old` is a vocabulary-sized tensor of which `new` extends the rows (reused vocabulary)."""
         v_old, v_new = self.model_args.get("vocab_size"), new_args.get("vocab_size")
-        return (self.vocab_reused and v_old is not None and v_new is not None and v_old <= v_new
-                and old.dim() >= 1 and old.shape[0] == v_old and new.shape[0] == v_new
-                and old.shape[1:] == new.shape[1:])
+        return (
+            self.vocab_reused
+            and v_old is not None
+            and v_new is not None
+            and v_old <= v_new
+            and old.dim() >= 1
+            and old.shape[0] == v_old
+            and new.shape[0] == v_new
+            and old.shape[1:] == new.shape[1:]
+        )
 
     def _head_rows(self, new_args: dict[str, Any], datamodule, report: Report):
-        """"reset" (re-initialize the head), a row order (old index per new class), or None (load as is)."""
+        """ "reset" (re-initialize the head), a row order (old index per new class), or None (load as is)."""
         n_old, n_new = self.model_args.get("num_classes"), new_args.get("num_classes")
         old_names = self.data_state.get("class_names")
         new_names = (datamodule.state_dict() or {}).get("class_names")
@@ -165,40 +177,56 @@ class InitFrom:
         if n_old != n_new:
             say = f"{n_old} classes {old_names}" if old_names and n_old <= 10 else f"{n_old} classes"
             now = f"{n_new} {new_names}" if new_names and n_new <= 10 else f"{n_new}"
-            report.say(f"init_from: the checkpoint's head has {say}, this data has {now}: head re-initialized",
-                       logging.WARNING)
+            report.say(
+                f"init_from: the checkpoint's head has {say}, this data has {now}: head re-initialized", logging.WARNING
+            )
             return "reset"
         if not old_names or not new_names or list(old_names) == list(new_names):
             return None
         if sorted(old_names) == sorted(new_names):
-            report.say("init_from: the same classes in another order: head rows re-ordered by name to "
-                       f"{list(new_names)}")
+            report.say(
+                f"init_from: the same classes in another order: head rows re-ordered by name to {list(new_names)}"
+            )
             return [list(old_names).index(n) for n in new_names]
-        report.say(f"init_from: the checkpoint's classes {list(old_names)} are not this data's {list(new_names)}: "
-                   "the head is kept by position (class i stays class i)", logging.WARNING)
+        report.say(
+            f"init_from: the checkpoint's classes {list(old_names)} are not this data's {list(new_names)}: "
+            "the head is kept by position (class i stays class i)",
+            logging.WARNING,
+        )
         return None
 
-    def _summarize(self, report: Report, own: dict[str, torch.Tensor], new_args: dict[str, Any],
-                   config: dict[str, Any] | None) -> None:
-        report.say(f"init_from {self.path}: {len(report.loaded)} of {len(own)} tensors loaded "
-                   "(weights only: a new optimizer, schedule and step count)")
+    def _summarize(
+        self, report: Report, own: dict[str, torch.Tensor], new_args: dict[str, Any], config: dict[str, Any] | None
+    ) -> None:
+        report.say(
+            f"init_from {self.path}: {len(report.loaded)} of {len(own)} tensors loaded "
+            "(weights only: a new optimizer, schedule and step count)"
+        )
         if report.grown:
             v_old, v_new = self.model_args["vocab_size"], new_args["vocab_size"]
-            report.say(f"init_from: vocabulary rows of {_short(report.grown)}: {v_old:,} from the checkpoint, "
-                       f"{v_new - v_old:,} new tokens initialized")
+            report.say(
+                f"init_from: vocabulary rows of {_short(report.grown)}: {v_old:,} from the checkpoint, "
+                f"{v_new - v_old:,} new tokens initialized"
+            )
         warn = logging.WARNING
         if report.missing:
             report.say(f"init_from: missing in the checkpoint (left as initialized): {_short(report.missing)}", warn)
         if report.unexpected:
             report.say(f"init_from: unexpected in the checkpoint (ignored): {_short(report.unexpected)}", warn)
         if report.mismatched:
-            report.say(f"init_from: shape mismatch (left as initialized): {'; '.join(report.mismatched[:4])}"
-                       + (f" ... ({len(report.mismatched)} in all)" if len(report.mismatched) > 4 else ""), warn)
+            report.say(
+                f"init_from: shape mismatch (left as initialized): {'; '.join(report.mismatched[:4])}"
+                + (f" ... ({len(report.mismatched)} in all)" if len(report.mismatched) > 4 else ""),
+                warn,
+            )
         saved = (self.ckpt.get("config") or {}).get("model")
         diffs = checkpoint.config_diff(saved, (config or {}).get("model"), "model") if saved and config else []
         if diffs and (report.missing or report.unexpected or report.mismatched):
-            report.say("init_from: the model config differs from the checkpoint's: "
-                       + "; ".join(f"{k}={b!r} (checkpoint {a!r})" for k, a, b in diffs[:6]), warn)
+            report.say(
+                "init_from: the model config differs from the checkpoint's: "
+                + "; ".join(f"{k}={b!r} (checkpoint {a!r})" for k, a, b in diffs[:6]),
+                warn,
+            )
 
 
 # ---------------------------------------------------------------- pruned checkpoints
@@ -228,8 +256,10 @@ def keep_sparsity(report: Report, model: nn.Module, keep: bool | None) -> "KeepS
     masks = pruned_masks(report, model) if pruned else sparse_masks(report, model)
     if not masks:
         if keep:
-            log.warning(f"init_keep_sparsity=true: no weight matrix of the checkpoint has >= {SPARSE_FRACTION:.0%} "
-                        "zeros (not a pruned checkpoint): nothing to keep")
+            log.warning(
+                f"init_keep_sparsity=true: no weight matrix of the checkpoint has >= {SPARSE_FRACTION:.0%} "
+                "zeros (not a pruned checkpoint): nothing to keep"
+            )
         return None
     zeros = sum(int((~m).sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -250,12 +280,13 @@ class KeepSparsity:
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_fit_start(self, trainer) -> None:
-        params = {k.removeprefix("_orig_mod.").removeprefix("module."): p
-                  for k, p in trainer.model.named_parameters()}
+        params = {k.removeprefix("_orig_mod.").removeprefix("module."): p for k, p in trainer.model.named_parameters()}
         absent = sorted(set(self.masks) - set(params))
         if absent:  # e.g. FSDP flattens parameters under other names
-            raise CheckpointError(f"init_keep_sparsity: parameters {_short(absent)} not found in the trained "
-                                  "model (not supported with trainer.strategy=fsdp)")
+            raise CheckpointError(
+                f"init_keep_sparsity: parameters {_short(absent)} not found in the trained "
+                "model (not supported with trainer.strategy=fsdp)"
+            )
         self.pairs = [(params[k], m.to(device=params[k].device, dtype=params[k].dtype)) for k, m in self.masks.items()]
         self.apply()
 

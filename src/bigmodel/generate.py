@@ -12,12 +12,12 @@ from omegaconf import DictConfig, ListConfig
 
 from bigmodel import checkpoint
 from bigmodel.config import ConfigError, Device, Precision, TrainerConfig
-from bigmodel.runtime import Runtime
-from bigmodel.runtime import resolve_device as torch_device
 from bigmodel.data.text_files import read_text
 from bigmodel.data.tokenizers import tokenizer_from_state
 from bigmodel.models.text_sample import sample_text
 from bigmodel.restore import restore_model
+from bigmodel.runtime import Runtime
+from bigmodel.runtime import resolve_device as torch_device
 
 log = logging.getLogger("bigmodel")
 
@@ -29,12 +29,20 @@ def load_for_generation(ckpt_path: str, device: torch.device):
         from bigmodel.models.gpt2 import load_pretrained, pretrained_tokenizer
 
         return load_pretrained(ckpt_path).to(device), pretrained_tokenizer(ckpt_path)
-    restored = restore_model(ckpt_path, device, needs={"tokenizer": (
-        f"ckpt_path={ckpt_path!r} has no tokenizer: not a language-model checkpoint "
-        "(train one with model=gpt data=shakespeare_char)")})
+    restored = restore_model(
+        ckpt_path,
+        device,
+        needs={
+            "tokenizer": (
+                f"ckpt_path={ckpt_path!r} has no tokenizer: not a language-model checkpoint "
+                "(train one with model=gpt data=shakespeare_char)"
+            )
+        },
+    )
     if not hasattr(restored.model, "stream"):
-        raise checkpoint.CheckpointError(f"ckpt_path={ckpt_path!r}: {type(restored.model).__name__} cannot "
-                                         "generate text")
+        raise checkpoint.CheckpointError(
+            f"ckpt_path={ckpt_path!r}: {type(restored.model).__name__} cannot generate text"
+        )
     return restored.model, tokenizer_from_state(restored.data["tokenizer"])
 
 
@@ -53,8 +61,10 @@ RANGES = {  # key -> (type, test, what is valid)
 def check_options(cfg: DictConfig) -> None:
     """Every sampling option in range, before the model is loaded: one line naming the key otherwise."""
     if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is required: a checkpoint from `bigmodel train` (model=gpt), or a "
-                          "folder with a Hugging Face GPT-2 checkpoint (config.json + model.safetensors)")
+        raise ConfigError(
+            "ckpt_path is required: a checkpoint from `bigmodel train` (model=gpt), or a "
+            "folder with a Hugging Face GPT-2 checkpoint (config.json + model.safetensors)"
+        )
     for key in RANGES:
         check_option(key, cfg.get(key))
     precision_of(cfg.precision)
@@ -77,8 +87,9 @@ def stop_strings(stop) -> list[str]:
     """`stop` as a list of strings (one string, a list, or null for none); a typed "\\n" is a newline."""
     stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, (list, ListConfig)) or not all(isinstance(s, str) and s for s in stops):
-        raise ConfigError(f"stop={stop!r} is not valid: use a non-empty string or a list of them, e.g. "
-                          "stop='[\"\\n\\n\", THE END]'")
+        raise ConfigError(
+            f"stop={stop!r} is not valid: use a non-empty string or a list of them, e.g. stop='[\"\\n\\n\", THE END]'"
+        )
     return [s.replace("\\n", "\n") for s in stops]
 
 
@@ -100,16 +111,22 @@ def resolve_device(name: str) -> torch.device:
 
 def check_top_k(top_k: int | None, vocab_size: int) -> None:
     if top_k is not None and top_k > vocab_size:
-        raise ConfigError(f"top_k={top_k} is larger than this model's vocabulary of {vocab_size} tokens: "
-                          f"use 1 to {vocab_size}, or null for no limit")
+        raise ConfigError(
+            f"top_k={top_k} is larger than this model's vocabulary of {vocab_size} tokens: "
+            f"use 1 to {vocab_size}, or null for no limit"
+        )
 
 
 def generate(cfg: DictConfig) -> list[str]:
     """Print `num_samples` continuations of the prompt; returns them."""
     resolve_device(str(cfg.device))  # the device first: one line naming it
     check_options(cfg)
-    runtime = Runtime(TrainerConfig(device=Device[str(cfg.device)], precision=precision_of(cfg.precision),
-                                    num_threads=cfg.num_threads), device_key="device").init()
+    runtime = Runtime(
+        TrainerConfig(
+            device=Device[str(cfg.device)], precision=precision_of(cfg.precision), num_threads=cfg.num_threads
+        ),
+        device_key="device",
+    ).init()
     device = runtime.device
     model, tokenizer = load_for_generation(cfg.ckpt_path, device)
     prompt = read_text(Path(cfg.prompt_file), "utf-8", key=None) if cfg.prompt_file else str(cfg.prompt)
@@ -117,15 +134,29 @@ def generate(cfg: DictConfig) -> list[str]:
     check_top_k(cfg.top_k, model.vocab_size)
     tokenizer.encode(prompt)  # an unknown character fails here, before anything is printed
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    options = dict(max_new_tokens=cfg.max_new_tokens, temperature=float(cfg.temperature), top_k=cfg.top_k,
-                   top_p=float(cfg.top_p), repetition_penalty=float(cfg.repetition_penalty),
-                   stop=stop_strings(cfg.stop), use_cache=cfg.cache)
+    options = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=float(cfg.temperature),
+        top_k=cfg.top_k,
+        top_p=float(cfg.top_p),
+        repetition_penalty=float(cfg.repetition_penalty),
+        stop=stop_strings(cfg.stop),
+        use_cache=cfg.cache,
+    )
     samples = []
     for i in range(int(cfg.num_samples)):
         print(f"--- sample {i + 1}/{cfg.num_samples}", flush=True)
         print(prompt, end="", flush=True)
-        text = sample_text(model, tokenizer, prompt, generator=generator, device=device, autocast=runtime.autocast,
-                           on_text=lambda piece: print(piece, end="", flush=True), **options)
+        text = sample_text(
+            model,
+            tokenizer,
+            prompt,
+            generator=generator,
+            device=device,
+            autocast=runtime.autocast,
+            on_text=lambda piece: print(piece, end="", flush=True),
+            **options,
+        )
         print(flush=True)
         samples.append(text)
     return samples

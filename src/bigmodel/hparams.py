@@ -75,9 +75,12 @@ def run_columns(resolved: dict[str, Any], model: torch.nn.Module) -> tuple[dict[
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     overrides = [o for o in (hydra.overrides.task if hydra else []) if not _override_key(o).startswith("hydra.")]
     choices = dict(hydra.runtime.choices) if hydra else {}
-    head: dict[str, Any] = {"name": resolved.get("name"), **{c: choices.get(c) for c in CHOICES},
-                            "overrides": " ".join(overrides),
-                            "model.num_params": sum(p.numel() for p in model.parameters())}
+    head: dict[str, Any] = {
+        "name": resolved.get("name"),
+        **{c: choices.get(c) for c in CHOICES},
+        "overrides": " ".join(overrides),
+        "model.num_params": sum(p.numel() for p in model.parameters()),
+    }
     flat = {k: v for k, v in flat_hparams(resolved).items() if not _is_path(k, v)}
     columns = {k: column_value(v) for k, v in {**head, **flat}.items()}
     columns = {k: v for k, v in columns.items() if v is not None}
@@ -108,8 +111,10 @@ def summaries(columns: dict[str, Any], metrics: list[str], shown: list[str]) -> 
             values[name] = struct_pb2.Value(string_value=str(v))
         infos.append(info)
     experiment = api_pb2.Experiment(
-        hparam_infos=infos, time_created_secs=time.time(),
-        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics])
+        hparam_infos=infos,
+        time_created_secs=time.time(),
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics],
+    )
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     for name, value in values.items():
         start.hparams[name].CopyFrom(value)
@@ -119,6 +124,8 @@ def summaries(columns: dict[str, Any], metrics: list[str], shown: list[str]) -> 
         md = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(**data))
         return Summary(value=[Summary.Value(tag=tag, metadata=md, tensor=metadata.NULL_TENSOR)])
 
-    return [summary(metadata.EXPERIMENT_TAG, experiment=experiment),
-            summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
-            summary(metadata.SESSION_END_INFO_TAG, session_end_info=end)]
+    return [
+        summary(metadata.EXPERIMENT_TAG, experiment=experiment),
+        summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
+        summary(metadata.SESSION_END_INFO_TAG, session_end_info=end),
+    ]

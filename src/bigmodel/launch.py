@@ -75,11 +75,23 @@ def maybe_launch(argv: list[str]) -> None:
     if n <= 1:
         return
     if "-m" in argv or "--multirun" in argv or any(a.startswith("hparams_search=") for a in argv):
-        print(f"bigmodel: trainer.devices={n} is ignored in a sweep (-m): each job runs in one process; "
-              "for multi-GPU jobs use hydra/launcher=submitit_slurm (README: Scaling out)", file=sys.stderr)
+        print(
+            f"bigmodel: trainer.devices={n} is ignored in a sweep (-m): each job runs in one process; "
+            "for multi-GPU jobs use hydra/launcher=submitit_slurm (README: Scaling out)",
+            file=sys.stderr,
+        )
         return
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "bigmodel", "train", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        "-m",
+        "bigmodel",
+        "train",
+        *argv,
+    ]
     proc = subprocess.Popen(cmd)
     # Ctrl-C reaches torchrun and its workers directly (one process group): wait for their clean stop.
     # A SIGTERM sent to this process alone (kill, a scheduler) is passed on to torchrun.
@@ -140,14 +152,18 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = sorted(p.parent.name for p in sweep_dir.glob("*/config.yaml"))
-        log.info(f"sweep: {len(runs)} runs under {sweep_dir}; compare them (HParams tab): "
-                 f"bigmodel tensorboard --logdir {sweep_dir}")
+        log.info(
+            f"sweep: {len(runs)} runs under {sweep_dir}; compare them (HParams tab): "
+            f"bigmodel tensorboard --logdir {sweep_dir}"
+        )
         best = sweep_dir / "optimization_results.yaml"
         if best.is_file():
             log.info(f"best trial ({best}):\n{best.read_text().strip()}")
         failed = sorted(sweep_dir.rglob(ERROR_FILE), key=lambda p: (len(str(p)), str(p)))  # 2 before 10
         if failed:
             lines = [p.read_text().splitlines()[0] for p in failed]
-            log.error(f"sweep: {len(failed)} job(s) failed (their errors are in {ERROR_FILE} in each "
-                      "job's folder):\n  " + "\n  ".join(lines))
+            log.error(
+                f"sweep: {len(failed)} job(s) failed (their errors are in {ERROR_FILE} in each "
+                "job's folder):\n  " + "\n  ".join(lines)
+            )
             sys.exit(1)

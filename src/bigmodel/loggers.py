@@ -1,14 +1,14 @@
 """Metric loggers behind one small Protocol; only the global-zero process writes.
 
-    log_metrics(metrics: dict[str, float], step)   scalars such as train/loss, val/acc, lr
-    log_hparams(hparams, metrics: list[str], shown: list[str])
-                                                   the run's settings (bigmodel.hparams), the metric
-                                                   tags to compare runs by, the settings shown first
-    log_image(tag, image: (3, H, W) float in [0, 1], step)
-    log_text(tag, text, step)                      shown preformatted
-    log_pr_curve(tag, tp, fp, tn, fn, step)        counts at evenly spaced thresholds 0..1
-    log_embedding(tag, vectors: (N, D), labels, step)   points for the Projector tab, one label each
-    close()
+log_metrics(metrics: dict[str, float], step)   scalars such as train/loss, val/acc, lr
+log_hparams(hparams, metrics: list[str], shown: list[str])
+                                               the run's settings (bigmodel.hparams), the metric
+                                               tags to compare runs by, the settings shown first
+log_image(tag, image: (3, H, W) float in [0, 1], step)
+log_text(tag, text, step)                      shown preformatted
+log_pr_curve(tag, tp, fp, tn, fn, step)        counts at evenly spaced thresholds 0..1
+log_embedding(tag, vectors: (N, D), labels, step)   points for the Projector tab, one label each
+close()
 """
 
 import csv
@@ -30,8 +30,9 @@ class Logger(Protocol):
 
     def log_text(self, tag: str, text: str, step: int) -> None: ...
 
-    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
-                     step: int) -> None: ...
+    def log_pr_curve(
+        self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor, step: int
+    ) -> None: ...
 
     def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None: ...
 
@@ -70,15 +71,18 @@ class TensorBoardLogger:
 
         # TensorBoard renders markdown: indented four spaces, line breaks and spacing are kept.
         body = "    " + text.replace("\n", "\n    ")
-        tensor = TensorProto(dtype=types_pb2.DT_STRING, string_val=[body.encode()],
-                             tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+        tensor = TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[body.encode()],
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        )
         md = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
         # written under `tag` itself (SummaryWriter.add_text would append "/text_summary")
-        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=md, tensor=tensor)]),
-                                            step)
+        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=md, tensor=tensor)]), step)
 
-    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
-                     step: int) -> None:
+    def log_pr_curve(
+        self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor, step: int
+    ) -> None:
         tp, fp, tn, fn = (t.double() for t in (tp, fp, tn, fn))
         precision, recall = tp / (tp + fp).clamp(min=1), tp / (tp + fn).clamp(min=1)
         self.writer.add_pr_curve_raw(tag, tp, fp, tn, fn, precision, recall, step, num_thresholds=len(tp))
@@ -112,8 +116,9 @@ class CSVLogger:
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
         pass
 
-    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
-                     step: int) -> None:
+    def log_pr_curve(
+        self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor, step: int
+    ) -> None:
         pass
 
     def log_embedding(self, tag: str, vectors: torch.Tensor, labels: list[str], step: int) -> None:
@@ -149,8 +154,9 @@ class LoggerGroup:
         for logger in self.loggers:
             logger.log_text(tag, text, step)
 
-    def log_pr_curve(self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor,
-                     step: int) -> None:
+    def log_pr_curve(
+        self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor, step: int
+    ) -> None:
         for logger in self.loggers:
             logger.log_pr_curve(tag, tp, fp, tn, fn, step)
 

@@ -15,8 +15,12 @@ class CrossEntropy(nn.Module):
         self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),
-                               label_smoothing=self.label_smoothing, ignore_index=self.ignore_index)
+        return F.cross_entropy(
+            logits.flatten(0, -2).float(),
+            targets.flatten(),
+            label_smoothing=self.label_smoothing,
+            ignore_index=self.ignore_index,
+        )
 
 
 def ignore_index(loss_fn: object) -> int:

@@ -42,8 +42,10 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: float = 0.1) ->
     start = min(int(len(lrs) * skip_start), max(low - 1, 0))
     if low - start < 4:
         return max(lrs[low] / 10, lrs[0])  # inside the swept range
-    slopes = [(smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
-              for i in range(start + 1, low)]
+    slopes = [
+        (smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
+        for i in range(start + 1, low)
+    ]
     return lrs[start + 1 + min(range(len(slopes)), key=slopes.__getitem__)]
 
 
@@ -74,8 +76,9 @@ class LRSweep:
         self.lrs.append(self.lr_at(step))
         self.losses.append(loss)
         self.smoothed.append(smoothed)
-        trainer.logger.log_metrics({"lr_find/loss": loss, "lr_find/smoothed_loss": smoothed,
-                                    "lr_find/lr": self.lrs[-1]}, step)
+        trainer.logger.log_metrics(
+            {"lr_find/loss": loss, "lr_find/smoothed_loss": smoothed, "lr_find/lr": self.lrs[-1]}, step
+        )
         if step > 0 and (not math.isfinite(smoothed) or smoothed > self.diverge * min(self.smoothed)):
             self.diverged = trainer.should_stop = True
         if len(self.losses) >= self.num_steps:
@@ -88,21 +91,27 @@ def check_options(opts: DictConfig) -> None:
     if opts.num_steps < 5:
         raise ConfigError(f"lr_find.num_steps={opts.num_steps} is too few; use 5 or more (e.g. 100)")
     if not (0 <= opts.beta < 1 and opts.diverge > 1 and 0 <= opts.skip_start < 1):
-        raise ConfigError(f"lr_find.beta={opts.beta}, diverge={opts.diverge}, skip_start={opts.skip_start}: "
-                          "need 0 <= beta < 1, diverge > 1, 0 <= skip_start < 1")
+        raise ConfigError(
+            f"lr_find.beta={opts.beta}, diverge={opts.diverge}, skip_start={opts.skip_start}: "
+            "need 0 <= beta < 1, diverge > 1, 0 <= skip_start < 1"
+        )
 
 
 def write_curve(folder: Path, sweep: LRSweep, suggestion: float) -> None:
     with open(folder / "lr_find.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "lr", "loss", "smoothed_loss"])
-        writer.writerows((i, f"{lr:.6g}", f"{loss:.6g}", f"{s:.6g}")
-                         for i, (lr, loss, s) in enumerate(zip(sweep.lrs, sweep.losses, sweep.smoothed)))
+        writer.writerows(
+            (i, f"{lr:.6g}", f"{loss:.6g}", f"{s:.6g}")
+            for i, (lr, loss, s) in enumerate(zip(sweep.lrs, sweep.losses, sweep.smoothed))
+        )
     try:
         import matplotlib
     except ImportError:
-        log.info("lr_find: no PNG (matplotlib is not installed: pip install 'bigmodel[plot]'); lr_find.csv "
-                 "and TensorBoard have the curve")
+        log.info(
+            "lr_find: no PNG (matplotlib is not installed: pip install 'bigmodel[plot]'); lr_find.csv "
+            "and TensorBoard have the curve"
+        )
         return
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font cache lines are noise
     matplotlib.use("Agg")
@@ -125,31 +134,47 @@ def lr_find(cfg: DictConfig) -> float:
     check_options(opts)
     seed_everything(cfg.seed)
     resolved = resolved_config(cfg)
-    config = dataclasses.replace(trainer_config(cfg), max_steps=opts.num_steps, val_check_interval=opts.num_steps + 1,
-                                 on_nonfinite=NonFinite.stop)
+    config = dataclasses.replace(
+        trainer_config(cfg),
+        max_steps=opts.num_steps,
+        val_check_interval=opts.num_steps + 1,
+        on_nonfinite=NonFinite.stop,
+    )
     check_targets(resolved)
     datamodule, model, _, _ = build(cfg, resolved)  # as `bigmodel train` starts (init_from, vectors)
     device = resolve_device(config.device, distributed.info()[2])  # where the Trainer puts the model
     optimizer = make_optimizer(instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0), device)
     sweep = LRSweep(opts.min_lr, opts.max_lr, opts.num_steps, opts.beta, opts.diverge)
     logger = build_logger(cfg, True)
-    trainer = Trainer(config, model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
-                      scheduler=sweep.scheduler, datamodule=datamodule, logger=logger,
-                      callbacks={"lr_sweep": sweep}, output_dir=output_dir(cfg))
+    trainer = Trainer(
+        config,
+        model=model,
+        loss_fn=instantiate(cfg.loss),
+        optimizer=optimizer,
+        scheduler=sweep.scheduler,
+        datamodule=datamodule,
+        logger=logger,
+        callbacks={"lr_sweep": sweep},
+        output_dir=output_dir(cfg),
+    )
     try:
         trainer.fit()
     except FloatingPointError:  # a non-finite loss: the LR is far too high, which is what we look for
         sweep.diverged = True
     logger.close()
     if len(sweep.losses) < 2:
-        raise ConfigError(f"lr_find: the loss diverged after {len(sweep.losses)} step(s) from "
-                          f"lr_find.min_lr={opts.min_lr}; lower lr_find.min_lr")
+        raise ConfigError(
+            f"lr_find: the loss diverged after {len(sweep.losses)} step(s) from "
+            f"lr_find.min_lr={opts.min_lr}; lower lr_find.min_lr"
+        )
     suggestion = suggest(sweep.lrs, sweep.smoothed, opts.skip_start)
     folder = Path(output_dir(cfg))
     write_curve(folder, sweep, suggestion)
     early = len(sweep.losses) < opts.num_steps
     stopped = f"stopped early at lr={sweep.lrs[-1]:.3g} (the loss diverged)" if early else "the full range"
-    log.info(f"lr_find: {len(sweep.losses)} steps from lr={sweep.lrs[0]:.3g} to {sweep.lrs[-1]:.3g}, {stopped}; "
-             f"curve in {folder}")
+    log.info(
+        f"lr_find: {len(sweep.losses)} steps from lr={sweep.lrs[0]:.3g} to {sweep.lrs[-1]:.3g}, {stopped}; "
+        f"curve in {folder}"
+    )
     print(f"suggested optimizer.lr={suggestion:.3g}")
     return suggestion

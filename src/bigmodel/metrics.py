@@ -31,8 +31,9 @@ class Classification:
     class and over the others: the PR curves come from them, and they sum across processes.
     """
 
-    def __init__(self, num_classes: int, class_names: list[str] | None = None,
-                 ignore_index: int = -100, detailed: bool = True) -> None:
+    def __init__(
+        self, num_classes: int, class_names: list[str] | None = None, ignore_index: int = -100, detailed: bool = True
+    ) -> None:
         self.num_classes, self.ignore_index, self.detailed = num_classes, ignore_index, detailed
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.reset()
@@ -68,8 +69,9 @@ class Classification:
             idx = (positive * self.num_classes + classes) * PR_THRESHOLDS + bins
             self.scores += torch.bincount(idx.flatten(), minlength=self.scores.numel()).view_as(self.scores)
 
-    def train_counts(self, logits: torch.Tensor, targets: torch.Tensor,
-                     ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_counts(
+        self, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch's (correct, counted); `ignore_index` from the loss, else this object's."""
         return train_counts(logits, targets, self.ignore_index if ignore_index is None else ignore_index)
 
@@ -85,8 +87,7 @@ class Classification:
             precision = tp / cm.sum(0).clamp(min=1)
             recall = tp / cm.sum(1).clamp(min=1)
             f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-            out |= {"precision": precision.mean().item(), "recall": recall.mean().item(),
-                    "f1": f1.mean().item()}
+            out |= {"precision": precision.mean().item(), "recall": recall.mean().item(), "f1": f1.mean().item()}
         return out
 
     def table(self) -> str:
@@ -110,8 +111,10 @@ class Classification:
         lines = [f"{'class':<{width}}  precision  recall     f1  support"]
         for i, name in enumerate(self.class_names):
             lines.append(f"{name:<{width}}  {precision[i]:9.4f}  {recall[i]:6.4f}  {f1[i]:.4f}  {int(support[i]):7d}")
-        lines.append(f"{'macro':<{width}}  {precision.mean():9.4f}  {recall.mean():6.4f}  {f1.mean():.4f}  "
-                     f"{int(support.sum()):7d}")
+        lines.append(
+            f"{'macro':<{width}}  {precision.mean():9.4f}  {recall.mean():6.4f}  {f1.mean():.4f}  "
+            f"{int(support.sum()):7d}"
+        )
         return "\n".join(lines)
 
     def pr_counts(self, c: int) -> tuple[torch.Tensor, ...]:
@@ -154,8 +157,9 @@ class LanguageModel:
         self.correct += (flat.argmax(-1)[keep] == t[keep]).sum().cpu()
         self.total += keep.sum().cpu()
 
-    def train_counts(self, logits: torch.Tensor, targets: torch.Tensor,
-                     ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_counts(
+        self, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch's (correct next tokens, counted tokens), as Classification.train_counts."""
         return train_counts(logits, targets, self.ignore_index if ignore_index is None else ignore_index)
 

@@ -34,8 +34,9 @@ def packed_lstm(x, lengths, weights, num_layers: int, bidirectional: bool):
             rs.append(op.Unsqueeze(_gates(w_hh, hidden), [0]))
             bs.append(op.Unsqueeze(op.Concat(_gates(b_ih, hidden), _gates(b_hh, hidden), axis=0), [0]))
         w, r, b = (op.Concat(*parts, axis=0) if dirs > 1 else parts[0] for parts in (ws, rs, bs))
-        y, y_h, _ = op.LSTM(inp, w, r, b, seq_lens, direction="bidirectional" if bidirectional else "forward",
-                            hidden_size=hidden)  # y (T, dirs, B, H), zeros past each length
+        y, y_h, _ = op.LSTM(
+            inp, w, r, b, seq_lens, direction="bidirectional" if bidirectional else "forward", hidden_size=hidden
+        )  # y (T, dirs, B, H), zeros past each length
         inp = op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))  # (T, B, dirs * H)
         finals.append(y_h)  # (dirs, B, H)
     return op.Transpose(inp, perm=[1, 0, 2]), op.Concat(*finals, axis=0) if len(finals) > 1 else finals[0]

@@ -28,8 +28,10 @@ log = logging.getLogger("bigmodel")
 
 def load_classifier(ckpt_path: str, device: torch.device) -> tuple[torch.nn.Module, Vocab, list[str]]:
     """(model in eval mode on device, vocabulary, class names) from a `bigmodel train` checkpoint."""
-    line = (f"ckpt_path={ckpt_path!r} has no vocabulary: not a text classification checkpoint "
-            "(train one with e.g. model=lstm data=sst2)")
+    line = (
+        f"ckpt_path={ckpt_path!r} has no vocabulary: not a text classification checkpoint "
+        "(train one with e.g. model=lstm data=sst2)"
+    )
     restored = restore_model(ckpt_path, device, needs={"vocab": line, "class_names": line})
     return restored.model, Vocab.from_state(restored.data["vocab"]), list(restored.data["class_names"])
 
@@ -43,8 +45,9 @@ def load_exported_classifier(model_path: str) -> tuple[Exported, Vocab, list[str
 
 
 @torch.no_grad()
-def classify(model: torch.nn.Module, vocab: Vocab, texts: list[str], *, batch_size: int = 256,
-             device: torch.device | None = None) -> torch.Tensor:
+def classify(
+    model: torch.nn.Module, vocab: Vocab, texts: list[str], *, batch_size: int = 256, device: torch.device | None = None
+) -> torch.Tensor:
     """Class probabilities (N, C) of `texts`, in their order (padding does not change them)."""
     device = device or torch.device("cpu")
     probs = []
@@ -68,8 +71,10 @@ def warn_unknown(vocab: Vocab, texts: list[str], show: int = 10) -> int:
     Returns how many there are."""
     unknown = [i for i, t in enumerate(texts) if all(j == vocab.unk_idx for j in vocab.encode(t))]
     for i in unknown[:show]:
-        log.warning(f"text {i + 1} ({texts[i][:60]!r}): none of its words is in the model's vocabulary (all "
-                    "<unk>), so its label says nothing about the text")
+        log.warning(
+            f"text {i + 1} ({texts[i][:60]!r}): none of its words is in the model's vocabulary (all "
+            "<unk>), so its label says nothing about the text"
+        )
     if len(unknown) > show:
         log.warning(f"... and {len(unknown) - show} more texts of unknown words only")
     return len(unknown)
@@ -80,14 +85,14 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     one_source(cfg, 'bigmodel predict ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt text="..."')
     check_ranges(cfg, PredictConfig)
     if (cfg.text is None) == (cfg.input_file is None):
-        raise DataError("give exactly one of text=\"...\" or input_file=PATH")
+        raise DataError('give exactly one of text="..." or input_file=PATH')
     if cfg.model_path is not None:  # an exported folder: runs on the CPU (onnxruntime / torch.export)
         model, vocab, names, device = *load_exported_classifier(cfg.model_path), torch.device("cpu")
     else:
         device = Runtime(TrainerConfig(device=Device(cfg.device)), device_key="device").init().device
         model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
-        raise DataError("text= is empty: give the text to classify, e.g. text=\"a gripping , funny film\"")
+        raise DataError('text= is empty: give the text to classify, e.g. text="a gripping , funny film"')
     texts = [str(cfg.text)] if cfg.text is not None else read_texts(cfg.input_file, cfg.encoding)
     warn_unknown(vocab, texts)
     probs = classify(model, vocab, texts, batch_size=int(cfg.batch_size), device=device)

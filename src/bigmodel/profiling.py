@@ -65,7 +65,8 @@ class TorchProfiler(NoProfiler):
             activities=activities,
             schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
             on_trace_ready=torch.profiler.tensorboard_trace_handler(self.trace_dir),
-            record_shapes=True, profile_memory=True,
+            record_shapes=True,
+            profile_memory=True,
         )
 
     def __enter__(self):
@@ -82,9 +83,11 @@ class TorchProfiler(NoProfiler):
         self.prof.step()
 
     def summary(self, print_fn) -> None:
-        print_fn(f"profiler trace written to {self.trace_dir}: open it with `bigmodel tensorboard --logdir "
-                 f"{os.path.dirname(self.trace_dir)}` (PYTORCH_PROFILER tab; pip install 'bigmodel[profile]'), "
-                 "or load the .pt.trace.json file into Perfetto / chrome://tracing")
+        print_fn(
+            f"profiler trace written to {self.trace_dir}: open it with `bigmodel tensorboard --logdir "
+            f"{os.path.dirname(self.trace_dir)}` (PYTORCH_PROFILER tab; pip install 'bigmodel[profile]'), "
+            "or load the .pt.trace.json file into Perfetto / chrome://tracing"
+        )
 
 
 def make_profiler(kind: Profiler, output_dir: str):

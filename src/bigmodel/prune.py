@@ -36,6 +36,7 @@ log = logging.getLogger("bigmodel")
 @dataclass
 class PruneConfig:
     """`bigmodel prune`'s keys; configs/prune.yaml says what each one does."""
+
     name: str = "prune"
     ckpt_path: str = MISSING
     amount: float = 0.5
@@ -67,8 +68,9 @@ def prune_global(model: nn.Module, amount: float) -> list[str]:
     targets = prunable(model)
     if not targets:
         raise CheckpointError(f"{type(model).__name__} has no weight matrix or kernel to prune")
-    torch_prune.global_unstructured([(m, p) for _, m, p in targets], pruning_method=torch_prune.L1Unstructured,
-                                    amount=amount)
+    torch_prune.global_unstructured(
+        [(m, p) for _, m, p in targets], pruning_method=torch_prune.L1Unstructured, amount=amount
+    )
     for _, module, pname in targets:
         torch_prune.remove(module, pname)  # weight = weight_orig * weight_mask, as a plain parameter again
     return [name for name, _, _ in targets]
@@ -86,8 +88,10 @@ def sparsity_table(model: nn.Module, names: list[str]) -> tuple[str, float]:
     everything = sum(p.numel() for p in model.parameters())
     all_zeros = sum(int((p == 0).sum()) for p in model.parameters())
     head = f"{'tensor':<32} {'shape':<18} {'weights':>10} {'zeros':>10} {'sparsity':>8}"
-    rows += [f"{'total (pruned tensors)':<51} {total:>10,} {zeros:>10,} {zeros / total:>8.1%}",
-             f"{'total (all parameters)':<51} {everything:>10,} {all_zeros:>10,} {all_zeros / everything:>8.1%}"]
+    rows += [
+        f"{'total (pruned tensors)':<51} {total:>10,} {zeros:>10,} {zeros / total:>8.1%}",
+        f"{'total (all parameters)':<51} {everything:>10,} {all_zeros:>10,} {all_zeros / everything:>8.1%}",
+    ]
     return "\n".join([head, *rows]), zeros / total
 
 
@@ -101,8 +105,10 @@ def check_args(cfg: DictConfig) -> None:
     require(cfg, "ckpt_path", "bigmodel prune ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt amount=0.5")
     amount = cfg.amount
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < 1:
-        raise ConfigError(f"amount={_shown(amount)} is not valid: the share of weights to prune, strictly between "
-                          "0 and 1 (e.g. amount=0.5)")
+        raise ConfigError(
+            f"amount={_shown(amount)} is not valid: the share of weights to prune, strictly between "
+            "0 and 1 (e.g. amount=0.5)"
+        )
     for key in ("structured", "shrink", "overwrite"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key}={_shown(cfg[key])} is not valid; use true or false")
@@ -121,14 +127,19 @@ def output_path(cfg: DictConfig) -> Path:
     return out
 
 
-def pruned_checkpoint(ckpt: dict[str, Any], model: nn.Module, record: dict[str, Any],
-                      model_config: dict[str, Any]) -> dict[str, Any]:
+def pruned_checkpoint(
+    ckpt: dict[str, Any], model: nn.Module, record: dict[str, Any], model_config: dict[str, Any]
+) -> dict[str, Any]:
     """The training checkpoint with the pruned weights, the (maybe smaller) model config and a record
     of the pruning. The optimizer state is dropped: a pruned model starts a new run (init_from)."""
     config = {**ckpt["config"], "model": model_config}
     keep = ("format", "config", "model_args", "data", "progress")
-    return {**{k: ckpt[k] for k in keep if k in ckpt}, "config": config, "model": model.state_dict(),
-            "pruning": checkpoint.plain(record)}
+    return {
+        **{k: ckpt[k] for k in keep if k in ckpt},
+        "config": config,
+        "model": model.state_dict(),
+        "pruning": checkpoint.plain(record),
+    }
 
 
 def prune(cfg: DictConfig) -> dict[str, Any]:
@@ -142,8 +153,9 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     model_config = dict(original)
     before = sum(p.numel() for p in model.parameters())
     if cfg.structured:
-        model, names, model_config, lines = prune_channels(model, amount, model_config, restored.model_args,
-                                                           shrink=cfg.shrink)
+        model, names, model_config, lines = prune_channels(
+            model, amount, model_config, restored.model_args, shrink=cfg.shrink
+        )
     else:
         names, lines = prune_global(model, amount), []
     record = {"amount": amount, "structured": bool(cfg.structured), "tensors": names, "source": str(cfg.ckpt_path)}
@@ -159,8 +171,10 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     checkpoint.save(pruned_checkpoint(ckpt, model, record, model_config), out)  # atomic: temp file, then rename
     print(f"parameters: {before:,} -> {after:,}; wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     how = "the zeros stay zero" if names else "the smaller model"
-    print(f"fine-tune it ({how}): bigmodel train <the run's overrides> init_from={out}"
-          + shrunk_overrides(model_config, original))
+    print(
+        f"fine-tune it ({how}): bigmodel train <the run's overrides> init_from={out}"
+        + shrunk_overrides(model_config, original)
+    )
     return record
 
 

@@ -30,8 +30,10 @@ def conv_norm_pairs(model: Any) -> list[tuple[str, Any, str, Any]]:
     """Each convolution of the CNN with the BatchNorm after it, in order (stem, then conv1, conv2 per block)."""
     pairs = [("stem.0", model.stem[0], "stem.1", model.stem[1])]
     for i, block in enumerate(model.blocks):
-        pairs += [(f"blocks.{i}.conv1", block.conv1, f"blocks.{i}.norm1", block.norm1),
-                  (f"blocks.{i}.conv2", block.conv2, f"blocks.{i}.norm2", block.norm2)]
+        pairs += [
+            (f"blocks.{i}.conv1", block.conv1, f"blocks.{i}.norm1", block.norm1),
+            (f"blocks.{i}.conv2", block.conv2, f"blocks.{i}.norm2", block.norm2),
+        ]
     return pairs
 
 
@@ -50,8 +52,9 @@ def kill_channels(conv: Any, norm: Any, amount: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def shrink_cnn(model: Any, keeps: list[torch.Tensor], model_config: dict[str, Any],
-               model_args: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def shrink_cnn(
+    model: Any, keeps: list[torch.Tensor], model_config: dict[str, Any], model_args: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
     """The CNN without its pruned channels (same outputs), and its model config with the new widths."""
     widths = [int(k.sum()) for k in keeps]  # stem, then conv1 and conv2 of each block (equal: same share pruned)
     config = {**model_config, "stem_width": widths[0], "widths": widths[1::2]}
@@ -81,13 +84,16 @@ def prune_rows(model: nn.Module, amount: float, model_args: dict[str, Any]) -> l
             torch_prune.remove(module, "weight")
             names.append(f"{name}.weight")
     if not names:
-        raise CheckpointError(f"structured=true: {type(model).__name__} has no convolution or linear layer "
-                              "(besides its head) whose channels could be pruned")
+        raise CheckpointError(
+            f"structured=true: {type(model).__name__} has no convolution or linear layer "
+            "(besides its head) whose channels could be pruned"
+        )
     return names
 
 
-def prune_channels(model: nn.Module, amount: float, model_config: dict[str, Any], model_args: dict[str, Any],
-                   shrink: bool) -> tuple[nn.Module, list[str], dict[str, Any], list[str]]:
+def prune_channels(
+    model: nn.Module, amount: float, model_config: dict[str, Any], model_args: dict[str, Any], shrink: bool
+) -> tuple[nn.Module, list[str], dict[str, Any], list[str]]:
     """(the pruned model, the tensors to keep at zero, its model config, lines to print)."""
     if not isinstance(model, CNN):
         names = prune_rows(model, amount, model_args)
@@ -98,8 +104,9 @@ def prune_channels(model: nn.Module, amount: float, model_config: dict[str, Any]
     lines = [f"{'layer':<20} {'channels':>12}"]
     lines += [f"{name:<20} {k.numel():>5} -> {int(k.sum()):<4}" for (name, _, _, _), k in zip(pairs, keeps)]
     if not shrink:  # the masked model: its dead channels' kernels and BatchNorm scale/shift stay zero
-        names = [n for name, _, norm_name, _ in pairs for n in (f"{name}.weight", f"{norm_name}.weight",
-                                                                  f"{norm_name}.bias")]
+        names = [
+            n for name, _, norm_name, _ in pairs for n in (f"{name}.weight", f"{norm_name}.weight", f"{norm_name}.bias")
+        ]
         return model, names, model_config, lines
     small, config = shrink_cnn(model, keeps, model_config, model_args)
     return small, [], config, lines

@@ -40,23 +40,33 @@ METHODS = {  # task -> the methods onnxruntime supports for it, the first is `au
     "text_classification": ("dynamic",),  # the LSTM op has only a dynamic int8 kernel; lengths vary
     "language_model": ("dynamic",),
 }
-EVAL_SPLIT = {"image_classification": ("test", "acc"), "text_classification": ("test", "acc"),
-              "language_model": ("val", "loss")}  # the GPT presets have no test split
+EVAL_SPLIT = {
+    "image_classification": ("test", "acc"),
+    "text_classification": ("test", "acc"),
+    "language_model": ("val", "loss"),
+}  # the GPT presets have no test split
 
 
 def choose_method(task: str, method: str) -> str:
     if method == "auto":
         return METHODS[task][0]
     if method not in METHODS[task]:
-        raise ConfigError(f"method={method} is not available for a {task.replace('_', ' ')} model; "
-                          f"use method={METHODS[task][0]}")
+        raise ConfigError(
+            f"method={method} is not available for a {task.replace('_', ' ')} model; use method={METHODS[task][0]}"
+        )
     return method
 
 
 def saved_data(spec: dict[str, Any], overrides: Any) -> Any:
     """The data module of an exported folder's run (its saved config and vocabulary), set up."""
-    restored = Restored(model=torch.nn.Identity(), config=OmegaConf.create(spec["config"]), model_args={},
-                        data=dict(spec["data"]), progress={}, path="")
+    restored = Restored(
+        model=torch.nn.Identity(),
+        config=OmegaConf.create(spec["config"]),
+        model_args={},
+        data=dict(spec["data"]),
+        progress={},
+        path="",
+    )
     return restore_datamodule(restored, overrides)
 
 
@@ -98,8 +108,15 @@ def quantize_onnx(src: Path, dst: Path, method: str, calibration: Calibration | 
         if method == "dynamic":  # every MatMul / Gemm / LSTM / Gather (embedding) gets int8 weights
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
             return
-        quantize_static(str(pre), str(dst), calibration, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(pre),
+            str(dst),
+            calibration,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
     finally:
         pre.unlink(missing_ok=True)
     drop_trace_notes(dst)
@@ -125,17 +142,23 @@ def fp32_source(cfg: DictConfig, work: Path) -> tuple[Path, str | None]:
     """The fp32 ONNX folder to quantize and the checkpoint it came from (None if it is gone)."""
     ckpt, folder = cfg.get("ckpt_path"), cfg.get("model_path")
     if (ckpt is None) == (folder is None):
-        raise ConfigError("give exactly one of ckpt_path=<best.pt> and model_path=<a folder from bigmodel export "
-                          f"format=onnx> (got {'both' if ckpt else 'neither'})")
+        raise ConfigError(
+            "give exactly one of ckpt_path=<best.pt> and model_path=<a folder from bigmodel export "
+            f"format=onnx> (got {'both' if ckpt else 'neither'})"
+        )
     if ckpt is not None:
         return export_model(str(ckpt), "onnx", work / "fp32", data=cfg.get("data")), str(ckpt)
     spec = read_spec(folder)
     if spec["format"] != "onnx":
-        raise ConfigError(f"model_path={folder}: quantize needs an ONNX export (format={spec['format']}); "
-                          "run bigmodel export format=onnx, or give ckpt_path=")
+        raise ConfigError(
+            f"model_path={folder}: quantize needs an ONNX export (format={spec['format']}); "
+            "run bigmodel export format=onnx, or give ckpt_path="
+        )
     if spec.get("quantization"):
-        raise ConfigError(f"model_path={folder} is already int8 ({spec['quantization']['method']}); "
-                          "give the fp32 export or the checkpoint")
+        raise ConfigError(
+            f"model_path={folder} is already int8 ({spec['quantization']['method']}); "
+            "give the fp32 export or the checkpoint"
+        )
     source = (spec.get("source") or {}).get("checkpoint")
     return Path(folder).expanduser(), source if source and Path(source).is_file() else None
 
@@ -190,8 +213,16 @@ def eager_runner(ckpt: str, config: DictConfig) -> Callable:
 def score(folder: Path, split: str, cfg: DictConfig) -> dict[str, float]:
     """The exported model's loss and metrics on `split`, as `bigmodel eval model_path=` gives them."""
     limit = int(cfg.eval_batches)
-    return evaluate_exported(OmegaConf.create({"model_path": str(folder), "split": split, "data": cfg.get("data") or {},
-                                               "trainer": {"limit_val_batches": limit, "limit_test_batches": limit}}))
+    return evaluate_exported(
+        OmegaConf.create(
+            {
+                "model_path": str(folder),
+                "split": split,
+                "data": cfg.get("data") or {},
+                "trainer": {"limit_val_batches": limit, "limit_test_batches": limit},
+            }
+        )
+    )
 
 
 def measure(fp32: Path, int8: Path, ckpt: str | None, cfg: DictConfig) -> dict[str, Any]:
@@ -218,8 +249,10 @@ def measure(fp32: Path, int8: Path, ckpt: str | None, cfg: DictConfig) -> dict[s
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        report["latency_ms"] = {f"batch {len(x[0])}": latency(runners, x, int(cfg.bench_repeats), calls)
-                                for x, calls in ((one, 50), (big, 3))}
+        report["latency_ms"] = {
+            f"batch {len(x[0])}": latency(runners, x, int(cfg.bench_repeats), calls)
+            for x, calls in ((one, 50), (big, 3))
+        }
     finally:
         torch.set_num_threads(before)
     report["threads"] = threads
@@ -230,17 +263,26 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table: one row per variant."""
     lat = report.get("latency_ms", {})
     cols = list(lat)
-    rows = [f"| model | file (MB) | {report['metric']} | " + " | ".join(f"ms/{c}" for c in cols) + " |",
-            "|---" * (3 + len(cols)) + "|"]
+    rows = [
+        f"| model | file (MB) | {report['metric']} | " + " | ".join(f"ms/{c}" for c in cols) + " |",
+        "|---" * (3 + len(cols)) + "|",
+    ]
     names = list(next(iter(lat.values()))) if lat else ["fp32 onnx", "int8 onnx"]
     for name in names:
         kind = name.split()[0]
         size = f"{report['file_bytes'][kind] / 1e6:.3f}" if name != "fp32 eager" else "-"
         value = f"{report['metrics'][kind]:.4f}" if name != "fp32 eager" else "(as fp32 onnx)"
         rows.append(f"| {name} | {size} | {value} | " + " | ".join(f"{lat[c][name]:.2f}" for c in cols) + " |")
-    return "\n".join(rows) + f"\n\nint8 file {report['size_ratio']:.2f}x smaller. " + " ".join(
-        f"{c}: int8 {lat[c]['fp32 eager'] / lat[c]['int8 onnx']:.2f}x the eager throughput." for c in cols
-        if "fp32 eager" in lat[c]) + "\n"
+    return (
+        "\n".join(rows)
+        + f"\n\nint8 file {report['size_ratio']:.2f}x smaller. "
+        + " ".join(
+            f"{c}: int8 {lat[c]['fp32 eager'] / lat[c]['int8 onnx']:.2f}x the eager throughput."
+            for c in cols
+            if "fp32 eager" in lat[c]
+        )
+        + "\n"
+    )
 
 
 def output_folder(cfg: DictConfig, method: str) -> Path:
@@ -264,9 +306,13 @@ def write_int8(fp32: Path, spec: dict[str, Any], method: str, cfg: DictConfig, i
     int8.mkdir(parents=True)
     quantize_onnx(fp32 / spec["model_file"], int8 / spec["model_file"], method, calibration)
     spec = {k: v for k, v in spec.items() if k != "check"}  # the fp32 export's check does not hold for int8
-    spec["quantization"] = {"dtype": "int8", "method": method, "library": library(),
-                            "calib_batches": calibration.seen if calibration else 0,
-                            "calib_split": "train" if calibration else None}
+    spec["quantization"] = {
+        "dtype": "int8",
+        "method": method,
+        "library": library(),
+        "calib_batches": calibration.seen if calibration else 0,
+        "calib_split": "train" if calibration else None,
+    }
     (int8 / SPEC_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
     return spec
 
@@ -289,8 +335,11 @@ def quantize(cfg: DictConfig) -> Path:
             raise ExportError(f"{out} already holds a model; give another output_dir= or overwrite=true")
         int8 = Path(tmp) / "int8"
         spec = write_int8(fp32, spec, method, cfg, int8)
-        report = {"method": method, "calib_batches": spec["quantization"]["calib_batches"],
-                  "source": ckpt or str(cfg.model_path)} | measure(fp32, int8, ckpt, cfg)
+        report = {
+            "method": method,
+            "calib_batches": spec["quantization"]["calib_batches"],
+            "source": ckpt or str(cfg.model_path),
+        } | measure(fp32, int8, ckpt, cfg)
         (int8 / "quantize_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         (int8 / "quantize_report.md").write_text(markdown(report), encoding="utf-8")
         if out.exists():

@@ -11,8 +11,9 @@ what is valid, before anything is built. Plain `int`/`float` annotations are not
 
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 
 @dataclass(eq=False)
@@ -32,8 +33,12 @@ class Range:
             return True
         if not math.isfinite(value):
             return False
-        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
 
     def __str__(self) -> str:
         low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else ""

@@ -36,14 +36,21 @@ def restore_model(ckpt_path: str, device: torch.device | str = "cpu", needs: dic
         if key not in data:
             raise checkpoint.CheckpointError(message)
     if not isinstance(ckpt.get("config"), dict) or "model" not in ckpt["config"]:
-        raise checkpoint.CheckpointError(f"ckpt_path={str(ckpt_path)!r} holds no model config: "
-                                         "not written by bigmodel train")
+        raise checkpoint.CheckpointError(
+            f"ckpt_path={str(ckpt_path)!r} holds no model config: not written by bigmodel train"
+        )
     config = OmegaConf.create(ckpt["config"])
     model = instantiate(config.model, **ckpt.get("model_args", {}))
     checkpoint.load_model_state(model, ckpt["model"], ckpt_path)
-    return Restored(model=model.to(device).eval(), config=config, model_args=dict(ckpt.get("model_args", {})),
-                    data=dict(data), progress=dict(ckpt.get("progress") or {}),
-                    path=str(ckpt_path), callbacks=dict(ckpt.get("callbacks") or {}))
+    return Restored(
+        model=model.to(device).eval(),
+        config=config,
+        model_args=dict(ckpt.get("model_args", {})),
+        data=dict(data),
+        progress=dict(ckpt.get("progress") or {}),
+        path=str(ckpt_path),
+        callbacks=dict(ckpt.get("callbacks") or {}),
+    )
 
 
 def restore_datamodule(restored: Restored, overrides: Any = None, setup: bool = True) -> Any:

@@ -97,8 +97,10 @@ def check_writable(folder: Path, key: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise ConfigError(f"{key}={str(folder)!r} is not a writable folder ({e.strerror or e}); "
-                          "choose another one (or fix its permissions) before the run starts") from None
+        raise ConfigError(
+            f"{key}={str(folder)!r} is not a writable folder ({e.strerror or e}); "
+            "choose another one (or fix its permissions) before the run starts"
+        ) from None
 
 
 def lock(run_dir: Path) -> None:
@@ -113,8 +115,10 @@ def lock(run_dir: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError(f"hydra.run.dir={str(run_dir)!r} is in use by another run right now: wait for it to "
-                          "end, or leave hydra.run.dir out to get a new folder") from None
+        raise ConfigError(
+            f"hydra.run.dir={str(run_dir)!r} is in use by another run right now: wait for it to "
+            "end, or leave hydra.run.dir out to get a new folder"
+        ) from None
     except OSError:  # a file system without locks: the checks below still apply
         os.close(fd)
         return
@@ -134,9 +138,11 @@ def check_fresh(ckpt_dir: Path, resume_from: str | None) -> None:
     if not found or (resume_from and Path(resume_from).resolve().parent == ckpt_dir.resolve()):
         return
     doing = f"resuming {resume_from!r} here" if resume_from else "a fresh run (no ckpt_path) here"
-    raise ConfigError(f"{str(ckpt_dir)!r} already holds the checkpoints of an earlier run ({', '.join(found)}) and "
-                      f"{doing} would overwrite them: resume that run with ckpt_path={ckpt_dir / 'last.pt'} "
-                      "(or ckpt_path=auto), or leave hydra.run.dir out to get a new folder")
+    raise ConfigError(
+        f"{str(ckpt_dir)!r} already holds the checkpoints of an earlier run ({', '.join(found)}) and "
+        f"{doing} would overwrite them: resume that run with ckpt_path={ckpt_dir / 'last.pt'} "
+        "(or ckpt_path=auto), or leave hydra.run.dir out to get a new folder"
+    )
 
 
 def remove_unfinished(ckpt_dir: Path) -> list[Path]:
@@ -155,8 +161,10 @@ def prepare(run_dir: str, ckpt_dir: str, resume_from: str | None) -> None:
     lock(Path(run_dir))  # sweep jobs lock here; a single run already did in RunFolderCallback
     stale = remove_unfinished(Path(ckpt_dir))
     if stale:
-        log.info(f"removed {len(stale)} unfinished checkpoint file(s) left by an interrupted save: "
-                 + ", ".join(p.name for p in stale))
+        log.info(
+            f"removed {len(stale)} unfinished checkpoint file(s) left by an interrupted save: "
+            + ", ".join(p.name for p in stale)
+        )
     check_fresh(Path(ckpt_dir), resume_from)
 
 

@@ -37,8 +37,10 @@ def find_runs(log_dir: Path, name: str | None) -> list[Path]:
     found = []
     for folder in names:
         found += sorted(p for p in folder.glob("runs/*") if p.is_dir())
-        found += sorted((p for p in folder.glob("multirun/*/*") if p.is_dir() and p.name.isdigit()),
-                        key=lambda p: (str(p.parent), int(p.name)))
+        found += sorted(
+            (p for p in folder.glob("multirun/*/*") if p.is_dir() and p.name.isdigit()),
+            key=lambda p: (str(p.parent), int(p.name)),
+        )
     return found
 
 
@@ -164,7 +166,7 @@ def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 def _cell(v: Any, width: int | None = None) -> str:
     text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-    return text if width is None or len(text) <= width else text[:width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 def as_table(rows: list[dict[str, Any]], max_overrides: int = 48) -> str:
@@ -190,8 +192,11 @@ def as_csv(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bigmodel runs", description="List the runs under the log dir.")
     parser.add_argument("name", nargs="?", help="only the runs of this name (a folder under the log dir)")
-    parser.add_argument("--logdir", default=os.environ.get("BIGMODEL_LOG_DIR", "logs"),
-                        help="the log dir (default: $BIGMODEL_LOG_DIR or ./logs)")
+    parser.add_argument(
+        "--logdir",
+        default=os.environ.get("BIGMODEL_LOG_DIR", "logs"),
+        help="the log dir (default: $BIGMODEL_LOG_DIR or ./logs)",
+    )
     parser.add_argument("--sort", default="start", help=f"a column ({', '.join(COLUMNS)}); -column for descending")
     parser.add_argument("-r", "--reverse", action="store_true", help="sort in descending order")
     parser.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")

@@ -9,8 +9,9 @@ nowhere else. The Trainer decides *when* to step; the Runtime knows *how*.
 import os
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,8 +77,10 @@ class Runtime:
         model = model.to(self.device)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model, self.wrapped = model, distributed.wrap(model, self.config.strategy, self.device, optimizer,
-                                                           self.config.precision)
+        self.model, self.wrapped = (
+            model,
+            distributed.wrap(model, self.config.strategy, self.device, optimizer, self.config.precision),
+        )
         return model
 
     def train_step_fn(self, loss_fn: Callable, counts: Callable | None = None) -> Callable:
@@ -157,9 +160,11 @@ def resolve_device(device: Device, local_rank: int = 0, key: str = "trainer.devi
     if device == Device.cpu or (device == Device.auto and not torch.cuda.is_available()):
         return torch.device("cpu")
     if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"process {local_rank} of this machine needs cuda:{local_rank}, but "
-                           f"{torch.cuda.device_count()} GPU(s) are visible: start at most that many processes "
-                           "per machine (trainer.devices / torchrun --nproc_per_node)")
+        raise ConfigError(
+            f"process {local_rank} of this machine needs cuda:{local_rank}, but "
+            f"{torch.cuda.device_count()} GPU(s) are visible: start at most that many processes "
+            "per machine (trainer.devices / torchrun --nproc_per_node)"
+        )
     return torch.device("cuda", local_rank)
 
 

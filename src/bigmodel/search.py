@@ -40,9 +40,11 @@ def directions(sweeper: DictConfig) -> list[str]:
 def study_key(config: DictConfig) -> str:
     """A short hash of what defines the search, stable across re-runs of the same command."""
     sweeper = config.hydra.sweeper
-    search = {"overrides": sorted(config.hydra.overrides.task),
-              "params": OmegaConf.to_container(sweeper.params) if sweeper.get("params") else None,
-              "direction": directions(sweeper)}
+    search = {
+        "overrides": sorted(config.hydra.overrides.task),
+        "params": OmegaConf.to_container(sweeper.params) if sweeper.get("params") else None,
+        "direction": directions(sweeper),
+    }
     return hashlib.sha1(json.dumps(search, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -61,8 +63,9 @@ def counted(trial: Any) -> bool:
     """Whether a trial counts towards n_trials: it finished (well or not), it was not cut short."""
     from optuna.trial import TrialState
 
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and \
-        not trial.user_attrs.get("interrupted")
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and not trial.user_attrs.get(
+        "interrupted"
+    )
 
 
 def close_interrupted(study: Any) -> int:
@@ -104,16 +107,19 @@ class ResumableStudy(Callback):
 
         name, storage = study_location(config)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created ...": said below
-        study = optuna.create_study(study_name=name, storage=storage, directions=directions(sweeper),
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name, storage=storage, directions=directions(sweeper), load_if_exists=True
+        )
         stale = close_interrupted(study)
         trials = study.get_trials(deepcopy=False)
         done = sum(counted(t) for t in trials)
         failed = sum(counted(t) and t.state.name == "FAIL" for t in trials)
         todo = max(0, int(sweeper.n_trials) - done)
         if done or stale:
-            log.info(f"optuna: resuming study {name!r} ({storage}): {done} trial(s) done ({failed} failed), "
-                     f"{stale} cut short by an earlier stop; running {todo} more of n_trials={sweeper.n_trials}")
+            log.info(
+                f"optuna: resuming study {name!r} ({storage}): {done} trial(s) done ({failed} failed), "
+                f"{stale} cut short by an earlier stop; running {todo} more of n_trials={sweeper.n_trials}"
+            )
         else:
             log.info(f"optuna: study {name!r} in {storage}; re-run the same command to continue it")
         # plain values only: a launcher may pickle the callbacks (submitit), and only this process counts jobs
@@ -147,9 +153,11 @@ class ResumableStudy(Callback):
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # told after the batch
             study.tell(t.number, state=TrialState.FAIL)
-        log.error(f"optuna: no trial of study {self.study_name!r} succeeded, so there is no best trial; fix what "
-                  "made them fail (each job's error.txt), then re-run with a higher hydra.sweeper.n_trials, or "
-                  f"start over by deleting the study ({self.storage})")
+        log.error(
+            f"optuna: no trial of study {self.study_name!r} succeeded, so there is no best trial; fix what "
+            "made them fail (each job's error.txt), then re-run with a higher hydra.sweeper.n_trials, or "
+            f"start over by deleting the study ({self.storage})"
+        )
         from bigmodel.launch import SweepCallback
 
         SweepCallback().on_multirun_end(config)  # lists the failed jobs and exits with status 1

@@ -48,6 +48,7 @@ def summarize(model: nn.Module, args: tuple, autocast=None) -> list[Row]:
     def record(name):
         def hook(module, inputs, out) -> None:  # returns None: a hook's return value replaces the output
             shapes.setdefault(name, _shape(out))
+
         return hook
 
     children = list(model.named_children())
@@ -55,15 +56,22 @@ def summarize(model: nn.Module, args: tuple, autocast=None) -> list[Row]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), (autocast() if autocast else nullcontext()):
+        with torch.no_grad(), autocast() if autocast else nullcontext():
             model(*args)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return [Row(name, type(m).__name__, sum(p.numel() for p in m.parameters()),
-                sum(p.numel() for p in m.parameters() if p.requires_grad), shapes.get(name, "-"))
-            for name, m in children]
+    return [
+        Row(
+            name,
+            type(m).__name__,
+            sum(p.numel() for p in m.parameters()),
+            sum(p.numel() for p in m.parameters() if p.requires_grad),
+            shapes.get(name, "-"),
+        )
+        for name, m in children
+    ]
 
 
 def table(model: nn.Module, rows: list[Row]) -> str:
@@ -77,8 +85,13 @@ def table(model: nn.Module, rows: list[Row]) -> str:
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     size_mb = sum(p.numel() * p.element_size() for p in params) / 1e6
-    lines += ["", f"{trainable:,} trainable params", f"{total - trainable:,} non-trainable params",
-              f"{total:,} total params", f"{size_mb:.2f} MB of parameters"]
+    lines += [
+        "",
+        f"{trainable:,} trainable params",
+        f"{total - trainable:,} non-trainable params",
+        f"{total:,} total params",
+        f"{size_mb:.2f} MB of parameters",
+    ]
     return "\n".join(lines)
 
 

@@ -83,9 +83,11 @@ def warn_single_process(cfg: DictConfig) -> None:
     """trainer.devices=N starts N processes only from the command line (bigmodel.launch); say so when
     it came from a config file instead. Sweeps run each job in one process on purpose."""
     if cfg.trainer.devices > 1 and distributed.info()[1] == 1 and not in_sweep():
-        log.warning(f"trainer.devices={cfg.trainer.devices}, but this is one process: the shortcut starts "
-                    "processes only when given on the command line (or use torchrun --nproc_per_node=N "
-                    "-m bigmodel train ...)")
+        log.warning(
+            f"trainer.devices={cfg.trainer.devices}, but this is one process: the shortcut starts "
+            "processes only when given on the command line (or use torchrun --nproc_per_node=N "
+            "-m bigmodel train ...)"
+        )
 
 
 def build_logger(cfg: DictConfig, is_global_zero: bool) -> LoggerGroup:
@@ -104,7 +106,10 @@ def build(cfg: DictConfig, resolved: dict[str, Any]) -> tuple[Any, torch.nn.Modu
     datamodule.setup()
     model_args = datamodule.model_args()
     model = instantiate(cfg.model, **model_args)
-    model_args = {**model_args, **getattr(model, "saved_args", {})}  # e.g. a GPT-2's sizes: checkpoints rebuild it without its files
+    model_args = {
+        **model_args,
+        **getattr(model, "saved_args", {}),
+    }  # e.g. a GPT-2's sizes: checkpoints rebuild it without its files
     log.info(f"model {type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters")
     if cfg.model.get("pretrained_vectors"):
         load_pretrained_vectors(model, datamodule, cfg.model.pretrained_vectors)
@@ -133,15 +138,25 @@ def train(cfg: DictConfig) -> float | None:
     if keeper:
         callbacks["keep_sparsity"] = keeper
 
-    optimizer = make_optimizer(instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0),
-                               runtime.device)  # fused kernels on CUDA
+    optimizer = make_optimizer(
+        instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0), runtime.device
+    )  # fused kernels on CUDA
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    extras = {"config": resolved, "model_args": model_args,
-              "data": datamodule.state_dict()}
+    extras = {"config": resolved, "model_args": model_args, "data": datamodule.state_dict()}
     logger = build_logger(cfg, runtime.is_global_zero)
-    trainer = Trainer(config, model=model, loss_fn=instantiate(cfg.loss), optimizer=optimizer,
-                      scheduler=scheduler, datamodule=datamodule, logger=logger, callbacks=callbacks,
-                      checkpoint_extras=extras, output_dir=output_dir(cfg), runtime=runtime)
+    trainer = Trainer(
+        config,
+        model=model,
+        loss_fn=instantiate(cfg.loss),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        datamodule=datamodule,
+        logger=logger,
+        callbacks=callbacks,
+        checkpoint_extras=extras,
+        output_dir=output_dir(cfg),
+        runtime=runtime,
+    )
     metrics = dict(trainer.fit(ckpt_path))
 
     if cfg.test and trainer.interrupted:
@@ -149,7 +164,9 @@ def train(cfg: DictConfig) -> float | None:
     elif cfg.test:
         best = getattr(callbacks.get("model_checkpoint"), "best_path", None)
         tested_best = best is not None and Path(best).is_file()
-        if best is not None and tested_best:  # best.pt holds the weights validation used (the average, with callbacks.ema)
+        if (
+            best is not None and tested_best
+        ):  # best.pt holds the weights validation used (the average, with callbacks.ema)
             checkpoint.load_model_state(trainer.model, checkpoint.load(best)["model"], best)
             log.info(f"testing the best checkpoint {best}")
         metrics |= trainer.evaluate("test", eval_weights=not tested_best)
@@ -183,8 +200,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     runtime = Runtime(config).init()
     runtime.setup(restored.model)
     logger, scores = build_logger(cfg, True), datamodule.metrics()
-    metrics = evaluate_split(runtime, runtime.wrapped, datamodule, cfg.split, instantiate(restored.config.loss),
-                             scores, batch_limit(config, cfg.split), logger, restored.progress["global_step"])
+    metrics = evaluate_split(
+        runtime,
+        runtime.wrapped,
+        datamodule,
+        cfg.split,
+        instantiate(restored.config.loss),
+        scores,
+        batch_limit(config, cfg.split),
+        logger,
+        restored.progress["global_step"],
+    )
     print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     if hasattr(scores, "table"):
         print(scores.table())

@@ -6,9 +6,10 @@ Between log steps nothing is read back from the device (bigmodel.window), so the
 import logging
 import math
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -32,11 +33,21 @@ class Trainer:
     """Fits `model` on `datamodule` with `optimizer` (and an optional scheduler factory
     `scheduler(optimizer, total_steps)`), calling `callbacks` (name -> object) along the way."""
 
-    def __init__(self, config: TrainerConfig, *, model: torch.nn.Module, loss_fn: Callable,
-                 optimizer: torch.optim.Optimizer, datamodule: DataModule, logger: Logger,
-                 scheduler: Callable | None = None, callbacks: dict[str, Any] | None = None,
-                 checkpoint_extras: dict[str, Any] | None = None, output_dir: str = ".",
-                 runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        *,
+        model: torch.nn.Module,
+        loss_fn: Callable,
+        optimizer: torch.optim.Optimizer,
+        datamodule: DataModule,
+        logger: Logger,
+        scheduler: Callable | None = None,
+        callbacks: dict[str, Any] | None = None,
+        checkpoint_extras: dict[str, Any] | None = None,
+        output_dir: str = ".",
+        runtime: Runtime | None = None,
+    ) -> None:
         self.config, self.loss_fn, self.datamodule, self.logger = config, loss_fn, datamodule, logger
         self.callbacks, self.output_dir = dict(callbacks or {}), output_dir
         self.checkpoint_extras = dict(checkpoint_extras or {})
@@ -59,8 +70,14 @@ class Trainer:
     autocast = property(lambda self: self.runtime.autocast)
 
     def _train_loader(self, skip_batches: int = 0) -> Iterable:
-        return self.datamodule.loader("train", epoch=self.epoch, skip_batches=skip_batches, rank=self.rank,
-                                      world_size=self.world_size, device=self.device)
+        return self.datamodule.loader(
+            "train",
+            epoch=self.epoch,
+            skip_batches=skip_batches,
+            rank=self.rank,
+            world_size=self.world_size,
+            device=self.device,
+        )
 
     def _batches_per_epoch(self) -> int:
         n = len(self._train_loader())
@@ -84,8 +101,7 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def fit(self, ckpt_path: str | None = None) -> dict[str, float]:
         if self._batches_per_epoch() == 0:
-            raise DataError("no training batches: the train split is empty or smaller than one batch "
-                            "(data.batch_size)")
+            raise DataError("no training batches: the train split is empty or smaller than one batch (data.batch_size)")
         self.total_steps = self._total_steps()
         if self.scheduler_factory is not None:
             self.scheduler = self.scheduler_factory(self.optimizer, self.total_steps)
@@ -95,7 +111,9 @@ class Trainer:
             trainer_state.check_steps_left(self, ckpt_path)
         self.model.train()
         counts = getattr(self.metrics, "train_counts", None)  # train/acc, counted inside the (compiled) step
-        self.step_fn = self.runtime.train_step_fn(self.loss_fn, counts and partial(counts, ignore_index=ignore_index(self.loss_fn)))
+        self.step_fn = self.runtime.train_step_fn(
+            self.loss_fn, counts and partial(counts, ignore_index=ignore_index(self.loss_fn))
+        )
         self.call("on_fit_start")
         self.profiler = make_profiler(self.config.profiler, self.output_dir)
         self.throughput.reset()
@@ -126,9 +144,14 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """One pass over the train loader, from `batch_in_epoch`. False when stopped early."""
         accum, limit = self.config.accumulate_grad_batches, self._batches_per_epoch()
-        bar = tqdm(total=limit, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}", leave=False,
-                   dynamic_ncols=True, disable=not (self.config.progress_bar and self.is_global_zero
-                                                    and sys.stderr.isatty()))
+        bar = tqdm(
+            total=limit,
+            initial=self.batch_in_epoch,
+            desc=f"epoch {self.epoch}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (self.config.progress_bar and self.is_global_zero and sys.stderr.isatty()),
+        )
         step_loss, micro = None, 0
         batches = iter(self._train_loader(self.batch_in_epoch))
         while self.batch_in_epoch < limit:
@@ -223,8 +246,17 @@ class Trainer:
         """Loss and metrics over `split`, reduced across processes; logged with the split's prefix.
         `eval_weights=False`: the model's weights as they are, even where a callback would swap in others."""
         with self.eval_weights() if eval_weights else nullcontext():
-            return evaluate_split(self.runtime, self.runtime.wrapped, self.datamodule, split, self.loss_fn,
-                                  self.metrics, batch_limit(self.config, split), self.logger, self.global_step)
+            return evaluate_split(
+                self.runtime,
+                self.runtime.wrapped,
+                self.datamodule,
+                split,
+                self.loss_fn,
+                self.metrics,
+                batch_limit(self.config, split),
+                self.logger,
+                self.global_step,
+            )
 
     def metric_names(self, split: str = "val") -> list[str]:
         """The names evaluate(split) logs, known before any evaluation (callbacks check theirs)."""
@@ -239,8 +271,9 @@ class Trainer:
         self.last_val_step, self.last_metrics = self.global_step, metrics
         if hasattr(self.scheduler, "monitor"):  # scheduler=plateau: before checkpoints save its state
             self.scheduler.step(metrics[self.scheduler.monitor])
-        self.print(f"epoch {self.epoch} step {self.global_step}: "
-                   + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        self.print(
+            f"epoch {self.epoch} step {self.global_step}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        )
         self.call("on_validation_end", metrics)
         self.throughput.resume()
         return metrics

@@ -17,9 +17,13 @@ def state_dict(trainer: Any) -> dict[str, Any]:
         "optimizer": distributed.optimizer_state_dict(trainer.model, trainer.optimizer) if trainer.optimizer else None,
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler else None,
         "scaler": trainer.scaler.state_dict(),
-        "progress": {"global_step": trainer.global_step, "epoch": trainer.epoch,
-                     "batch_in_epoch": trainer.batch_in_epoch, "last_val_step": trainer.last_val_step,
-                     "window": trainer.window.state_dict()},
+        "progress": {
+            "global_step": trainer.global_step,
+            "epoch": trainer.epoch,
+            "batch_in_epoch": trainer.batch_in_epoch,
+            "last_val_step": trainer.last_val_step,
+            "window": trainer.window.state_dict(),
+        },
         "callbacks": checkpoint.plain(callbacks),
         "rng": checkpoint.rng_state(),
         **checkpoint.plain(trainer.checkpoint_extras),  # the resolved config holds enum members
@@ -36,8 +40,9 @@ def load(trainer: Any, path: str) -> None:
     try:
         distributed.load_optimizer_state_dict(trainer.model, trainer.optimizer, ckpt["optimizer"])
     except (ValueError, KeyError) as e:
-        raise checkpoint.CheckpointError(f"checkpoint {path!r}: optimizer state does not fit "
-                                         f"optimizer={type(trainer.optimizer).__name__} ({e})") from None
+        raise checkpoint.CheckpointError(
+            f"checkpoint {path!r}: optimizer state does not fit optimizer={type(trainer.optimizer).__name__} ({e})"
+        ) from None
     if trainer.scheduler is not None and ckpt["scheduler"] is not None:
         trainer.scheduler.load_state_dict(ckpt["scheduler"])
     trainer.scaler.load_state_dict(ckpt["scaler"])
@@ -55,6 +60,8 @@ def check_steps_left(trainer: Any, ckpt_path: str) -> None:
     """Resuming a run that already reached its limit would train nothing and exit as if it had."""
     if trainer._done():
         key = "max_steps" if trainer.config.max_steps > 0 else "max_epochs"
-        raise ConfigError(f"ckpt_path={ckpt_path!r} is at epoch {trainer.epoch}, step {trainer.global_step}: "
-                          f"trainer.{key}={getattr(trainer.config, key)} is reached, nothing to train; "
-                          f"raise trainer.{key} to train on")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r} is at epoch {trainer.epoch}, step {trainer.global_step}: "
+            f"trainer.{key}={getattr(trainer.config, key)} is reached, nothing to train; "
+            f"raise trainer.{key} to train on"
+        )

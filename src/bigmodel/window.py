@@ -7,8 +7,9 @@ training steps of a log window on the host and synchronizes the device only at t
 """
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -110,8 +111,10 @@ class NonFiniteGuard:
         self.skipped_in_a_row += 1
         self.print(f"skipping step {step}: non-finite loss {loss.item()}")
         if self.skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
-            raise FloatingPointError(f"{self.skipped_in_a_row} steps in a row had a non-finite loss (last at step "
-                                     f"{step}): the weights or the data hold NaN/inf; lower optimizer.lr or check the data")
+            raise FloatingPointError(
+                f"{self.skipped_in_a_row} steps in a row had a non-finite loss (last at step "
+                f"{step}): the weights or the data hold NaN/inf; lower optimizer.lr or check the data"
+            )
         self.runtime.back_off()  # fp16: forget this step's inf checks; halve the scale
         return True
 
@@ -119,8 +122,10 @@ class NonFiniteGuard:
         """stop mode: raise if a loss so far was not finite (one read)."""
         bad = None if self.skip else self.window.first_nonfinite(step)
         if bad is not None:
-            raise FloatingPointError(f"non-finite loss {bad[1]} at step {bad[0]} (epoch {epoch}); set "
-                                     "trainer.on_nonfinite=skip to drop such steps, or lower optimizer.lr")
+            raise FloatingPointError(
+                f"non-finite loss {bad[1]} at step {bad[0]} (epoch {epoch}); set "
+                "trainer.on_nonfinite=skip to drop such steps, or lower optimizer.lr"
+            )
 
 
 class Throughput:
@@ -168,8 +173,11 @@ class Throughput:
         running = self.t0 is not None
         self.pause()
         steps, seconds, world = max(self.steps, 1), max(self.train, 1e-9), self.runtime.world_size
-        metrics = {"perf/step_time": self.train / steps, "perf/data_wait": self.wait / steps,
-                   "perf/samples_per_sec": self.samples * world / seconds}
+        metrics = {
+            "perf/step_time": self.train / steps,
+            "perf/data_wait": self.wait / steps,
+            "perf/samples_per_sec": self.samples * world / seconds,
+        }
         if self.tokens:
             metrics["perf/tokens_per_sec"] = self.tokens * world / seconds
         self.reset()

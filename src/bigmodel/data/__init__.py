@@ -17,7 +17,8 @@ and optionally, for `init_from`:
                                       state_dict()), appending new tokens; False if it has none that fits
 """
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 

@@ -21,9 +21,13 @@ URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 # what a CIFAR batch file may name: numpy arrays and their dtypes, nothing that could run code
-_ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-            *((m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for f in ("_reconstruct", "scalar")),
-            *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
+_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    *((m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for f in ("_reconstruct", "scalar")),
+    *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
+}
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -41,8 +45,9 @@ def read_pickle(path: Path) -> dict:
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
     except Exception as e:  # truncated, not a pickle, a foreign object
-        raise DataError(f"{path}: not a CIFAR-10 python batch file ({type(e).__name__}: {e}); download "
-                        f"{URL} again and unpack it") from None
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch file ({type(e).__name__}: {e}); download {URL} again and unpack it"
+        ) from None
     if not isinstance(out, dict):
         raise DataError(f"{path}: not a CIFAR-10 python batch file (holds a {type(out).__name__}, not a dict)")
     return out
@@ -64,8 +69,9 @@ def read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(labels, dtype=torch.long)
 
 
-def load_cifar10(root: str, download: bool, val_size: int, seed: int, fallback: str | None,
-                 cache_dir: str) -> tuple[Splits, list[str]]:
+def load_cifar10(
+    root: str, download: bool, val_size: int, seed: int, fallback: str | None, cache_dir: str
+) -> tuple[Splits, list[str]]:
     """Train/val/test uint8 tensors. `val_size` images of train are held out (seeded); with
     val_size=0 the test split doubles as the validation split. torchvision downloads (and checks)
     the archive when it is missing; when it can be neither found nor downloaded, an ImageFolder
@@ -81,13 +87,16 @@ def load_cifar10(root: str, download: bool, val_size: int, seed: int, fallback: 
         except Exception as e:  # offline (URLError), refused, corrupt archive ...
             why = "data.download=false" if not download else f"download failed ({type(e).__name__}: {e})"
             if fallback and Path(fallback).exists():
-                log.warning(f"CIFAR-10 not found in {str(local)!r} and {why}; using the ImageFolder copy "
-                            f"at {fallback!r} (data.fallback) instead")
+                log.warning(
+                    f"CIFAR-10 not found in {str(local)!r} and {why}; using the ImageFolder copy "
+                    f"at {fallback!r} (data.fallback) instead"
+                )
                 return load_image_folder(fallback, cache_dir, 32, val_size / 50000, seed)
             raise DataError(
                 f"CIFAR-10 not found in {str(local)!r} and {why}. Get it: download {URL} and unpack it "
                 f"into {root!r} (or set BIGMODEL_DATA_DIR / data.root to where it is), or train on an "
-                "image folder with data=image_folder.") from None
+                "image folder with data=image_folder."
+            ) from None
     classes = read_pickle(local / "batches.meta").get("label_names")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise DataError(f"{local / 'batches.meta'}: no list of label_names")
@@ -101,13 +110,31 @@ def load_cifar10(root: str, download: bool, val_size: int, seed: int, fallback: 
     return splits, list(classes)
 
 
-def cifar10(root: str, download: bool = True, val_size: NonNegativeInt = 5000, fallback: str | None = None,
-            cache_dir: str = "~/.cache/bigmodel", batch_size: PositiveInt = 128,
-            eval_batch_size: PositiveInt = 1000, augment: Augment | None = None, on_device: bool = False,
-            mean: list[float] = CIFAR10_MEAN, std: list[PositiveFloat] = CIFAR10_STD, seed: int = 0,
-            channels_last: bool = False) -> ImageData:
+def cifar10(
+    root: str,
+    download: bool = True,
+    val_size: NonNegativeInt = 5000,
+    fallback: str | None = None,
+    cache_dir: str = "~/.cache/bigmodel",
+    batch_size: PositiveInt = 128,
+    eval_batch_size: PositiveInt = 1000,
+    augment: Augment | None = None,
+    on_device: bool = False,
+    mean: list[float] = CIFAR10_MEAN,
+    std: list[PositiveFloat] = CIFAR10_STD,
+    seed: int = 0,
+    channels_last: bool = False,
+) -> ImageData:
     """The CIFAR-10 data module (see ImageData for loaders and augmentation)."""
     load = functools.partial(load_cifar10, root, download, val_size, seed, fallback, cache_dir)
-    return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
-                     mean=list(mean), std=list(std), on_device=on_device, seed=seed,
-                     channels_last=channels_last)
+    return ImageData(
+        load,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        augment=augment,
+        mean=list(mean),
+        std=list(std),
+        on_device=on_device,
+        seed=seed,
+        channels_last=channels_last,
+    )

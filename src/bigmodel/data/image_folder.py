@@ -38,8 +38,9 @@ def locate(root: str, cache_dir: str) -> Path:
         return path
     archive = _archive_in(path) if path.exists() else None
     if archive is None:
-        raise DataError(f"data.root={root!r}: expected a folder with train/<class>/ and test/<class>/, "
-                        "or a .tar.gz of one")
+        raise DataError(
+            f"data.root={root!r}: expected a folder with train/<class>/ and test/<class>/, or a .tar.gz of one"
+        )
     st = archive.stat()  # a replaced or re-written archive unpacks into a new folder
     key = hashlib.sha1(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
     target = Path(cache_dir).expanduser() / f"{archive.name.split('.')[0]}-{key}"
@@ -51,10 +52,17 @@ def locate(root: str, cache_dir: str) -> Path:
                 tar.extractall(target, filter="data")
         except (tarfile.TarError, EOFError, OSError) as e:  # truncated, not a tar, unreadable, disk full
             shutil.rmtree(target, ignore_errors=True)  # no half-unpacked folder is left to be mistaken for data
-            why = ("it ends early: truncated" if isinstance(e, EOFError) else e.strerror if isinstance(e, OSError)
-                   else "not a tar archive, or a damaged one")
-            raise DataError(f"{archive}: cannot unpack it ({why}); expected a complete .tar.gz of "
-                            "train/<class>/ and test/<class>/ folders") from None
+            why = (
+                "it ends early: truncated"
+                if isinstance(e, EOFError)
+                else e.strerror
+                if isinstance(e, OSError)
+                else "not a tar archive, or a damaged one"
+            )
+            raise DataError(
+                f"{archive}: cannot unpack it ({why}); expected a complete .tar.gz of "
+                "train/<class>/ and test/<class>/ folders"
+            ) from None
         (target / ".complete").touch()
     inner = [p.parent for p in target.glob("*/train")] + ([target] if (target / "train").is_dir() else [])
     if not inner:
@@ -91,8 +99,9 @@ def _decode_pil(path: Path, pil_to_tensor) -> torch.Tensor:
             return pil_to_tensor(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else "not an image file"
-        raise DataError(f"{path}: cannot read it as an image ({why}); remove it from the image folder or "
-                        "replace it with a JPEG/PNG") from None
+        raise DataError(
+            f"{path}: cannot read it as an image ({why}); remove it from the image folder or replace it with a JPEG/PNG"
+        ) from None
 
 
 def _image_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
@@ -108,8 +117,10 @@ def _image_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
             if not p.name.startswith("."):  # .DS_Store and friends
                 (files if p.suffix.lower() in EXTENSIONS else skipped).append((p, i))
     if skipped:
-        log.warning(f"{folder}: skipped {len(skipped)} file(s) that are not images by their name "
-                    f"(first: {skipped[0][0].name}; read: {', '.join(sorted(EXTENSIONS))})")
+        log.warning(
+            f"{folder}: skipped {len(skipped)} file(s) that are not images by their name "
+            f"(first: {skipped[0][0].name}; read: {', '.join(sorted(EXTENSIONS))})"
+        )
     return files
 
 
@@ -143,8 +154,9 @@ def _fingerprint(base: Path) -> str:
     return h.hexdigest()[:10]
 
 
-def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: float,
-                      seed: int) -> tuple[Splits, list[str]]:
+def load_image_folder(
+    root: str, cache_dir: str, image_size: int, val_fraction: float, seed: int
+) -> tuple[Splits, list[str]]:
     base = locate(root, cache_dir)
     classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
     cache = Path(cache_dir).expanduser() / f"{base.name}-{_fingerprint(base)}-{image_size}px.pt"
@@ -152,8 +164,7 @@ def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: 
         splits = torch.load(cache, weights_only=True)  # tensors only: a cache file never runs code
     else:
         log.info(f"decoding {base} at {image_size}px into {cache} (once)")
-        splits = {s: read_split(base / s, classes, image_size) for s in ("train", "val", "test")
-                  if (base / s).is_dir()}
+        splits = {s: read_split(base / s, classes, image_size) for s in ("train", "val", "test") if (base / s).is_dir()}
         save_atomic(splits, cache)  # temp file + rename: a crash or a concurrent reader never sees half a file
     if "test" not in splits:
         raise DataError(f"{str(base)!r} has no test/<class>/ folder")
@@ -166,13 +177,30 @@ def load_image_folder(root: str, cache_dir: str, image_size: int, val_fraction: 
     return splits, classes
 
 
-def image_folder(root: str, cache_dir: str, image_size: PositiveInt = 32, val_fraction: Fraction = 0.1,
-                 batch_size: PositiveInt = 128, eval_batch_size: PositiveInt = 1000, augment: Augment | None = None,
-                 on_device: bool = False, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[PositiveFloat] = (0.25, 0.25, 0.25), seed: int = 0,
-                 channels_last: bool = False) -> ImageData:
+def image_folder(
+    root: str,
+    cache_dir: str,
+    image_size: PositiveInt = 32,
+    val_fraction: Fraction = 0.1,
+    batch_size: PositiveInt = 128,
+    eval_batch_size: PositiveInt = 1000,
+    augment: Augment | None = None,
+    on_device: bool = False,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[PositiveFloat] = (0.25, 0.25, 0.25),
+    seed: int = 0,
+    channels_last: bool = False,
+) -> ImageData:
     """The ImageFolder data module (see ImageData for loaders and augmentation)."""
     load = functools.partial(load_image_folder, root, cache_dir, image_size, val_fraction, seed)
-    return ImageData(load, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment,
-                     mean=list(mean), std=list(std), on_device=on_device, seed=seed,
-                     channels_last=channels_last)
+    return ImageData(
+        load,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        augment=augment,
+        mean=list(mean),
+        std=list(std),
+        on_device=on_device,
+        seed=seed,
+        channels_last=channels_last,
+    )

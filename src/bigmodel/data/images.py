@@ -10,8 +10,8 @@ nothing makes the host wait.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -87,10 +87,21 @@ class ImageBatches:
     built in, instead of being copied to (B, C, H, W)-contiguous.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
-                 sampler: ResumableSampler, mean: torch.Tensor, std: torch.Tensor,
-                 augment: Augment | None, seed: int, device: torch.device | None,
-                 on_device: bool = False, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        sampler: ResumableSampler,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        augment: Augment | None,
+        seed: int,
+        device: torch.device | None,
+        on_device: bool = False,
+        channels_last: bool = False,
+    ) -> None:
         self.images, self.labels, self.batch_size, self.sampler = images, labels, batch_size, sampler
         self.augment, self.seed, self.on_device, self.channels_last = augment, seed, on_device, channels_last
         self.device = device or torch.device("cpu")
@@ -124,8 +135,11 @@ class ImageBatches:
                 x, y = x.pin_memory(), y.pin_memory()
             x = (x.to(self.device, non_blocking=True).float() - self.mean) / self.std  # (B, H, W, C)
             if self.augment is not None:
-                draws = self._batch_draws(first + i, len(idx)) if epoch_draws is None else \
-                    epoch_draws[:, start : start + self.batch_size]
+                draws = (
+                    self._batch_draws(first + i, len(idx))
+                    if epoch_draws is None
+                    else epoch_draws[:, start : start + self.batch_size]
+                )
                 x = crop_flip(x, draws, self.augment)
             x = x.permute(0, 3, 1, 2)  # (B, C, H, W) viewed with channels-last strides
             yield (x if self.channels_last else x.contiguous()), y.to(self.device, non_blocking=True)
@@ -140,9 +154,19 @@ class ImageData:
     The CIFAR-10 and ImageFolder modules are this class with their own `load` function.
     """
 
-    def __init__(self, load: Callable[[], tuple[Splits, list[str]]], *, batch_size: int,
-                 eval_batch_size: int, augment: Augment | None, mean: list[float], std: list[float],
-                 on_device: bool, seed: int, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        load: Callable[[], tuple[Splits, list[str]]],
+        *,
+        batch_size: int,
+        eval_batch_size: int,
+        augment: Augment | None,
+        mean: list[float],
+        std: list[float],
+        on_device: bool,
+        seed: int,
+        channels_last: bool = False,
+    ) -> None:
         self.load, self.batch_size, self.eval_batch_size, self.augment = load, batch_size, eval_batch_size, augment
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
         self.on_device, self.seed, self.channels_last = on_device, seed, channels_last
@@ -161,8 +185,12 @@ class ImageData:
         return Classification(len(self.class_names), self.class_names)
 
     def state_dict(self) -> dict:
-        return {"class_names": self.class_names, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "image_size": list(self.splits["train"][0].shape[1:3])}
+        return {
+            "class_names": self.class_names,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "image_size": list(self.splits["train"][0].shape[1:3]),
+        }
 
     def _tensors(self, split: str, device: torch.device | None):
         if split not in self.splits:
@@ -174,14 +202,38 @@ class ImageData:
             self._resident[split] = (images.to(device), labels.to(device))
         return self._resident[split]
 
-    def loader(self, split: str, *, epoch: int = 0, skip_batches: int = 0, rank: int = 0,
-               world_size: int = 1, device: torch.device | None = None) -> ImageBatches:
+    def loader(
+        self,
+        split: str,
+        *,
+        epoch: int = 0,
+        skip_batches: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> ImageBatches:
         images, labels = self._tensors(split, device)
         train = split == "train"
         bs = self.batch_size if train else self.eval_batch_size
-        sampler = ResumableSampler(len(labels), shuffle=train, seed=self.seed, epoch=epoch, rank=rank,
-                                   world_size=world_size, skip=skip_batches * bs)
-        return ImageBatches(images, labels, batch_size=bs, sampler=sampler, mean=self.mean, std=self.std,
-                            augment=self.augment if train else None, seed=self.seed, device=device,
-                            on_device=self.on_device, channels_last=self.channels_last)
-
+        sampler = ResumableSampler(
+            len(labels),
+            shuffle=train,
+            seed=self.seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            skip=skip_batches * bs,
+        )
+        return ImageBatches(
+            images,
+            labels,
+            batch_size=bs,
+            sampler=sampler,
+            mean=self.mean,
+            std=self.std,
+            augment=self.augment if train else None,
+            seed=self.seed,
+            device=device,
+            on_device=self.on_device,
+            channels_last=self.channels_last,
+        )

@@ -14,9 +14,9 @@ import json
 import logging
 import math
 import urllib.request
+from collections.abc import Callable
 from glob import glob
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -100,14 +100,16 @@ def write_tokens(files: list[Path], tok: CharTokenizer | BPETokenizer, path: Pat
     return n
 
 
-def cache_tokens(files: list[Path], kind: str, encoding: str, cache_dir: str,
-                 base_chars: str = "") -> tuple[np.memmap, dict]:
+def cache_tokens(
+    files: list[Path], kind: str, encoding: str, cache_dir: str, base_chars: str = ""
+) -> tuple[np.memmap, dict]:
     """Tokens of all `files` as a read-only uint16 memmap, and the tokenizer's state.
 
     The cache key is the tokenizer choice (and base characters) and each file's path, size and
     modification time."""
     sig = [kind, encoding if kind == "bpe" else base_chars] + [
-        f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+        f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files
+    ]
     key = hashlib.sha1("\n".join(sig).encode()).hexdigest()[:16]
     folder = Path(cache_dir).expanduser() / "lm_tokens" / f"{files[0].stem}-{kind}-{key}"
     meta_path, bin_path = folder / "meta.json", folder / "tokens.bin"
@@ -129,8 +131,17 @@ class TokenBatches:
     """An iterable of (x, y) int64 (B, T) batches, y = x shifted by one token, from blocks that
     start at `sampler` indices times `stride`; gathered with one numpy index per batch."""
 
-    def __init__(self, tokens: np.ndarray, *, block_size: int, stride: int, batch_size: int,
-                 sampler: ResumableSampler, drop_last: bool, device: torch.device | None) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        *,
+        block_size: int,
+        stride: int,
+        batch_size: int,
+        sampler: ResumableSampler,
+        drop_last: bool,
+        device: torch.device | None,
+    ) -> None:
         self.tokens, self.block_size, self.stride, self.batch_size = tokens, block_size, stride, batch_size
         self.sampler, self.drop_last = sampler, drop_last
         self.device = device or torch.device("cpu")
@@ -155,11 +166,22 @@ class TokenBatches:
 class LMData:
     """The language-model data module (see bigmodel.data): blocks of a tokenized text corpus."""
 
-    def __init__(self, files: str | list[str], *, tokenizer: str = "char", encoding: str = "gpt2",
-                 cache_dir: str = "~/.cache/bigmodel", block_size: int = 256, batch_size: int = 64,
-                 eval_batch_size: int | None = None, val_fraction: float = 0.1,
-                 test_fraction: float = 0.0, seed: int = 0, epoch_blocks: int | None = None,
-                 fetch: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        files: str | list[str],
+        *,
+        tokenizer: str = "char",
+        encoding: str = "gpt2",
+        cache_dir: str = "~/.cache/bigmodel",
+        block_size: int = 256,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+        epoch_blocks: int | None = None,
+        fetch: Callable[[], None] | None = None,
+    ) -> None:
         self.fetch = fetch  # called first in setup(), e.g. to download a missing corpus
         self.files, self.kind, self.encoding, self.cache_dir = files, tokenizer, encoding, cache_dir
         self.block_size, self.batch_size = block_size, batch_size
@@ -175,11 +197,12 @@ class LMData:
             return
         if self.fetch is not None:
             self.fetch()
-        tokens, tok_state = cache_tokens(find_files(self.files), self.kind, self.encoding, self.cache_dir,
-                                         self.base_chars)
+        tokens, tok_state = cache_tokens(
+            find_files(self.files), self.kind, self.encoding, self.cache_dir, self.base_chars
+        )
         self.tokenizer = tokenizer_from_state(tok_state)
         if self.base_chars and isinstance(self.tokenizer, CharTokenizer):
-            new = self.tokenizer.chars[len(self.base_chars):]
+            new = self.tokenizer.chars[len(self.base_chars) :]
             log.info(f"characters: {len(self.base_chars)} from the checkpoint + {len(new)} new {new!r}")
         n = len(tokens)
         n_test = int(n * self.test_fraction)
@@ -188,8 +211,10 @@ class LMData:
         self.splits = {"train": tokens[:n_train], "val": tokens[n_train : n_train + n_val]}
         self.splits["test"] = tokens[n_train + n_val :] if n_test else self.splits["val"]  # none: test = val
         self._check_sizes(n, n_test > 0)
-        log.info(f"{n:,} tokens ({self.kind}, vocabulary {self.tokenizer.vocab_size}): "
-                 + ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items()))
+        log.info(
+            f"{n:,} tokens ({self.kind}, vocabulary {self.tokenizer.vocab_size}): "
+            + ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
+        )
 
     def _check_sizes(self, n: int, has_test: bool) -> None:
         """Each split must hold one block of block_size + 1 tokens; the advice depends on which is short."""
@@ -199,13 +224,20 @@ class LMData:
             return
         split, have = short[0]
         if n < parts * need:  # no choice of fractions helps: each split needs a whole block
-            raise DataError(f"the corpus has {n:,} tokens: too few for a block of data.block_size={self.block_size} "
-                            f"(+1 token) in each of the {parts} splits, which needs {parts * need:,}; use more "
-                            "text (data.files) or a smaller data.block_size")
-        key = {"train": "a smaller data.val_fraction / data.test_fraction", "val": "a larger data.val_fraction",
-               "test": "a larger data.test_fraction"}[split]
-        raise DataError(f"the {split} split has {have:,} tokens (of {n:,}), too few for one block of "
-                        f"data.block_size={self.block_size} (+1); use {key}, a smaller block_size or more text")
+            raise DataError(
+                f"the corpus has {n:,} tokens: too few for a block of data.block_size={self.block_size} "
+                f"(+1 token) in each of the {parts} splits, which needs {parts * need:,}; use more "
+                "text (data.files) or a smaller data.block_size"
+            )
+        key = {
+            "train": "a smaller data.val_fraction / data.test_fraction",
+            "val": "a larger data.val_fraction",
+            "test": "a larger data.test_fraction",
+        }[split]
+        raise DataError(
+            f"the {split} split has {have:,} tokens (of {n:,}), too few for one block of "
+            f"data.block_size={self.block_size} (+1); use {key}, a smaller block_size or more text"
+        )
 
     def model_args(self) -> dict:
         return {"vocab_size": self._tokenizer().vocab_size}
@@ -228,40 +260,79 @@ class LMData:
         if not tok:
             return False
         if tok["kind"] != self.kind:
-            raise ConfigError(f"init_from: the checkpoint's tokenizer is {tok['kind']!r}, "
-                              f"data.tokenizer={self.kind!r}: set data.tokenizer={tok['kind']} so its token ids "
-                              "keep their meaning")
+            raise ConfigError(
+                f"init_from: the checkpoint's tokenizer is {tok['kind']!r}, "
+                f"data.tokenizer={self.kind!r}: set data.tokenizer={tok['kind']} so its token ids "
+                "keep their meaning"
+            )
         if tok["kind"] == "char":
             self.base_chars = tok["chars"]
         elif tok["encoding"] != self.encoding:
-            raise ConfigError(f"init_from: the checkpoint's BPE encoding is {tok['encoding']!r}, "
-                              f"data.encoding={self.encoding!r}: set data.encoding={tok['encoding']}")
+            raise ConfigError(
+                f"init_from: the checkpoint's BPE encoding is {tok['encoding']!r}, "
+                f"data.encoding={self.encoding!r}: set data.encoding={tok['encoding']}"
+            )
         return True
 
-    def loader(self, split: str, *, epoch: int = 0, skip_batches: int = 0, rank: int = 0,
-               world_size: int = 1, device: torch.device | None = None) -> TokenBatches:
+    def loader(
+        self,
+        split: str,
+        *,
+        epoch: int = 0,
+        skip_batches: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> TokenBatches:
         if split not in self.splits:
             raise KeyError(f"split {split!r} not available; have {sorted(self.splits)}")
         tokens, t, train = self.splits[split], self.block_size, split == "train"
         stride = 1 if train else t
         n_blocks = (len(tokens) - t - 1) // stride + 1  # blocks whose x and y both fit
         bs = self.batch_size if train else self.eval_batch_size
-        sampler = ResumableSampler(n_blocks, shuffle=train, seed=self.seed, epoch=epoch, rank=rank,
-                                   world_size=world_size, skip=skip_batches * bs,
-                                   limit=self.epoch_blocks if train else None)
-        return TokenBatches(tokens, block_size=t, stride=stride, batch_size=bs, sampler=sampler,
-                            drop_last=train, device=device)
+        sampler = ResumableSampler(
+            n_blocks,
+            shuffle=train,
+            seed=self.seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            skip=skip_batches * bs,
+            limit=self.epoch_blocks if train else None,
+        )
+        return TokenBatches(
+            tokens, block_size=t, stride=stride, batch_size=bs, sampler=sampler, drop_last=train, device=device
+        )
 
 
 # ---------------------------------------------------------------- data modules from config
-def text_lm(files: str | list[str], tokenizer: str = "char", encoding: str = "gpt2",
-            cache_dir: str = "~/.cache/bigmodel", block_size: PositiveInt = 256, batch_size: PositiveInt = 64,
-            eval_batch_size: PositiveInt | None = None, val_fraction: Fraction = 0.1, test_fraction: Fraction = 0.0,
-            seed: int = 0, epoch_blocks: PositiveInt | None = None) -> LMData:
+def text_lm(
+    files: str | list[str],
+    tokenizer: str = "char",
+    encoding: str = "gpt2",
+    cache_dir: str = "~/.cache/bigmodel",
+    block_size: PositiveInt = 256,
+    batch_size: PositiveInt = 64,
+    eval_batch_size: PositiveInt | None = None,
+    val_fraction: Fraction = 0.1,
+    test_fraction: Fraction = 0.0,
+    seed: int = 0,
+    epoch_blocks: PositiveInt | None = None,
+) -> LMData:
     """Any text file(s): `files` is a path, a folder of *.txt, a glob, or a list of them."""
-    return LMData(files, tokenizer=tokenizer, encoding=encoding, cache_dir=cache_dir, block_size=block_size,
-                  batch_size=batch_size, eval_batch_size=eval_batch_size, val_fraction=val_fraction,
-                  test_fraction=test_fraction, seed=seed, epoch_blocks=epoch_blocks)
+    return LMData(
+        files,
+        tokenizer=tokenizer,
+        encoding=encoding,
+        cache_dir=cache_dir,
+        block_size=block_size,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        epoch_blocks=epoch_blocks,
+    )
 
 
 def fetch_shakespeare(path: Path, download: bool) -> None:
@@ -277,16 +348,35 @@ def fetch_shakespeare(path: Path, download: bool) -> None:
             return
         except Exception as e:  # offline, refused, read-only folder ...
             why = f"download failed ({type(e).__name__}: {e})"
-    raise DataError(f"tiny shakespeare not found at {str(path)!r} and {why}. Get it: download "
-                    f"{SHAKESPEARE_URL} to that path (or set BIGMODEL_DATA_DIR / data.root to where "
-                    "tinyshakespeare/input.txt is)")
+    raise DataError(
+        f"tiny shakespeare not found at {str(path)!r} and {why}. Get it: download "
+        f"{SHAKESPEARE_URL} to that path (or set BIGMODEL_DATA_DIR / data.root to where "
+        "tinyshakespeare/input.txt is)"
+    )
 
 
-def shakespeare_char(root: str, download: bool = True, cache_dir: str = "~/.cache/bigmodel",
-                     block_size: PositiveInt = 256, batch_size: PositiveInt = 64, eval_batch_size: PositiveInt | None = None,
-                     val_fraction: Fraction = 0.1, seed: int = 0, epoch_blocks: PositiveInt | None = None) -> LMData:
+def shakespeare_char(
+    root: str,
+    download: bool = True,
+    cache_dir: str = "~/.cache/bigmodel",
+    block_size: PositiveInt = 256,
+    batch_size: PositiveInt = 64,
+    eval_batch_size: PositiveInt | None = None,
+    val_fraction: Fraction = 0.1,
+    seed: int = 0,
+    epoch_blocks: PositiveInt | None = None,
+) -> LMData:
     """tiny shakespeare (1.1 M characters, 65 distinct), char-level: first 90% train, last 10% val."""
     path = Path(root).expanduser() / "input.txt"
-    return LMData(str(path), tokenizer="char", cache_dir=cache_dir, block_size=block_size, batch_size=batch_size,
-                  eval_batch_size=eval_batch_size, val_fraction=val_fraction, seed=seed,
-                  epoch_blocks=epoch_blocks, fetch=functools.partial(fetch_shakespeare, path, download))
+    return LMData(
+        str(path),
+        tokenizer="char",
+        cache_dir=cache_dir,
+        block_size=block_size,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        epoch_blocks=epoch_blocks,
+        fetch=functools.partial(fetch_shakespeare, path, download),
+    )

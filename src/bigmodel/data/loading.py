@@ -2,7 +2,8 @@
 
 import math
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -19,8 +20,18 @@ class ResumableSampler(Sampler[int]):
     epoch the first `limit` indices of each epoch's permutation (for data sets too large to finish).
     """
 
-    def __init__(self, num_samples: int, *, shuffle: bool, seed: int, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1, skip: int = 0, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> None:
         self.num_samples, self.shuffle, self.seed, self.epoch = num_samples, shuffle, seed, epoch
         self.rank, self.world_size, self.skip = rank, world_size, skip
         self.epoch_size = min(num_samples, limit) if limit else num_samples  # the first `limit` of the order
@@ -53,19 +64,44 @@ def default_workers() -> int:
     return max(min((os.cpu_count() or 1) - 1, 8), 0)
 
 
-def make_loader(dataset: Any, *, batch_size: int, shuffle: bool, seed: int, epoch: int = 0,
-                skip_batches: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                pin_memory: bool = False, drop_last: bool = False,
-                collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
+def make_loader(
+    dataset: Any,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int = 0,
+    skip_batches: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    collate_fn: Callable[[list], Any] | None = None,
+) -> DataLoader:
     """A DataLoader over `dataset` whose order is reproducible and resumable (see ResumableSampler)."""
-    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                               world_size=world_size, skip=skip_batches * batch_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory and torch.cuda.is_available(), drop_last=drop_last,
-                      collate_fn=collate_fn, persistent_workers=False,
-                      # its own generator: creating the iterator draws nothing from the global RNG
-                      generator=torch.Generator().manual_seed(seed + epoch),
-                      prefetch_factor=4 if num_workers > 0 else None)
+    sampler = ResumableSampler(
+        len(dataset),
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        rank=rank,
+        world_size=world_size,
+        skip=skip_batches * batch_size,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        persistent_workers=False,
+        # its own generator: creating the iterator draws nothing from the global RNG
+        generator=torch.Generator().manual_seed(seed + epoch),
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
 
 
 def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,9 +109,13 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, 
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * val_fraction))
     if n_val >= n:
-        raise DataError(f"holding out {n_val} of {n} training examples for validation leaves none to train on; "
-                        "lower data.val_size / data.val_fraction")
+        raise DataError(
+            f"holding out {n_val} of {n} training examples for validation leaves none to train on; "
+            "lower data.val_size / data.val_fraction"
+        )
     if n_val == 0 and val_fraction > 0:  # an empty validation split would report metrics of nothing
-        raise DataError(f"a validation fraction of {val_fraction:g} of {n} training examples holds out none; "
-                        f"raise data.val_fraction to at least {1 / n:.2g} or give a validation file/folder")
+        raise DataError(
+            f"a validation fraction of {val_fraction:g} of {n} training examples holds out none; "
+            f"raise data.val_fraction to at least {1 / n:.2g} or give a validation file/folder"
+        )
     return order[n_val:], order[:n_val]

@@ -9,8 +9,9 @@ Train order depends only on (seed, epoch); `bucket_pool > 0` groups texts of sim
 import functools
 import logging
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -44,8 +45,18 @@ class BucketBatchSampler(Sampler[list[int]]):
     to equal counts); `skip` batches of this rank are skipped to resume mid-epoch.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, *, pool: int, seed: int, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1, skip: int = 0) -> None:
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        *,
+        pool: int,
+        seed: int,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: int = 0,
+    ) -> None:
         self.lengths, self.batch_size, self.pool, self.seed, self.epoch = lengths, batch_size, pool, seed, epoch
         self.rank, self.world_size, self.skip = rank, world_size, skip
         self.per_rank = math.ceil(math.ceil(len(lengths) / batch_size) / world_size)
@@ -75,10 +86,22 @@ class TextClassificationData:
     (their order does not change a metric, and it keeps padding small).
     """
 
-    def __init__(self, load: Callable[[], tuple[Splits, list[str]]], *, tokenizer: Tokenizer | str,
-                 lowercase: bool, min_freq: int, max_size: int | None, max_length: int | None,
-                 ngrams: int = 1, batch_size: int, eval_batch_size: int, bucket_pool: int, num_workers: int,
-                 seed: int) -> None:
+    def __init__(
+        self,
+        load: Callable[[], tuple[Splits, list[str]]],
+        *,
+        tokenizer: Tokenizer | str,
+        lowercase: bool,
+        min_freq: int,
+        max_size: int | None,
+        max_length: int | None,
+        ngrams: int = 1,
+        batch_size: int,
+        eval_batch_size: int,
+        bucket_pool: int,
+        num_workers: int,
+        seed: int,
+    ) -> None:
         self.load, self.tokenizer, self.lowercase = load, Tokenizer(tokenizer), lowercase
         self.min_freq, self.max_size, self.max_length, self.ngrams = min_freq, max_size, max_length, ngrams
         self.batch_size, self.eval_batch_size, self.bucket_pool = batch_size, eval_batch_size, bucket_pool
@@ -105,9 +128,15 @@ class TextClassificationData:
         splits, class_names = self.load()
         if self._vocab is None:
             self.class_names = class_names
-            self.vocab = Vocab.build((text for _, text in splits["train"]), min_freq=self.min_freq,
-                                     max_size=self.max_size, tokenizer=self.tokenizer, lowercase=self.lowercase,
-                                     max_length=self.max_length, ngrams=self.ngrams)
+            self.vocab = Vocab.build(
+                (text for _, text in splits["train"]),
+                min_freq=self.min_freq,
+                max_size=self.max_size,
+                tokenizer=self.tokenizer,
+                lowercase=self.lowercase,
+                max_length=self.max_length,
+                ngrams=self.ngrams,
+            )
             if self.base_tokens is not None:
                 self.vocab = self._extend(self.base_tokens, self.vocab)
         elif class_names != self.class_names:
@@ -117,8 +146,9 @@ class TextClassificationData:
             self.datasets[split] = items if split == "train" else sorted(items, key=lambda it: len(it[0]))
         sizes = ", ".join(f"{s} {len(d)}" for s, d in self.datasets.items())
         log.info(f"text data: {sizes} examples, {len(self.class_names)} classes, vocabulary {len(self.vocab)}")
-        warning = unknown_warning([ids.tolist() for ids, _ in self.datasets.get("val", [])], self.vocab.unk_idx,
-                                  self.vocab.tokenizer)
+        warning = unknown_warning(
+            [ids.tolist() for ids, _ in self.datasets.get("val", [])], self.vocab.unk_idx, self.vocab.tokenizer
+        )
         if warning:
             log.warning(warning)
 
@@ -154,23 +184,49 @@ class TextClassificationData:
         log.info(f"vocabulary: {len(base) - 2:,} words from the checkpoint + {len(new):,} new training words")
         return Vocab.from_state({**built.state_dict(), "tokens": base + new})
 
-    def loader(self, split: str, *, epoch: int = 0, skip_batches: int = 0, rank: int = 0,
-               world_size: int = 1, device: torch.device | None = None) -> DataLoader:
+    def loader(
+        self,
+        split: str,
+        *,
+        epoch: int = 0,
+        skip_batches: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> DataLoader:
         if split not in self.datasets:
             raise KeyError(f"split {split!r} not available; have {sorted(self.datasets)}")
         data, train = self.datasets[split], split == "train"
         collate = functools.partial(pad_batch, pad_idx=self.vocab.pad_idx)
         pin = device is not None and device.type == "cuda"
         if train and self.bucket_pool > 0:
-            sampler = BucketBatchSampler([len(ids) for ids, _ in data], self.batch_size, pool=self.bucket_pool,
-                                         seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
-                                         skip=skip_batches)
+            sampler = BucketBatchSampler(
+                [len(ids) for ids, _ in data],
+                self.batch_size,
+                pool=self.bucket_pool,
+                seed=self.seed,
+                epoch=epoch,
+                rank=rank,
+                world_size=world_size,
+                skip=skip_batches,
+            )
             dataset: Any = data  # a list is a map-style data set
-            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                              pin_memory=pin)
-        return make_loader(data, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                           seed=self.seed, epoch=epoch, skip_batches=skip_batches, rank=rank,
-                           world_size=world_size, num_workers=self.num_workers, pin_memory=pin, collate_fn=collate)
+            return DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers, pin_memory=pin
+            )
+        return make_loader(
+            data,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            epoch=epoch,
+            skip_batches=skip_batches,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            collate_fn=collate,
+        )
 
 
 def _carve_val(splits: dict[str, list[Raw]], val_fraction: float, seed: int) -> None:
@@ -182,8 +238,9 @@ def _carve_val(splits: dict[str, list[Raw]], val_fraction: float, seed: int) -> 
     splits["train"], splits["val"] = [train[i] for i in tr.tolist()], [train[i] for i in va.tolist()]
 
 
-def _finish(splits: dict[str, list[Raw]], class_names: list[str] | None, val_fraction: float,
-            seed: int) -> tuple[Splits, list[str]]:
+def _finish(
+    splits: dict[str, list[Raw]], class_names: list[str] | None, val_fraction: float, seed: int
+) -> tuple[Splits, list[str]]:
     if "val" not in splits:
         _carve_val(splits, val_fraction, seed)
     if "test" not in splits:
@@ -192,13 +249,16 @@ def _finish(splits: dict[str, list[Raw]], class_names: list[str] | None, val_fra
     return to_examples(splits, class_names)
 
 
-def load_labeled_dir(root: str, encoding: str | dict[str, str], class_names: list[str] | None,
-                     val_fraction: float, seed: int) -> tuple[Splits, list[str]]:
+def load_labeled_dir(
+    root: str, encoding: str | dict[str, str], class_names: list[str] | None, val_fraction: float, seed: int
+) -> tuple[Splits, list[str]]:
     """root/{train,dev,test}.txt with `LABEL text` lines; no dev.txt -> a seeded split of train."""
     folder = Path(root).expanduser()
     if not (folder / "train.txt").exists():
-        raise DataError(f"{str(folder / 'train.txt')!r} not found: put train.txt, test.txt (and optionally "
-                        "dev.txt) there, one `LABEL text` example a line, or set BIGMODEL_DATA_DIR / data.root")
+        raise DataError(
+            f"{str(folder / 'train.txt')!r} not found: put train.txt, test.txt (and optionally "
+            "dev.txt) there, one `LABEL text` example a line, or set BIGMODEL_DATA_DIR / data.root"
+        )
     splits = {}
     for split, stem in (("train", "train"), ("val", "dev"), ("test", "test")):
         path = folder / f"{stem}.txt"
@@ -208,45 +268,111 @@ def load_labeled_dir(root: str, encoding: str | dict[str, str], class_names: lis
     return _finish(splits, class_names, val_fraction, seed)
 
 
-def load_csv_files(files: dict[str, str | None], text_column: str | int, label_column: str | int,
-                   delimiter: str | None, header: bool, encoding: str, class_names: list[str] | None,
-                   val_fraction: float, seed: int) -> tuple[Splits, list[str]]:
+def load_csv_files(
+    files: dict[str, str | None],
+    text_column: str | int,
+    label_column: str | int,
+    delimiter: str | None,
+    header: bool,
+    encoding: str,
+    class_names: list[str] | None,
+    val_fraction: float,
+    seed: int,
+) -> tuple[Splits, list[str]]:
     splits = {}
     for split, path in files.items():
         if path is not None:
             if not Path(path).expanduser().exists():
                 raise DataError(f"data.{split}_file={path!r}: no such file")
-            splits[split] = read_csv_rows(Path(path).expanduser(), encoding, text_column, label_column,
-                                          delimiter, header)
+            splits[split] = read_csv_rows(
+                Path(path).expanduser(), encoding, text_column, label_column, delimiter, header
+            )
     return _finish(splits, class_names, val_fraction, seed)
 
 
-def labeled_text(root: str, class_names: list[str] | None = None, encoding: str | dict[str, str] = "utf-8",
-                 val_fraction: Fraction = 0.1, tokenizer: str = "whitespace", lowercase: bool = True,
-                 min_freq: PositiveInt = 1, max_size: PositiveInt | None = None, max_length: PositiveInt | None = None,
-                 ngrams: PositiveInt = 1, batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512,
-                 bucket_pool: NonNegativeInt = 0, num_workers: NonNegativeInt = 0,
-                 seed: int = 0) -> TextClassificationData:
+def labeled_text(
+    root: str,
+    class_names: list[str] | None = None,
+    encoding: str | dict[str, str] = "utf-8",
+    val_fraction: Fraction = 0.1,
+    tokenizer: str = "whitespace",
+    lowercase: bool = True,
+    min_freq: PositiveInt = 1,
+    max_size: PositiveInt | None = None,
+    max_length: PositiveInt | None = None,
+    ngrams: PositiveInt = 1,
+    batch_size: PositiveInt = 64,
+    eval_batch_size: PositiveInt = 512,
+    bucket_pool: NonNegativeInt = 0,
+    num_workers: NonNegativeInt = 0,
+    seed: int = 0,
+) -> TextClassificationData:
     """SST-2/SST-5/TREC-style folders (see load_labeled_dir); labels are indices into class_names."""
     load = functools.partial(load_labeled_dir, root, encoding, class_names and list(class_names), val_fraction, seed)
-    return TextClassificationData(load, tokenizer=tokenizer, lowercase=lowercase, min_freq=min_freq,
-                                  max_size=max_size, max_length=max_length, ngrams=ngrams, batch_size=batch_size,
-                                  eval_batch_size=eval_batch_size, bucket_pool=bucket_pool,
-                                  num_workers=num_workers, seed=seed)
+    return TextClassificationData(
+        load,
+        tokenizer=tokenizer,
+        lowercase=lowercase,
+        min_freq=min_freq,
+        max_size=max_size,
+        max_length=max_length,
+        ngrams=ngrams,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        bucket_pool=bucket_pool,
+        num_workers=num_workers,
+        seed=seed,
+    )
 
 
-def text_csv(train_file: str, val_file: str | None = None, test_file: str | None = None,
-             text_column: str | int = "text", label_column: str | int = "label", delimiter: str | None = None,
-             header: bool = True, class_names: list[str] | None = None, encoding: str = "utf-8",
-             val_fraction: Fraction = 0.1, tokenizer: str = "words", lowercase: bool = True,
-             min_freq: PositiveInt = 1, max_size: PositiveInt | None = None, max_length: PositiveInt | None = 256,
-             ngrams: PositiveInt = 1, batch_size: PositiveInt = 64, eval_batch_size: PositiveInt = 512,
-             bucket_pool: NonNegativeInt = 0, num_workers: NonNegativeInt = 0, seed: int = 0) -> TextClassificationData:
+def text_csv(
+    train_file: str,
+    val_file: str | None = None,
+    test_file: str | None = None,
+    text_column: str | int = "text",
+    label_column: str | int = "label",
+    delimiter: str | None = None,
+    header: bool = True,
+    class_names: list[str] | None = None,
+    encoding: str = "utf-8",
+    val_fraction: Fraction = 0.1,
+    tokenizer: str = "words",
+    lowercase: bool = True,
+    min_freq: PositiveInt = 1,
+    max_size: PositiveInt | None = None,
+    max_length: PositiveInt | None = 256,
+    ngrams: PositiveInt = 1,
+    batch_size: PositiveInt = 64,
+    eval_batch_size: PositiveInt = 512,
+    bucket_pool: NonNegativeInt = 0,
+    num_workers: NonNegativeInt = 0,
+    seed: int = 0,
+) -> TextClassificationData:
     """A user's CSV/TSV files; labels are class names (or indices into class_names)."""
     files = {"train": train_file, "val": val_file, "test": test_file}
-    load = functools.partial(load_csv_files, files, text_column, label_column, delimiter, header, encoding,
-                             class_names and list(class_names), val_fraction, seed)
-    return TextClassificationData(load, tokenizer=tokenizer, lowercase=lowercase, min_freq=min_freq,
-                                  max_size=max_size, max_length=max_length, ngrams=ngrams, batch_size=batch_size,
-                                  eval_batch_size=eval_batch_size, bucket_pool=bucket_pool,
-                                  num_workers=num_workers, seed=seed)
+    load = functools.partial(
+        load_csv_files,
+        files,
+        text_column,
+        label_column,
+        delimiter,
+        header,
+        encoding,
+        class_names and list(class_names),
+        val_fraction,
+        seed,
+    )
+    return TextClassificationData(
+        load,
+        tokenizer=tokenizer,
+        lowercase=lowercase,
+        min_freq=min_freq,
+        max_size=max_size,
+        max_length=max_length,
+        ngrams=ngrams,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        bucket_pool=bucket_pool,
+        num_workers=num_workers,
+        seed=seed,
+    )

@@ -15,8 +15,8 @@ naming the file and line. Texts longer than MAX_TEXT_CHARS characters are errors
 import csv
 import io
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from bigmodel.data.errors import DataError
 
@@ -44,8 +44,9 @@ def read_text(path: Path, encoding: str, key: str | None = "data.encoding") -> s
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         fix = f"set {key} to the file's encoding (e.g. {key}=latin-1)" if key else "save the file as UTF-8"
-        raise DataError(f"{path}:{line}: cannot decode byte 0x{data[e.start]:02x} (column {column}) as "
-                        f"{encoding}; {fix}") from None
+        raise DataError(
+            f"{path}:{line}: cannot decode byte 0x{data[e.start]:02x} (column {column}) as {encoding}; {fix}"
+        ) from None
     except LookupError:
         raise DataError(f"{path}: unknown encoding {encoding!r} ({key or 'encoding'})") from None
     return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not text
@@ -59,8 +60,10 @@ def read_label_lines(path: Path, encoding: str = "utf-8") -> list[Raw]:
         if not line.strip():
             continue
         if len(line) > MAX_TEXT_CHARS:
-            raise DataError(f"{path}:{number}: a line of {len(line):,} characters; a `LABEL text` file holds one "
-                            f"example a line of at most {MAX_TEXT_CHARS:,} characters (is this the right file?)")
+            raise DataError(
+                f"{path}:{number}: a line of {len(line):,} characters; a `LABEL text` file holds one "
+                f"example a line of at most {MAX_TEXT_CHARS:,} characters (is this the right file?)"
+            )
         match = _LABELED.fullmatch(line.strip())
         if match is None:
             raise DataError(f"{path}:{number}: expected `LABEL text`, got {line[:80]!r}")
@@ -94,14 +97,22 @@ def _records(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, list[
             why = "a quote opened in this row is never closed" if "end of data" in str(e) else str(e)
             raise DataError(f"{path}:{start}: {why} (quoting: {QUOTING})") from None
         if delimiter == "\t" and reader.line_num > start and any("\t" in f and "\n" in f for f in row):
-            raise DataError(f"{path}:{start}: a quoted field runs to line {reader.line_num} across tabs and line "
-                            f"breaks: a quote left open swallows the rows after it (quoting: {QUOTING})")
+            raise DataError(
+                f"{path}:{start}: a quoted field runs to line {reader.line_num} across tabs and line "
+                f"breaks: a quote left open swallows the rows after it (quoting: {QUOTING})"
+            )
         yield start, row
         start = reader.line_num + 1
 
 
-def read_csv_rows(path: Path, encoding: str, text_column: str | int, label_column: str | int,
-                  delimiter: str | None = None, header: bool = True) -> list[Raw]:
+def read_csv_rows(
+    path: Path,
+    encoding: str,
+    text_column: str | int,
+    label_column: str | int,
+    delimiter: str | None = None,
+    header: bool = True,
+) -> list[Raw]:
     """Examples of a CSV (or, for a .tsv file or delimiter="\\t", TSV) file; see the quoting rule above."""
     if delimiter is None:
         delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
@@ -118,11 +129,14 @@ def read_csv_rows(path: Path, encoding: str, text_column: str | int, label_colum
             continue
         width = width or len(row)  # no header: the first row sets the number of fields
         if len(row) > width:
-            raise DataError(f"{where}: {len(row)} fields, but the {'header' if header else 'first row'} has {width} "
-                            f"(delimiter {delimiter!r}); a text holding the delimiter must be quoted (\"...\")")
+            raise DataError(
+                f"{where}: {len(row)} fields, but the {'header' if header else 'first row'} has {width} "
+                f'(delimiter {delimiter!r}); a text holding the delimiter must be quoted ("...")'
+            )
         if len(row) <= max(t_idx, l_idx):
-            raise DataError(f"{where}: {len(row)} columns, expected at least {max(t_idx, l_idx) + 1} "
-                            f"(delimiter {delimiter!r})")
+            raise DataError(
+                f"{where}: {len(row)} columns, expected at least {max(t_idx, l_idx) + 1} (delimiter {delimiter!r})"
+            )
         if not row[t_idx].strip():
             raise DataError(f"{where}: empty text")
         out.append((row[l_idx].strip(), row[t_idx], where))
@@ -140,7 +154,9 @@ def infer_class_names(labels: list[str]) -> list[str]:
     return sorted(set(labels))
 
 
-def to_examples(splits: dict[str, list[Raw]], class_names: list[str] | None) -> tuple[dict[str, list[Example]], list[str]]:
+def to_examples(
+    splits: dict[str, list[Raw]], class_names: list[str] | None
+) -> tuple[dict[str, list[Example]], list[str]]:
     """(label index, text) per split. A label is a class name, or an index into class_names."""
     if not splits.get("train"):
         raise DataError("the train split has no examples")
@@ -154,8 +170,10 @@ def to_examples(splits: dict[str, list[Raw]], class_names: list[str] | None) -> 
             if i is None and class_names and label.isdigit() and int(label) < len(names):
                 i = int(label)
             if i is None:
-                raise DataError(f"{where}: label {label!r} is not one of {names} nor an index 0..{len(names) - 1} "
-                                "(data.class_names)")
+                raise DataError(
+                    f"{where}: label {label!r} is not one of {names} nor an index 0..{len(names) - 1} "
+                    "(data.class_names)"
+                )
             examples.append((i, text))
         out[split] = examples
     return out, names

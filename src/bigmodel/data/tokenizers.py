@@ -23,8 +23,10 @@ from bigmodel.data.errors import DataError
 # CJK ideographs (BERT's basic tokenizer rule: the CJK Unified Ideographs blocks, extensions A-H and the
 # compatibility ideographs) and the CJK Symbols and Punctuation block (less its ideographic space
 # U+3000, which is white space). Kana and Hangul are not in it: they stay words, as in BERT.
-_CJK = ("\u3001-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-        "\U00020000-\U0002ebef\U0002f800-\U0002fa1f\U00030000-\U000323af")
+_CJK = (
+    "\u3001-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+    "\U00020000-\U0002ebef\U0002f800-\U0002fa1f\U00030000-\U000323af"
+)
 # one CJK character | a word (letters/digits/_ but no CJK, with an inner apostrophe) | one punctuation mark.
 # Without CJK characters in the text this is exactly `\w+(?:'\w+)?|[^\w\s]`, the English rule.
 _WORDS = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+(?:'[^\\W{_CJK}]+)?|[^\\w\\s]")
@@ -67,8 +69,10 @@ def _jieba():
     try:
         import jieba
     except ImportError:
-        raise DataError("data.tokenizer=jieba needs the jieba package: pip install 'bigmodel[zh]' "
-                        "(or pip install jieba), or use data.tokenizer=chars") from None
+        raise DataError(
+            "data.tokenizer=jieba needs the jieba package: pip install 'bigmodel[zh]' "
+            "(or pip install jieba), or use data.tokenizer=chars"
+        ) from None
     jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict ..." lines on every start
     return jieba
 
@@ -79,14 +83,15 @@ def unknown_warning(ids: list[list[int]], unk_idx: int, tokenizer: Tokenizer, sp
     unknown = sum(x.count(unk_idx) for x in ids)
     if not total or unknown * 3 <= total:
         return None
-    hint = {Tokenizer.whitespace: "data.tokenizer=words for raw (untokenized) text, or data.tokenizer=chars "
-                                  "for Chinese/Japanese text",
-            Tokenizer.words: "data.tokenizer=chars (or jieba) for text written without spaces between words, "
-                             "or a smaller data.min_freq",
-            Tokenizer.chars: "a smaller data.min_freq or data.max_size=null",
-            Tokenizer.jieba: "data.tokenizer=chars, or a smaller data.min_freq"}[tokenizer]
-    return (f"{unknown / total:.0%} of the {split} tokens are <unk> (not in the training vocabulary): "
-            f"try {hint}")
+    hint = {
+        Tokenizer.whitespace: "data.tokenizer=words for raw (untokenized) text, or data.tokenizer=chars "
+        "for Chinese/Japanese text",
+        Tokenizer.words: "data.tokenizer=chars (or jieba) for text written without spaces between words, "
+        "or a smaller data.min_freq",
+        Tokenizer.chars: "a smaller data.min_freq or data.max_size=null",
+        Tokenizer.jieba: "data.tokenizer=chars, or a smaller data.min_freq",
+    }[tokenizer]
+    return f"{unknown / total:.0%} of the {split} tokens are <unk> (not in the training vocabulary): try {hint}"
 
 
 class CharTokenizer:
@@ -103,8 +108,9 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         unknown = sorted(set(text) - self.index.keys())
         if unknown:
-            raise DataError(f"characters {''.join(unknown)!r} are not in this model's vocabulary "
-                            f"of {self.vocab_size} characters")
+            raise DataError(
+                f"characters {''.join(unknown)!r} are not in this model's vocabulary of {self.vocab_size} characters"
+            )
         return [self.index[c] for c in text]
 
     def encode_array(self, text: str) -> np.ndarray:
@@ -137,18 +143,23 @@ class BPETokenizer:
             try:
                 import tiktoken
             except ImportError:
-                raise DataError("data.tokenizer=bpe needs tiktoken: pip install 'bigmodel[bpe]' "
-                                "(or pip install tiktoken), or use data.tokenizer=char") from None
+                raise DataError(
+                    "data.tokenizer=bpe needs tiktoken: pip install 'bigmodel[bpe]' "
+                    "(or pip install tiktoken), or use data.tokenizer=char"
+                ) from None
             try:
                 self._enc = tiktoken.get_encoding(self.encoding)
             except Exception as e:  # offline: its vocabulary files are downloaded on first use
                 raise DataError(
                     f"tiktoken could not load the {self.encoding!r} BPE vocabulary ({type(e).__name__}); "
                     "it is downloaded on first use: run once with internet access, or copy a tiktoken "
-                    "cache folder here and point TIKTOKEN_CACHE_DIR at it") from None
+                    "cache folder here and point TIKTOKEN_CACHE_DIR at it"
+                ) from None
             if self._enc.n_vocab > 65536:
-                raise DataError(f"encoding {self.encoding!r} has {self._enc.n_vocab} tokens; "
-                                "token caches hold uint16 ids (at most 65536)")
+                raise DataError(
+                    f"encoding {self.encoding!r} has {self._enc.n_vocab} tokens; "
+                    "token caches hold uint16 ids (at most 65536)"
+                )
         return self._enc
 
     def encode(self, text: str) -> list[int]:

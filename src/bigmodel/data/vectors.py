@@ -83,8 +83,9 @@ def _binary_entries(f: BinaryIO, path: Path, count: int, dim: int, keep: Keep) -
                 word += c
         data = f.read(size)
         if len(data) < size:
-            raise DataError(f"{path}: ends inside the vector of word {i + 1} of {count} "
-                            "(a truncated word2vec binary file?)")
+            raise DataError(
+                f"{path}: ends inside the vector of word {i + 1} of {count} (a truncated word2vec binary file?)"
+            )
         text = word.decode("utf-8", errors="replace")
         if keep is None or keep(text):
             vec = np.frombuffer(data, dtype="<f4").astype(np.float32)
@@ -137,9 +138,11 @@ def vocab_vectors(itos: list[str], path: str | Path, dim: int, lowercase: bool) 
     stoi = {w: i for i, w in enumerate(itos) if i >= 2}
     fmt, file_dim, entries = read_vectors(path, lambda w: w in stoi or (lowercase and w.lower() in stoi))
     if file_dim != dim:
-        raise ConfigError(f"model.pretrained_vectors={str(path)!r} holds {file_dim}-dimensional vectors, the model's "
-                          f"embedding has {dim}: set the embedding size to {file_dim} (model.embed_dim for lstm and "
-                          "textcnn, model.hidden_size for transformer)")
+        raise ConfigError(
+            f"model.pretrained_vectors={str(path)!r} holds {file_dim}-dimensional vectors, the model's "
+            f"embedding has {dim}: set the embedding size to {file_dim} (model.embed_dim for lstm and "
+            "textcnn, model.hidden_size for transformer)"
+        )
     found: dict[int, np.ndarray] = {}
     exact: set[int] = set()
     for word, vec in entries:
@@ -158,22 +161,29 @@ def load_pretrained_vectors(model: nn.Module, datamodule, path: str) -> float:
     Returns the share of the vocabulary's words covered."""
     vocab = getattr(datamodule, "vocab", None)
     if vocab is None:
-        raise ConfigError("model.pretrained_vectors needs text classification data with a vocabulary "
-                          "(e.g. data=sst2 or data=text_csv)")
+        raise ConfigError(
+            "model.pretrained_vectors needs text classification data with a vocabulary "
+            "(e.g. data=sst2 or data=text_csv)"
+        )
     embeds = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings == len(vocab)]
     if not embeds:
-        raise ConfigError(f"model.pretrained_vectors: {type(model).__name__} has no word embedding of "
-                          f"{len(vocab)} rows to fill")
+        raise ConfigError(
+            f"model.pretrained_vectors: {type(model).__name__} has no word embedding of {len(vocab)} rows to fill"
+        )
     embed = embeds[0]
     found, fmt = vocab_vectors(vocab.itos, path, embed.embedding_dim, vocab.lowercase)
     words = len(vocab) - 2
     if not found:
-        raise DataError(f"model.pretrained_vectors={path!r}: none of the vocabulary's {words:,} words is in it "
-                        "(another language, or another tokenization?)")
+        raise DataError(
+            f"model.pretrained_vectors={path!r}: none of the vocabulary's {words:,} words is in it "
+            "(another language, or another tokenization?)"
+        )
     ids = torch.tensor(sorted(found))
     with torch.no_grad():
         embed.weight[ids] = torch.from_numpy(np.stack([found[i] for i in ids.tolist()])).to(embed.weight)
     coverage = len(found) / max(words, 1)
-    log.info(f"pretrained vectors cover {coverage:.1%} of the {words:,} words ({fmt}, {path}); "
-             "the others keep their random initialization")
+    log.info(
+        f"pretrained vectors cover {coverage:.1%} of the {words:,} words ({fmt}, {path}); "
+        "the others keep their random initialization"
+    )
     return coverage

@@ -6,7 +6,8 @@ types, so `bigmodel predict` encodes text exactly as training did.
 """
 
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from bigmodel.data.tokenizers import Tokenizer, tokenize, with_ngrams  # noqa: F401 (Tokenizer: imported from here too)
 
@@ -16,8 +17,15 @@ PAD, UNK = "<pad>", "<unk>"
 class Vocab:
     """Token <-> id. Id 0 is `<pad>`, id 1 is `<unk>`; the rest by descending training frequency."""
 
-    def __init__(self, tokens: list[str], *, tokenizer: Tokenizer | str = Tokenizer.whitespace,
-                 lowercase: bool = True, max_length: int | None = None, ngrams: int = 1) -> None:
+    def __init__(
+        self,
+        tokens: list[str],
+        *,
+        tokenizer: Tokenizer | str = Tokenizer.whitespace,
+        lowercase: bool = True,
+        max_length: int | None = None,
+        ngrams: int = 1,
+    ) -> None:
         if tokens[:2] != [PAD, UNK]:
             raise ValueError(f"a vocabulary starts with {PAD!r}, {UNK!r}; got {tokens[:2]}")
         self.itos = list(tokens)
@@ -27,19 +35,27 @@ class Vocab:
         self.pad_idx, self.unk_idx = 0, 1
 
     @classmethod
-    def build(cls, texts: Iterable[str], *, min_freq: int = 1, max_size: int | None = None,
-              tokenizer: Tokenizer | str = Tokenizer.whitespace, lowercase: bool = True,
-              max_length: int | None = None, ngrams: int = 1) -> "Vocab":
+    def build(
+        cls,
+        texts: Iterable[str],
+        *,
+        min_freq: int = 1,
+        max_size: int | None = None,
+        tokenizer: Tokenizer | str = Tokenizer.whitespace,
+        lowercase: bool = True,
+        max_length: int | None = None,
+        ngrams: int = 1,
+    ) -> "Vocab":
         """Tokens (and n-grams, when ngrams > 1) seen at least `min_freq` times, the `max_size` most
         frequent (ties broken alphabetically, so the same text always gives the same ids)."""
         tokenizer = Tokenizer(tokenizer)
         counts = Counter(tok for text in texts for tok in with_ngrams(tokenize(text, tokenizer, lowercase), ngrams))
-        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)),
-                      key=lambda t: (-counts[t], t))
+        kept = sorted(
+            (t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)), key=lambda t: (-counts[t], t)
+        )
         if max_size is not None:
             kept = kept[:max_size]
-        return cls([PAD, UNK, *kept], tokenizer=tokenizer, lowercase=lowercase, max_length=max_length,
-                   ngrams=ngrams)
+        return cls([PAD, UNK, *kept], tokenizer=tokenizer, lowercase=lowercase, max_length=max_length, ngrams=ngrams)
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -57,10 +73,20 @@ class Vocab:
         return [self.itos[i] for i in ids]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tokens": list(self.itos), "tokenizer": self.tokenizer.value, "lowercase": self.lowercase,
-                "max_length": self.max_length, "ngrams": self.ngrams}
+        return {
+            "tokens": list(self.itos),
+            "tokenizer": self.tokenizer.value,
+            "lowercase": self.lowercase,
+            "max_length": self.max_length,
+            "ngrams": self.ngrams,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "Vocab":
-        return cls(state["tokens"], tokenizer=state["tokenizer"], lowercase=state["lowercase"],
-                   max_length=state["max_length"], ngrams=state.get("ngrams", 1))  # older checkpoints: 1
+        return cls(
+            state["tokens"],
+            tokenizer=state["tokenizer"],
+            lowercase=state["lowercase"],
+            max_length=state["max_length"],
+            ngrams=state.get("ngrams", 1),
+        )  # older checkpoints: 1

@@ -28,12 +28,19 @@ class ConvBlock(nn.Module):
 class CNN(nn.Module):
     """Image classifier: (B, C, H, W) -> (B, num_classes) logits."""
 
-    def __init__(self, num_classes: PositiveInt = 10, in_channels: PositiveInt = 3, stem_width: PositiveInt = 32,
-                 widths: Sequence[PositiveInt] = (64, 128, 256), dropout: Fraction = 0.0,
-                 logit_scale: PositiveFloat = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: PositiveInt = 10,
+        in_channels: PositiveInt = 3,
+        stem_width: PositiveInt = 32,
+        widths: Sequence[PositiveInt] = (64, 128, 256),
+        dropout: Fraction = 0.0,
+        logit_scale: PositiveFloat = 1.0,
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(stem_width), nn.GELU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False), nn.BatchNorm2d(stem_width), nn.GELU()
+        )
         chans = [stem_width, *widths]
         self.blocks = nn.Sequential(*(ConvBlock(a, b) for a, b in zip(chans[:-1], chans[1:])))
         self.pool = nn.AdaptiveMaxPool2d(1)

@@ -17,10 +17,18 @@ class FastText(nn.Module):
     """hidden_size: 0 = the linear model of fastText; > 0 = one ReLU layer of that width before the head.
     pretrained_vectors / freeze_embeddings: as for LSTMClassifier (vectors of embed_dim)."""
 
-    def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
-                 embed_dim: PositiveInt = 100, hidden_size: NonNegativeInt = 0, dropout: Fraction = 0.0,
-                 word_dropout: Fraction = 0.0, pretrained_vectors: str | None = None,
-                 freeze_embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: PositiveInt,
+        num_classes: PositiveInt,
+        pad_idx: NonNegativeInt = 0,
+        embed_dim: PositiveInt = 100,
+        hidden_size: NonNegativeInt = 0,
+        dropout: Fraction = 0.0,
+        word_dropout: Fraction = 0.0,
+        pretrained_vectors: str | None = None,
+        freeze_embeddings: bool = False,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_idx)
         small_embedding_init(self.embed)

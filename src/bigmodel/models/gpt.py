@@ -64,8 +64,9 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
         if cache is None:  # training: the whole block at once
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )  # (B, nh, T, hs)
         else:
             y = self.cached_attention(q, k, v, cache)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # heads side by side again: (B, T, C)
@@ -102,8 +103,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """x + attn(LN(x)), then x + mlp(LN(x)): the residual stream itself is never normalized."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, gelu: str = "none",
-                 norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self, n_embd: int, n_head: int, dropout: float, bias: bool, gelu: str = "none", norm_eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(n_embd, eps=norm_eps, bias=bias)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
@@ -123,11 +125,20 @@ class GPT(nn.Module):
     width) and the weights of the Hugging Face GPT-2 checkpoint in DIR (see bigmodel.models.gpt2);
     `saved_args` then holds the arguments that rebuild this architecture without DIR."""
 
-    def __init__(self, vocab_size: PositiveInt, block_size: PositiveInt = 256, n_layer: PositiveInt = 6,
-                 n_head: PositiveInt = 6, n_embd: Annotated[int, Range(ge=1), MultipleOf("n_head")] = 384,
-                 dropout: Fraction = 0.0, bias: bool = True, gelu: Literal["none", "tanh"] = "none",
-                 norm_eps: PositiveFloat = 1e-5, init_from: str | None = None,
-                 pretrained_path: str | None = None) -> None:
+    def __init__(
+        self,
+        vocab_size: PositiveInt,
+        block_size: PositiveInt = 256,
+        n_layer: PositiveInt = 6,
+        n_head: PositiveInt = 6,
+        n_embd: Annotated[int, Range(ge=1), MultipleOf("n_head")] = 384,
+        dropout: Fraction = 0.0,
+        bias: bool = True,
+        gelu: Literal["none", "tanh"] = "none",
+        norm_eps: PositiveFloat = 1e-5,
+        init_from: str | None = None,
+        pretrained_path: str | None = None,
+    ) -> None:
         super().__init__()
         self.saved_args: dict = {}
         if init_from is not None:
@@ -136,9 +147,18 @@ class GPT(nn.Module):
 
             arch = gpt2.architecture(init_from, pretrained_path, vocab_size, block_size)
             n_layer, n_head, n_embd, bias, gelu, norm_eps = (
-                arch[k] for k in ("n_layer", "n_head", "n_embd", "bias", "gelu", "norm_eps"))
-            self.saved_args = {"init_from": None, "pretrained_path": None, "n_layer": n_layer, "n_head": n_head,
-                               "n_embd": n_embd, "bias": bias, "gelu": gelu, "norm_eps": norm_eps}
+                arch[k] for k in ("n_layer", "n_head", "n_embd", "bias", "gelu", "norm_eps")
+            )
+            self.saved_args = {
+                "init_from": None,
+                "pretrained_path": None,
+                "n_layer": n_layer,
+                "n_head": n_head,
+                "n_embd": n_embd,
+                "bias": bias,
+                "gelu": gelu,
+                "norm_eps": norm_eps,
+            }
         self.vocab_size, self.block_size = vocab_size, block_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
@@ -198,9 +218,18 @@ class GPT(nn.Module):
         return [LayerCache(self.block_size) for _ in self.blocks]
 
     @torch.no_grad()
-    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-               top_k: int | None = None, generator: torch.Generator | None = None, *, top_p: float = 1.0,
-               repetition_penalty: float = 1.0, use_cache: bool = True) -> Iterator[torch.Tensor]:
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
         """Yields the next token (B, 1) max_new_tokens times, continuing idx (B, T).
 
         See bigmodel.models.sampling.next_token for temperature (0 = always the most likely token),
@@ -221,14 +250,28 @@ class GPT(nn.Module):
                     cache = self.new_cache()
                 logits = self(idx[:, read:], last_only=True, cache=cache)
                 read = idx.shape[1]
-            nxt = next_token(logits[:, -1, :], idx, temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty, generator=generator)  # (B, 1)
+            nxt = next_token(
+                logits[:, -1, :],
+                idx,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+                generator=generator,
+            )  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
             yield nxt
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None, **options) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> torch.Tensor:
         """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens);
         `options` are stream()'s keyword options (top_p, repetition_penalty, use_cache)."""
         new = list(self.stream(idx, max_new_tokens, temperature, top_k, generator, **options))

@@ -16,15 +16,23 @@ from bigmodel.config import ConfigError
 
 log = logging.getLogger("bigmodel")
 SIZES = {"gpt2": None, "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280), "gpt2-xl": (48, 1600)}
-WHERE = ("a folder with a Hugging Face GPT-2 checkpoint (config.json and model.safetensors or "
-         "pytorch_model.bin); nothing is downloaded at run time: get one with `hf download "
-         "openai-community/gpt2 config.json model.safetensors vocab.json --local-dir DIR` (or gpt2-medium, "
-         "-large, -xl), or "
-         "GPT2LMHeadModel.from_pretrained('gpt2').save_pretrained(DIR)")
+WHERE = (
+    "a folder with a Hugging Face GPT-2 checkpoint (config.json and model.safetensors or "
+    "pytorch_model.bin); nothing is downloaded at run time: get one with `hf download "
+    "openai-community/gpt2 config.json model.safetensors vocab.json --local-dir DIR` (or gpt2-medium, "
+    "-large, -xl), or "
+    "GPT2LMHeadModel.from_pretrained('gpt2').save_pretrained(DIR)"
+)
 GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # config.json activation -> GPT's gelu
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-RENAME = {"ln_1": "ln1", "ln_2": "ln2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
-          "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
+RENAME = {
+    "ln_1": "ln1",
+    "ln_2": "ln2",
+    "attn.c_attn": "attn.qkv",
+    "attn.c_proj": "attn.proj",
+    "mlp.c_fc": "mlp.up",
+    "mlp.c_proj": "mlp.down",
+}
 
 
 def read_config(path: str | Path | None, init_from: str = "gpt2", key: str = "model.pretrained_path") -> dict:
@@ -38,18 +46,31 @@ def read_config(path: str | Path | None, init_from: str = "gpt2", key: str = "mo
         raise ConfigError(f"{key}={str(path)!r} has no config.json: it should be {WHERE}")
     try:
         hf = json.loads(file.read_text(encoding="utf-8"))
-        args = {"vocab_size": int(hf["vocab_size"]), "block_size": int(hf["n_positions"]),
-                "n_layer": int(hf["n_layer"]), "n_head": int(hf["n_head"]), "n_embd": int(hf["n_embd"]),
-                "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5))}
+        args = {
+            "vocab_size": int(hf["vocab_size"]),
+            "block_size": int(hf["n_positions"]),
+            "n_layer": int(hf["n_layer"]),
+            "n_head": int(hf["n_head"]),
+            "n_embd": int(hf["n_embd"]),
+            "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
+        }
         activation = hf.get("activation_function", "gelu_new")
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{file}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
-    if hf.get("model_type", "gpt2") != "gpt2" or activation not in GELU or hf.get("n_inner") not in (None, 4 * args["n_embd"]):
-        raise ConfigError(f"{file}: model_type {hf.get('model_type')!r}, activation {activation!r}, n_inner "
-                          f"{hf.get('n_inner')!r}: only GPT-2 (gelu_new, n_inner null) checkpoints load")
+    if (
+        hf.get("model_type", "gpt2") != "gpt2"
+        or activation not in GELU
+        or hf.get("n_inner") not in (None, 4 * args["n_embd"])
+    ):
+        raise ConfigError(
+            f"{file}: model_type {hf.get('model_type')!r}, activation {activation!r}, n_inner "
+            f"{hf.get('n_inner')!r}: only GPT-2 (gelu_new, n_inner null) checkpoints load"
+        )
     if SIZES[init_from] and SIZES[init_from] != (args["n_layer"], args["n_embd"]):
-        raise ConfigError(f"model.init_from={init_from}, but {file} describes {args['n_layer']} layers of "
-                          f"width {args['n_embd']}: point model.pretrained_path at a {init_from} folder")
+        raise ConfigError(
+            f"model.init_from={init_from}, but {file} describes {args['n_layer']} layers of "
+            f"width {args['n_embd']}: point model.pretrained_path at a {init_from} folder"
+        )
     return args | {"gelu": GELU[activation]}
 
 
@@ -60,8 +81,10 @@ def read_weights(path: str | Path, key: str = "model.pretrained_path") -> dict[s
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise ConfigError("reading model.safetensors needs the safetensors package: "
-                              "pip install 'bigmodel[gpt2]' (or pip install safetensors)") from None
+            raise ConfigError(
+                "reading model.safetensors needs the safetensors package: "
+                "pip install 'bigmodel[gpt2]' (or pip install safetensors)"
+            ) from None
         try:
             return load_file(str(folder / "model.safetensors"))
         except Exception as e:  # truncated or not a safetensors file
@@ -70,10 +93,11 @@ def read_weights(path: str | Path, key: str = "model.pretrained_path") -> dict[s
         try:
             return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
         except Exception as e:  # a foreign pickle is refused by weights_only, without running it
-            raise ConfigError(f"{folder / 'pytorch_model.bin'}: not a tensors-only checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    raise ConfigError(f"{key}={str(path)!r} has neither model.safetensors nor pytorch_model.bin: "
-                      f"it should be {WHERE}")
+            raise ConfigError(
+                f"{folder / 'pytorch_model.bin'}: not a tensors-only checkpoint "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
+    raise ConfigError(f"{key}={str(path)!r} has neither model.safetensors nor pytorch_model.bin: it should be {WHERE}")
 
 
 def convert(hf: dict[str, torch.Tensor], block_size: int) -> dict[str, torch.Tensor]:
@@ -90,7 +114,7 @@ def convert(hf: dict[str, torch.Tensor], block_size: int) -> dict[str, torch.Ten
             if rest in ("attn.bias", "attn.masked_bias"):
                 continue  # the causal-mask buffers of older files
             for old, new in RENAME.items():
-                rest = new + rest[len(old):] if rest.startswith(old) else rest
+                rest = new + rest[len(old) :] if rest.startswith(old) else rest
             name = f"blocks.{layer}.{rest}"
         name = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight"}.get(name, name)
         state[name] = tensor.contiguous()
@@ -105,13 +129,19 @@ def architecture(init_from: str, path: str | Path | None, vocab_size: int, block
     """The GPT arguments for a GPT-2 checkpoint, checked against the data's vocabulary and block_size."""
     args = read_config(path, init_from)
     if vocab_size != args["vocab_size"]:
-        raise ConfigError(f"model.init_from={init_from}: the data's vocabulary has {vocab_size} tokens, the "
-                          f"checkpoint's {args['vocab_size']}; use data.tokenizer=bpe (GPT-2's BPE)")
+        raise ConfigError(
+            f"model.init_from={init_from}: the data's vocabulary has {vocab_size} tokens, the "
+            f"checkpoint's {args['vocab_size']}; use data.tokenizer=bpe (GPT-2's BPE)"
+        )
     if block_size > args["block_size"]:
-        raise ConfigError(f"model.block_size={block_size} is longer than the checkpoint's {args['block_size']} "
-                          f"positions; use model.block_size <= {args['block_size']}")
-    log.info(f"model.init_from={init_from}: {args['n_layer']} layers, {args['n_head']} heads, width "
-             f"{args['n_embd']}, block_size {block_size} of {args['block_size']} positions, from {path}")
+        raise ConfigError(
+            f"model.block_size={block_size} is longer than the checkpoint's {args['block_size']} "
+            f"positions; use model.block_size <= {args['block_size']}"
+        )
+    log.info(
+        f"model.init_from={init_from}: {args['n_layer']} layers, {args['n_head']} heads, width "
+        f"{args['n_embd']}, block_size {block_size} of {args['block_size']} positions, from {path}"
+    )
     return args | {"block_size": block_size, "bias": True}
 
 

@@ -49,16 +49,18 @@ def small_embedding_init(embed: nn.Embedding, std: float = 0.1) -> None:
 
 
 @torch.library.custom_op("bigmodel::packed_lstm", mutates_args=())
-def packed_lstm(x: torch.Tensor, lengths: torch.Tensor, weights: list[torch.Tensor], num_layers: int,
-                bidirectional: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_lstm(
+    x: torch.Tensor, lengths: torch.Tensor, weights: list[torch.Tensor], num_layers: int, bidirectional: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """An eval-mode nn.LSTM (batch_first, biases) over the packed texts of x (B, T, E), lengths >= 1:
     (outputs (B, T, dirs * H), zeros after each text's end; final hidden states (layers * dirs, B, H)).
     `weights`: the LSTM's parameters in `all_weights` order."""
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     dirs, hidden = (2 if bidirectional else 1), weights[1].shape[1]
     h0 = x.new_zeros(num_layers * dirs, x.shape[0], hidden)
-    out, h, _ = torch.lstm(packed.data, packed.batch_sizes, (h0, h0), weights, True, num_layers, 0.0, False,
-                           bidirectional)
+    out, h, _ = torch.lstm(
+        packed.data, packed.batch_sizes, (h0, h0), weights, True, num_layers, 0.0, False, bidirectional
+    )
     out, _ = pad_packed_sequence(packed._replace(data=out), batch_first=True, total_length=x.shape[1])
     return out, h[:, packed.unsorted_indices].contiguous()
 
@@ -79,11 +81,22 @@ class LSTMClassifier(nn.Module):
     vocabulary (the model has no vocabulary; a checkpoint already holds the vectors, so the file is
     not read again at eval or predict time). freeze_embeddings: the word vectors do not train."""
 
-    def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
-                 embed_dim: PositiveInt = 128, hidden_size: PositiveInt = 128, n_layer: PositiveInt = 1,
-                 bidirectional: bool = True, dropout: Fraction = 0.5, embed_dropout: Fraction = 0.0,
-                 word_dropout: Fraction = 0.0, pooling: Pooling | str = Pooling.max,
-                 pretrained_vectors: str | None = None, freeze_embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: PositiveInt,
+        num_classes: PositiveInt,
+        pad_idx: NonNegativeInt = 0,
+        embed_dim: PositiveInt = 128,
+        hidden_size: PositiveInt = 128,
+        n_layer: PositiveInt = 1,
+        bidirectional: bool = True,
+        dropout: Fraction = 0.5,
+        embed_dropout: Fraction = 0.0,
+        word_dropout: Fraction = 0.0,
+        pooling: Pooling | str = Pooling.max,
+        pretrained_vectors: str | None = None,
+        freeze_embeddings: bool = False,
+    ) -> None:
         super().__init__()
         self.pooling = Pooling(pooling)
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_idx)
@@ -93,8 +106,14 @@ class LSTMClassifier(nn.Module):
         self.word_dropout = WordDropout(word_dropout)
         self.embed_dropout = nn.Dropout(embed_dropout)
         # dropout between stacked LSTM layers (PyTorch applies it to every layer's output but the last)
-        self.lstm = nn.LSTM(embed_dim, hidden_size, n_layer, batch_first=True, bidirectional=bidirectional,
-                            dropout=dropout if n_layer > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            embed_dim,
+            hidden_size,
+            n_layer,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if n_layer > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
 

@@ -38,9 +38,16 @@ def keep_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
 
 
-def next_token(logits: torch.Tensor, previous: torch.Tensor, *, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def next_token(
+    logits: torch.Tensor,
+    previous: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(B, 1) next tokens from (B, V) logits; `previous` (B, T) is the text so far (for the penalty)."""
     logits = penalize_repeats(logits.float(), previous, repetition_penalty)
     if temperature <= 0:  # greedy: top-k and top-p cannot change the most likely token

@@ -7,10 +7,23 @@ from contextlib import nullcontext
 import torch
 
 
-def sample_text(model: torch.nn.Module, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float,
-                top_k: int | None, generator: torch.Generator, device: torch.device,
-                on_text: Callable[[str], None] | None = None, autocast=nullcontext, top_p: float = 1.0,
-                repetition_penalty: float = 1.0, stop: Sequence[str] = (), use_cache: bool = True) -> str:
+def sample_text(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator,
+    device: torch.device,
+    on_text: Callable[[str], None] | None = None,
+    autocast=nullcontext,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    stop: Sequence[str] = (),
+    use_cache: bool = True,
+) -> str:
     """The prompt and its continuation as text; `on_text` receives each new piece as it appears.
 
     Generation ends early at the first of the `stop` strings in the new text, which is cut before it;
@@ -24,8 +37,16 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str, *, max_new_token
     model.eval()
     try:
         with autocast():
-            tokens = model.stream(idx, max_new_tokens, temperature, top_k, generator,  # type: ignore[operator]
-                                  top_p=top_p, repetition_penalty=repetition_penalty, use_cache=use_cache)
+            tokens = model.stream(
+                idx,
+                max_new_tokens,
+                temperature,
+                top_k,
+                generator,  # type: ignore[operator]
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+                use_cache=use_cache,
+            )
             for tok in tokens:
                 new.append(int(tok[0, 0]))
                 text = tokenizer.decode(new)
@@ -35,10 +56,10 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str, *, max_new_token
                     break
                 ready = len(text) - hold
                 if on_text is not None and ready > len(shown) and not text[:ready].endswith("\ufffd"):
-                    on_text(text[len(shown):ready])  # whole UTF-8 characters only
+                    on_text(text[len(shown) : ready])  # whole UTF-8 characters only
                     shown = text[:ready]
     finally:
         model.train(was_training)
     if on_text is not None and len(text) > len(shown):
-        on_text(text[len(shown):])
+        on_text(text[len(shown) :])
     return (prompt if prompt else "") + text

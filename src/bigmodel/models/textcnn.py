@@ -22,8 +22,9 @@ from bigmodel.models.rnn import WordDropout, length_mask, small_embedding_init
 from bigmodel.ranges import Fraction, NonNegativeInt, PositiveInt
 
 
-def window_max(xt: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def window_max(
+    xt: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, masked: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The max of one wide convolution over the windows that touch a real token, and where it is:
     (B, C) each, for xt (B, E, T). masked=False skips the mask (only right when nothing is padding)."""
     w = weight.shape[2]
@@ -79,11 +80,20 @@ class TextCNN(nn.Module):
     """filter_widths / n_filters: one convolution of n_filters feature maps per width (Kim: 3, 4, 5 and
     100). pretrained_vectors / freeze_embeddings: as for LSTMClassifier (word vectors of embed_dim)."""
 
-    def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
-                 embed_dim: PositiveInt = 128, filter_widths: Sequence[PositiveInt] = (3, 4, 5),
-                 n_filters: PositiveInt = 100, dropout: Fraction = 0.5, embed_dropout: Fraction = 0.0,
-                 word_dropout: Fraction = 0.0, pretrained_vectors: str | None = None,
-                 freeze_embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: PositiveInt,
+        num_classes: PositiveInt,
+        pad_idx: NonNegativeInt = 0,
+        embed_dim: PositiveInt = 128,
+        filter_widths: Sequence[PositiveInt] = (3, 4, 5),
+        n_filters: PositiveInt = 100,
+        dropout: Fraction = 0.5,
+        embed_dropout: Fraction = 0.0,
+        word_dropout: Fraction = 0.0,
+        pretrained_vectors: str | None = None,
+        freeze_embeddings: bool = False,
+    ) -> None:
         super().__init__()
         self.filter_widths = [int(w) for w in filter_widths]
         if not self.filter_widths:

@@ -50,8 +50,9 @@ class SelfAttention(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
         # keep[:, None, None, :]: every query (padding too) attends to the real tokens only
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+        )
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -73,13 +74,24 @@ class Block(nn.Module):
 class TransformerClassifier(nn.Module):
     """pretrained_vectors / freeze_embeddings: as for LSTMClassifier (word vectors of hidden_size)."""
 
-    def __init__(self, vocab_size: PositiveInt, num_classes: PositiveInt, pad_idx: NonNegativeInt = 0,
-                 hidden_size: Annotated[int, Range(ge=1), MultipleOf("n_head")] = 128, n_layer: PositiveInt = 2,
-                 n_head: PositiveInt = 4,
-                 ffn_size: PositiveInt | None = None, dropout: Fraction = 0.1, embed_dropout: Fraction = 0.0,
-                 word_dropout: Fraction = 0.0, max_length: PositiveInt = 512,
-                 positions: Positions | str = Positions.learned, pooling: Pooling | str = Pooling.mean,
-                 pretrained_vectors: str | None = None, freeze_embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: PositiveInt,
+        num_classes: PositiveInt,
+        pad_idx: NonNegativeInt = 0,
+        hidden_size: Annotated[int, Range(ge=1), MultipleOf("n_head")] = 128,
+        n_layer: PositiveInt = 2,
+        n_head: PositiveInt = 4,
+        ffn_size: PositiveInt | None = None,
+        dropout: Fraction = 0.1,
+        embed_dropout: Fraction = 0.0,
+        word_dropout: Fraction = 0.0,
+        max_length: PositiveInt = 512,
+        positions: Positions | str = Positions.learned,
+        pooling: Pooling | str = Pooling.mean,
+        pretrained_vectors: str | None = None,
+        freeze_embeddings: bool = False,
+    ) -> None:
         super().__init__()
         self.positions, self.pooling, self.max_length = Positions(positions), Pooling(pooling), max_length
         self.embed = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_idx)
@@ -95,8 +107,9 @@ class TransformerClassifier(nn.Module):
             self.register_buffer("pos", sinusoids(n_pos, hidden_size) * 0.1 * math.sqrt(2), persistent=False)
         self.cls = nn.Parameter(torch.randn(1, 1, hidden_size) * 0.02) if self.pooling == Pooling.cls else None
         self.word_dropout, self.embed_dropout = WordDropout(word_dropout), nn.Dropout(embed_dropout)
-        self.blocks = nn.ModuleList(Block(hidden_size, n_head, ffn_size or 4 * hidden_size, dropout)
-                                    for _ in range(n_layer))
+        self.blocks = nn.ModuleList(
+            Block(hidden_size, n_head, ffn_size or 4 * hidden_size, dropout) for _ in range(n_layer)
+        )
         self.norm = nn.LayerNorm(hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, num_classes)

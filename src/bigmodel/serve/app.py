@@ -34,8 +34,17 @@ from bigmodel.serve.body import BodyLimit
 
 log = logging.getLogger("bigmodel")
 INLINE_BYTES = 64 * 1024  # images smaller than this decode on the event loop (a thread hop costs more)
-GENERATE_KEYS = {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
-                 "stop", "stream"}
+GENERATE_KEYS = {
+    "prompt",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "stream",
+}
 
 
 class Cancelled(Exception):
@@ -57,11 +66,11 @@ def json_inputs(body: dict, key: str, max_items: int) -> list[Any]:
     other = {"texts": "images", "images": "texts"}[key]
     unknown = sorted(set(body) - {key})
     if other in body:
-        raise RequestError(f"this model classifies {key}, not {other}: send {{\"{key}\": [...]}}")
+        raise RequestError(f'this model classifies {key}, not {other}: send {{"{key}": [...]}}')
     if unknown:
         raise RequestError(f"unknown field(s) {unknown}; valid: {key}")
     if key not in body:
-        raise RequestError(f"missing field {key!r}: send {{\"{key}\": [...]}}")
+        raise RequestError(f'missing field {key!r}: send {{"{key}": [...]}}')
     values = body[key]
     if not isinstance(values, list) or not values:
         raise RequestError(f"{key} must be a non-empty list")
@@ -86,8 +95,7 @@ async def upload_inputs(request: Request, max_items: int) -> list[bytes]:
     form = await request.form(max_files=max_items + 1, max_fields=max_items + 1)
     files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
-        raise RequestError("the upload holds no file: send images as multipart files, e.g. "
-                           "curl -F images=@cat.png")
+        raise RequestError("the upload holds no file: send images as multipart files, e.g. curl -F images=@cat.png")
     if len(files) > max_items:
         raise RequestError(f"the upload holds {len(files)} files; at most {max_items} (max_items)", status=413)
     return [await f.read() for f in files]
@@ -97,13 +105,21 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(backend: Backend, *, limits: Limits, max_batch_size: int, max_wait_ms: float,
-               max_body_bytes: int, serving: dict | None = None) -> FastAPI:
+def create_app(
+    backend: Backend,
+    *,
+    limits: Limits,
+    max_batch_size: int,
+    max_wait_ms: float,
+    max_body_bytes: int,
+    serving: dict | None = None,
+) -> FastAPI:
     """The app serving `backend`; `serving` (the server's settings) is shown by GET /v1/model."""
     executor = ThreadPoolExecutor(1, thread_name_prefix="model")  # one model call at a time
     classifier = not isinstance(backend, TextGenerator)
-    batcher = Batcher(backend.run if classifier else None, executor, max_batch_size=max_batch_size,
-                      max_wait_ms=max_wait_ms)
+    batcher = Batcher(
+        backend.run if classifier else None, executor, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms
+    )
     counts = {"generate": 0}
 
     @asynccontextmanager
@@ -147,7 +163,7 @@ def create_app(backend: Backend, *, limits: Limits, max_batch_size: int, max_wai
             raise RequestError("this server holds a text generation model: POST /v1/generate", status=404)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             if backend.input_key != "images":
-                raise RequestError("this model classifies texts: send JSON {\"texts\": [...]}", status=415)
+                raise RequestError('this model classifies texts: send JSON {"texts": [...]}', status=415)
             values = await upload_inputs(request, limits.max_items)
         else:
             values = json_inputs(await read_json(request), backend.input_key, limits.max_items)
@@ -169,8 +185,11 @@ def create_app(backend: Backend, *, limits: Limits, max_batch_size: int, max_wai
             raise RequestError(f"stream={body['stream']!r} is not valid: use true or false")
         counts["generate"] += 1
         if body.get("stream"):
-            return StreamingResponse(events(backend, executor, prompt, opts), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                events(backend, executor, prompt, opts),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         text = await asyncio.get_running_loop().run_in_executor(executor, backend.generate, prompt, opts)
         return {"text": text, "seed": opts["seed"]}
 

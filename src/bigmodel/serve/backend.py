@@ -58,8 +58,13 @@ class Classifier(Protocol):
 
 def labelled(probs: torch.Tensor, names: list[str]) -> list[dict]:
     """Per row of class probabilities (N, C): the most likely class name and every class's probability."""
-    return [{"label": names[max(range(len(row)), key=row.__getitem__)],
-             "probabilities": {n: round(p, 6) for n, p in zip(names, row)}} for row in probs.tolist()]
+    return [
+        {
+            "label": names[max(range(len(row)), key=row.__getitem__)],
+            "probabilities": {n: round(p, 6) for n, p in zip(names, row)},
+        }
+        for row in probs.tolist()
+    ]
 
 
 @dataclass
@@ -75,21 +80,35 @@ class Loaded:
 def from_checkpoint(restored: Restored) -> Loaded:
     monitor = OmegaConf.select(restored.config, "callbacks.model_checkpoint.monitor")
     best = (restored.callbacks.get("model_checkpoint") or {}).get("best")
-    info = {"checkpoint": restored.path, "model": restored.config.model.get("_target_"),
-            "parameters": sum(p.numel() for p in restored.model.parameters()),
-            "metrics": {monitor: best} if monitor and best is not None else {},
-            "progress": {k: restored.progress.get(k) for k in ("global_step", "epoch")},
-            "config": OmegaConf.to_container(restored.config, resolve=False)}
-    return Loaded(restored.model, dict(restored.data), info,
-                  bool(OmegaConf.select(restored.config, "trainer.channels_last", default=False)))
+    info = {
+        "checkpoint": restored.path,
+        "model": restored.config.model.get("_target_"),
+        "parameters": sum(p.numel() for p in restored.model.parameters()),
+        "metrics": {monitor: best} if monitor and best is not None else {},
+        "progress": {k: restored.progress.get(k) for k in ("global_step", "epoch")},
+        "config": OmegaConf.to_container(restored.config, resolve=False),
+    }
+    return Loaded(
+        restored.model,
+        dict(restored.data),
+        info,
+        bool(OmegaConf.select(restored.config, "trainer.channels_last", default=False)),
+    )
 
 
 def from_exported(exported: Any) -> Loaded:
     """An exported folder (bigmodel.exported.Exported), described by its bigmodel.json."""
     spec, source = exported.spec, exported.spec.get("source") or {}
-    info = {"model_path": str(exported.path), "format": exported.format, "model": spec.get("model_class"),
-            "parameters": None, "checkpoint": source.get("checkpoint"), "metrics": source.get("metrics") or {},
-            "progress": {k: source.get(k) for k in ("global_step", "epoch")}, "config": spec.get("config") or {}}
+    info = {
+        "model_path": str(exported.path),
+        "format": exported.format,
+        "model": spec.get("model_class"),
+        "parameters": None,
+        "checkpoint": source.get("checkpoint"),
+        "metrics": source.get("metrics") or {},
+        "progress": {k: source.get(k) for k in ("global_step", "epoch")},
+        "config": spec.get("config") or {},
+    }
     return Loaded(exported, dict(spec.get("data") or {}), info)
 
 
@@ -105,8 +124,10 @@ class TextClassifier:
         if not isinstance(value, str):
             raise RequestError(f"{where} is not a string")
         if len(value) > self.limits.max_text_chars:
-            raise RequestError(f"{where} has {len(value)} characters; at most {self.limits.max_text_chars} "
-                               "(max_text_chars)", status=413)
+            raise RequestError(
+                f"{where} has {len(value)} characters; at most {self.limits.max_text_chars} (max_text_chars)",
+                status=413,
+            )
         if not value.strip():
             raise RequestError(f"{where} is empty: give the text to classify")
         return value
@@ -129,8 +150,14 @@ class ImageClassifier:
         self.memory_format = torch.channels_last if loaded.channels_last else torch.contiguous_format
         if loaded.channels_last:
             self.model.to(memory_format=self.memory_format)
-        self._info = {"task": self.task, "classes": self.names, "image_size": list(data["image_size"]),
-                      "mean": list(data["mean"]), "std": list(data["std"]), **loaded.info}
+        self._info = {
+            "task": self.task,
+            "classes": self.names,
+            "image_size": list(data["image_size"]),
+            "mean": list(data["mean"]),
+            "std": list(data["std"]),
+            **loaded.info,
+        }
 
     def prepare(self, value: Any, where: str) -> torch.Tensor:
         if not isinstance(value, (bytes, bytearray)):
@@ -138,8 +165,9 @@ class ImageClassifier:
         try:
             return decode_image(bytes(value), self.size, self.limits.max_image_pixels)
         except ImageRefused as e:
-            raise RequestError(f"{where} {e}" + ("" if e.too_large else "; send a PNG or JPEG"),
-                               status=413 if e.too_large else 422) from None
+            raise RequestError(
+                f"{where} {e}" + ("" if e.too_large else "; send a PNG or JPEG"), status=413 if e.too_large else 422
+            ) from None
 
     @torch.inference_mode()
     def run(self, items: list[torch.Tensor]) -> list[dict]:
@@ -160,12 +188,17 @@ class TextGenerator:
     def __init__(self, loaded: Loaded, device: torch.device, limits: Limits) -> None:
         where = loaded.info.get("model_path") or loaded.info.get("checkpoint")
         if not hasattr(loaded.model, "stream"):  # sampling reuses keys and values: the eager GPT's cache
-            raise checkpoint.CheckpointError(f"{where}: this model cannot generate text here; serve a GPT from "
-                                             "its checkpoint (ckpt_path=)")
+            raise checkpoint.CheckpointError(
+                f"{where}: this model cannot generate text here; serve a GPT from its checkpoint (ckpt_path=)"
+            )
         self.model, self.device, self.limits = loaded.model, device, limits
         self.tokenizer = tokenizer_from_state(loaded.data["tokenizer"])
-        self._info = {"task": self.task, "vocab_size": self.model.vocab_size,
-                      "block_size": getattr(self.model, "block_size", None), **loaded.info}
+        self._info = {
+            "task": self.task,
+            "vocab_size": self.model.vocab_size,
+            "block_size": getattr(self.model, "block_size", None),
+            **loaded.info,
+        }
 
     def options(self, request: dict) -> dict:
         """The sampling options of a request, each checked as `bigmodel generate` checks it; the seed
@@ -182,16 +215,20 @@ class TextGenerator:
         except ConfigError as e:
             raise RequestError(str(e)) from None
         if opts["max_new_tokens"] > self.limits.max_new_tokens:
-            raise RequestError(f"max_new_tokens={opts['max_new_tokens']} is more than this server allows: "
-                               f"at most {self.limits.max_new_tokens} (max_new_tokens)")
+            raise RequestError(
+                f"max_new_tokens={opts['max_new_tokens']} is more than this server allows: "
+                f"at most {self.limits.max_new_tokens} (max_new_tokens)"
+            )
         return opts
 
     def check_prompt(self, prompt: Any) -> str:
         if not isinstance(prompt, str):
             raise RequestError("prompt is not a string")
         if len(prompt) > self.limits.max_text_chars:
-            raise RequestError(f"prompt has {len(prompt)} characters; at most {self.limits.max_text_chars} "
-                               "(max_text_chars)", status=413)
+            raise RequestError(
+                f"prompt has {len(prompt)} characters; at most {self.limits.max_text_chars} (max_text_chars)",
+                status=413,
+            )
         try:
             self.tokenizer.encode(prompt)
         except DataError as e:
@@ -202,9 +239,10 @@ class TextGenerator:
         """The continuation of `prompt` (without it); `on_text` receives each new piece as it appears."""
         options = {k: v for k, v in opts.items() if k != "seed"}
         generator = torch.Generator(device=self.device).manual_seed(int(opts["seed"]))
-        text = sample_text(self.model, self.tokenizer, prompt, generator=generator, device=self.device,
-                           on_text=on_text, **options)
-        return text[len(prompt):]
+        text = sample_text(
+            self.model, self.tokenizer, prompt, generator=generator, device=self.device, on_text=on_text, **options
+        )
+        return text[len(prompt) :]
 
     def info(self) -> dict:
         return self._info
@@ -213,14 +251,17 @@ class TextGenerator:
 Backend = TextClassifier | ImageClassifier | TextGenerator
 
 
-def load_backend(ckpt_path: str | None, model_path: str | None, device: torch.device, limits: Limits,
-                 threads: int | None = None) -> Backend:
+def load_backend(
+    ckpt_path: str | None, model_path: str | None, device: torch.device, limits: Limits, threads: int | None = None
+) -> Backend:
     """The served model, from a `bigmodel train` checkpoint (ckpt_path, on `device`) or a folder written by
     `bigmodel export` (model_path, on the CPU with `threads` onnxruntime threads); which kind of model it
     is follows from the data state saved with it."""
     if (ckpt_path is None) == (model_path is None):
-        raise ConfigError("give exactly one of ckpt_path=PATH (a checkpoint from bigmodel train) or "
-                          "model_path=DIR (a folder written by bigmodel export)")
+        raise ConfigError(
+            "give exactly one of ckpt_path=PATH (a checkpoint from bigmodel train) or "
+            "model_path=DIR (a folder written by bigmodel export)"
+        )
     if model_path is not None:
         from bigmodel.exported import load_exported
 
@@ -234,5 +275,7 @@ def load_backend(ckpt_path: str | None, model_path: str | None, device: torch.de
         return TextClassifier(loaded, device, limits)
     if {"class_names", "mean", "std", "image_size"} <= data.keys():
         return ImageClassifier(loaded, device, limits)
-    raise checkpoint.CheckpointError(f"{ckpt_path or model_path!r}: its data state has none of a vocabulary, "
-                                     "an image size or a tokenizer, so there is no way to feed it requests")
+    raise checkpoint.CheckpointError(
+        f"{ckpt_path or model_path!r}: its data state has none of a vocabulary, "
+        "an image size or a tokenizer, so there is no way to feed it requests"
+    )

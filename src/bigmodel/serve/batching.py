@@ -27,8 +27,9 @@ class Batcher:
     """`await submit(items)` -> `run(items)`'s results for these items, computed in a batch with other
     requests' items. A request's own items always run together, even if more than max_batch_size."""
 
-    def __init__(self, run: Callable[[list[Any]], list[Any]], executor: Executor, *, max_batch_size: int,
-                 max_wait_ms: float) -> None:
+    def __init__(
+        self, run: Callable[[list[Any]], list[Any]], executor: Executor, *, max_batch_size: int, max_wait_ms: float
+    ) -> None:
         self.run, self.executor = run, executor
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.waiting: deque[Pending] = deque()
@@ -111,10 +112,15 @@ class Batcher:
 
     def stats(self) -> dict:
         calls = sum(self.batch_sizes.values())
-        return {"requests": self.requests, "batches": calls, "in_flight": self.in_flight,
-                "mean_batch_size": round(sum(k * v for k, v in self.batch_sizes.items()) / calls, 3) if calls else 0,
-                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait * 1000}
+        return {
+            "requests": self.requests,
+            "batches": calls,
+            "in_flight": self.in_flight,
+            "mean_batch_size": round(sum(k * v for k, v in self.batch_sizes.items()) / calls, 3) if calls else 0,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait * 1000,
+        }
 
 
 def _resolve(future: asyncio.Future) -> None:

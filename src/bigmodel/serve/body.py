@@ -42,9 +42,21 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def too_large(self, send: Send) -> None:
-        body = json.dumps({"error": f"the request body is larger than {self.max_bytes} bytes, the most this "
-                                    "server accepts (max_body_mb)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "error": f"the request body is larger than {self.max_bytes} bytes, the most this "
+                "server accepts (max_body_mb)"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

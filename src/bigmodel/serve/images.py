@@ -60,8 +60,9 @@ def _decode_pil(data: bytes, max_pixels: int) -> torch.Tensor:
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise ImageRefused(f"is {width}x{height} pixels; at most {max_pixels} pixels (max_image_pixels)",
-                           too_large=True)
+        raise ImageRefused(
+            f"is {width}x{height} pixels; at most {max_pixels} pixels (max_image_pixels)", too_large=True
+        )
 
 
 def decode_image(data: bytes, size: int, max_pixels: int) -> torch.Tensor:
