@@ -241,7 +241,7 @@ def no_sync(model: nn.Module, last_micro_batch: bool) -> Iterator[None]:
     reduced across processes only in the backward of a step's last micro-batch; the others add up
     locally. DDP: model.no_sync(); FSDP2: set_requires_gradient_sync (no reduce-scatter per
     micro-batch). A model in one process, or a compiled one around either, works the same."""
-    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    inner: Any = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     if last_micro_batch or not dist.is_initialized():
         yield
     elif hasattr(inner, "set_requires_gradient_sync"):  # FSDP2 (fully_shard)

@@ -8,6 +8,7 @@ so text is encoded exactly as in training. Each text prints as one line on stdou
 
 import csv
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,7 +47,12 @@ def load_exported_classifier(model_path: str) -> tuple[Exported, Vocab, list[str
 
 @torch.no_grad()
 def classify(
-    model: torch.nn.Module, vocab: Vocab, texts: list[str], *, batch_size: int = 256, device: torch.device | None = None
+    model: Callable[..., torch.Tensor],
+    vocab: Vocab,
+    texts: list[str],
+    *,
+    batch_size: int = 256,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Class probabilities (N, C) of `texts`, in their order (padding does not change them)."""
     device = device or torch.device("cpu")
@@ -86,6 +92,7 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     check_ranges(cfg, PredictConfig)
     if (cfg.text is None) == (cfg.input_file is None):
         raise DataError('give exactly one of text="..." or input_file=PATH')
+    model: Callable[..., torch.Tensor]
     if cfg.model_path is not None:  # an exported folder: runs on the CPU (onnxruntime / torch.export)
         model, vocab, names, device = *load_exported_classifier(cfg.model_path), torch.device("cpu")
     else:

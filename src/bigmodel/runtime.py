@@ -41,8 +41,8 @@ class Runtime:
         self.device = torch.device("cpu")  # until init()
         self.autocast_dtype = AUTOCAST_DTYPES.get(config.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=False)
-        self.model: nn.Module | None = None
-        self.wrapped: nn.Module | None = None  # what training and evaluation call: DDP/FSDP or the model
+        self.model: nn.Module  # set by setup()
+        self.wrapped: nn.Module  # what training and evaluation call: DDP/FSDP or the model
 
     def init(self) -> "Runtime":
         """The process-wide set-up, in one explicit call (idempotent for the process group)."""
@@ -88,7 +88,7 @@ class Runtime:
         model, the loss and the counts are one compiled function (the logits never leave the graph);
         under DDP/FSDP the wrapped module is compiled and the loss runs beside it. Evaluation calls
         `wrapped` uncompiled: no recompiles for no_grad or a short last batch."""
-        model = self.wrapped
+        model: Callable = self.wrapped
         if self.config.compile and self.world_size > 1:
             model = torch.compile(model)
 
@@ -133,7 +133,8 @@ class Runtime:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return True
-        before = self.scaler._scale.clone()  # on the device: get_scale() would wait for the backward
+        scale: Any = self.scaler._scale  # a tensor once the scaler has scaled a loss
+        before = scale.clone()  # on the device: get_scale() would wait for the backward
         self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -142,7 +143,7 @@ class Runtime:
     def back_off(self) -> None:
         """A step dropped for a non-finite loss: fp16 forgets its inf checks and halves the scale."""
         if self.scaler.is_enabled():
-            self.scaler.update(self.scaler._scale * 0.5)
+            self.scaler.update(self.scaler._scale * 0.5)  # type: ignore[operator]
 
     # ---------------------------------------------------------------- collectives
     def all_reduce_sum(self, tensors: list[torch.Tensor]) -> None:

@@ -56,7 +56,8 @@ class Trainer:
         self.model = self.runtime.setup(model, optimizer)
         self.window, self.throughput = Window(self.runtime), Throughput(self.runtime)
         self.global_step = self.epoch = self.batch_in_epoch = 0
-        self.should_stop, self.last_val_step, self.last_metrics = False, -1, {}
+        self.should_stop, self.last_val_step = False, -1
+        self.last_metrics: dict[str, float] = {}
         self.interrupted = False  # a signal stopped the run (should_stop alone may be early stopping)
         self.guard = NonFiniteGuard(config.on_nonfinite, self.window, self.print)
         self.scheduler_factory, self.scheduler, self.total_steps = scheduler, None, 0
@@ -80,7 +81,7 @@ class Trainer:
         )
 
     def _batches_per_epoch(self) -> int:
-        n = len(self._train_loader())
+        n = len(self._train_loader())  # type: ignore[arg-type]  # the data modules' loaders have a length
         return n if self.config.limit_train_batches < 0 else min(n, self.config.limit_train_batches)
 
     def _total_steps(self) -> int:
@@ -269,8 +270,9 @@ class Trainer:
         self.guard.check(self.global_step + 1, self.epoch)  # never validate or checkpoint NaN weights
         metrics = self.evaluate("val")
         self.last_val_step, self.last_metrics = self.global_step, metrics
-        if hasattr(self.scheduler, "monitor"):  # scheduler=plateau: before checkpoints save its state
-            self.scheduler.step(metrics[self.scheduler.monitor])
+        scheduler: Any = self.scheduler
+        if hasattr(scheduler, "monitor"):  # scheduler=plateau: before checkpoints save its state
+            scheduler.step(metrics[scheduler.monitor])
         self.print(
             f"epoch {self.epoch} step {self.global_step}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         )

@@ -117,11 +117,13 @@ class ImageBatches:
             return None
         s = self.sampler
         g = torch.Generator(self.device).manual_seed(_key(self.seed, s.epoch, s.rank))
+        assert self.augment is not None  # only called for augmented (training) batches
         return draw(self.augment, s.per_rank, g)[:, s.skip :]
 
     def _batch_draws(self, batch: int, n: int) -> torch.Tensor:
         s = self.sampler
         g = torch.Generator().manual_seed(_key(self.seed, s.epoch, batch, s.rank))  # ranks augment independently
+        assert self.augment is not None  # only called for augmented (training) batches
         return draw(self.augment, n, g)
 
     def __iter__(self):

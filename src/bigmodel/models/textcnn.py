@@ -118,7 +118,8 @@ class TextCNN(nn.Module):
         x = self.embed_dropout(self.word_dropout(self.embed(tokens))) * keep[..., None]  # (B, T, E)
         if torch.compiler.is_exporting():  # the same forward, as plain ops (always masked: no data-dependent branch)
             xt = x.transpose(1, 2)
-            feats = torch.cat([window_max(xt, lengths, c.weight, c.bias)[0] for c in self.convs], dim=1)
+            convs: list[nn.Conv1d] = list(self.convs)  # type: ignore[arg-type]
+            feats = torch.cat([window_max(xt, lengths, c.weight, c.bias)[0] for c in convs], dim=1)  # type: ignore[arg-type]
         else:
             params = [p for conv in self.convs for p in (conv.weight, conv.bias)]
             feats = _MaxOverTime.apply(x, lengths, max(self.filter_widths) - 1, *params)  # (B, C * widths)
