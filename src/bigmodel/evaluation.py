@@ -9,6 +9,7 @@ from torch import nn
 from bigmodel.config import TrainerConfig
 from bigmodel.data.errors import DataError
 from bigmodel.losses import ignore_index
+from bigmodel.metrics import Metrics
 from bigmodel.runtime import Runtime
 
 
@@ -23,7 +24,7 @@ def evaluate(
     model: nn.Module,
     loader: Iterable,
     loss_fn: Any,
-    metrics: Any,
+    metrics: Metrics,
     limit: int = -1,
     split: str = "val",
 ) -> dict[str, float]:
@@ -61,7 +62,7 @@ def evaluate_split(
     datamodule: Any,
     split: str,
     loss_fn: Any,
-    metrics: Any,
+    metrics: Metrics,
     limit: int,
     logger: Any,
     step: int,

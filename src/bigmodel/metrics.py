@@ -8,12 +8,31 @@ tensors without reading them back, so the train loop stays free of host syncs.
 """
 
 import math
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 PR_THRESHOLDS = 101  # PR curves: scores binned at 0.00, 0.01, ..., 1.00
 MAX_REPORTED_CLASSES = 100  # more classes: no confusion figure, no PR curves
+
+
+class Metrics(Protocol):
+    """What the Trainer and `bigmodel eval` need of a data module's metrics (no base class to inherit)."""
+
+    def reset(self) -> None: ...
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None: ...
+
+    def state(self) -> list[torch.Tensor]: ...  # summed across processes before compute()
+
+    def compute(self) -> dict[str, float]: ...
+
+    def report(self, logger: Any, prefix: str, step: int) -> None: ...
+
+    def train_counts(
+        self, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def train_counts(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:

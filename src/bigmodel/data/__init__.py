@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import torch
 
+from bigmodel.metrics import Metrics
+
 
 class DataModule(Protocol):
     def setup(self) -> None: ...
@@ -39,6 +41,6 @@ class DataModule(Protocol):
         device: torch.device | None = None,
     ) -> Iterable[tuple[Any, torch.Tensor]]: ...
 
-    def metrics(self) -> Any: ...
+    def metrics(self) -> Metrics: ...
 
     def state_dict(self) -> dict[str, Any]: ...
