@@ -82,7 +82,8 @@ class Predictions:
         trainer.logger.log_image("val/predictions", prediction_grid(x, true, pred), trainer.global_step)
 
     def _misclassified(self, trainer, loader, class_names: list[str]) -> None:
-        vocab, found, seen, wrong = trainer.datamodule.vocab, [], 0, 0
+        found: list[str] = []
+        vocab, seen, wrong = trainer.datamodule.vocab, 0, 0
         for batch in islice(loader, self.max_batches):
             args, targets, probs = self._predict(trainer, batch)
             if targets.dim() != 1:

@@ -18,7 +18,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -82,6 +82,7 @@ def write_model(
             optimize=True,
             verbose=False,
         )
+        assert program is not None  # dynamo=True always returns an ONNXProgram
         if any(node.op_type == "LSTM" for node in program.model.graph):
             import onnxscript.optimizer
 
@@ -151,7 +152,7 @@ def export_model(
     spec = describe(
         fmt,
         restored.data,
-        OmegaConf.to_container(restored.config, resolve=True),
+        cast(dict[str, Any], OmegaConf.to_container(restored.config, resolve=True)),
         restored.model,
         restored.model_args,
         source_info(restored),

@@ -27,7 +27,7 @@ derived from an export (an int8 model, say) may name another model_file and add 
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ def describe(
     if task == "text_classification":
         spec["max_length"] = getattr(model, "max_length", None)  # tokens a text is cut to (Transformer)
     if task == "language_model":
-        spec["block_size"] = int(model.block_size)  # longest input the positions cover
+        spec["block_size"] = int(cast(int, model.block_size))  # longest input the positions cover
     return spec
 
 
@@ -152,7 +152,7 @@ class Exported:
         return (x - mean) / std
 
 
-def _onnx_runner(file: Path, inputs: list[dict], threads: int | None):
+def _onnx_runner(file: Path, inputs: list[dict], threads: int | None) -> "_OnnxRun":
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -162,32 +162,42 @@ def _onnx_runner(file: Path, inputs: list[dict], threads: int | None):
         session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  onnxruntime raises its own types for a file that is not a model
         raise ExportError(f"{file}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    return _OnnxRun(session, inputs)
 
-    def run(values):
+
+class _OnnxRun:
+    """Runs an onnxruntime `session` on values fed as the spec's `inputs` (names and dtypes)."""
+
+    def __init__(self, session: Any, inputs: list[dict]) -> None:
+        self.session, self.inputs = session, inputs
+
+    def __call__(self, values: Any) -> torch.Tensor:
         feed = {
             i["name"]: np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=i["dtype"])
-            for i, x in zip(inputs, values)
+            for i, x in zip(self.inputs, values)
         }
-        return torch.from_numpy(session.run(None, feed)[0])
-
-    run.session = session
-    return run
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
 
-def _pt2_runner(file: Path):
+def _pt2_runner(file: Path) -> "_Pt2Run":
     import bigmodel.models.rnn  # noqa: F401  (a .pt2 of an LSTM calls torch.ops.bigmodel.packed_lstm)
 
     try:
         module = torch.export.load(str(file)).module()
     except Exception as e:  # noqa: BLE001  a truncated or foreign file: torch raises zip, pickle or runtime errors
         raise ExportError(f"{file}: not a loadable .pt2 program ({str(e).splitlines()[0][:200]})") from None
+    return _Pt2Run(module)
+
+
+class _Pt2Run:
+    """Runs the module of a loaded .pt2 program, without autograd."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
 
     @torch.no_grad()
-    def run(inputs):
-        return module(*(torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x for x in inputs)).float()
-
-    run.module = module
-    return run
+    def __call__(self, inputs: Any) -> torch.Tensor:
+        return self.module(*(torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x for x in inputs)).float()
 
 
 def read_spec(path: str | Path) -> dict[str, Any]:

@@ -52,13 +52,18 @@ class TensorBoardLogger:
         self.save_dir = os.path.join(save_dir, subdir) if subdir else save_dir
         self.writer = SummaryWriter(log_dir=self.save_dir)
 
+    def _file_writer(self) -> Any:
+        writer = self.writer.file_writer
+        assert writer is not None, "the logger is closed"
+        return writer
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, step)
 
     def log_hparams(self, hparams: dict[str, Any], metrics: list[str], shown: list[str]) -> None:
         for summary in hp.summaries(hparams, metrics, shown):
-            self.writer.file_writer.add_summary(summary)
+            self._file_writer().add_summary(summary)
 
     def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
         self.writer.add_image(tag, image, step)
@@ -78,7 +83,7 @@ class TensorBoardLogger:
         )
         md = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
         # written under `tag` itself (SummaryWriter.add_text would append "/text_summary")
-        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=md, tensor=tensor)]), step)
+        self._file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, metadata=md, tensor=tensor)]), step)
 
     def log_pr_curve(
         self, tag: str, tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor, step: int

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from bigmodel.serve.backend import Backend, Limits, RequestError, TextGenerator
+from bigmodel.serve.backend import Backend, Classifier, Limits, RequestError, TextGenerator
 from bigmodel.serve.batching import Batcher
 from bigmodel.serve.body import BodyLimit
 
@@ -116,9 +116,13 @@ def create_app(
 ) -> FastAPI:
     """The app serving `backend`; `serving` (the server's settings) is shown by GET /v1/model."""
     executor = ThreadPoolExecutor(1, thread_name_prefix="model")  # one model call at a time
-    classifier = not isinstance(backend, TextGenerator)
+    generator = backend if isinstance(backend, TextGenerator) else None
+    classifier: Classifier | None = None if isinstance(backend, TextGenerator) else backend
     batcher = Batcher(
-        backend.run if classifier else None, executor, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms
+        classifier.run if classifier is not None else None,
+        executor,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
     )
     counts = {"generate": 0}
 
@@ -155,42 +159,42 @@ def create_app(
 
     @app.get("/v1/stats")
     async def stats() -> dict:
-        return {**batcher.stats(), **counts} if classifier else counts
+        return {**batcher.stats(), **counts} if classifier is not None else counts
 
-    @app.post("/v1/predict")
-    async def predict(request: Request) -> dict:
-        if not classifier:
+    @app.post("/v1/predict", response_model=dict)
+    async def predict(request: Request) -> JSONResponse:
+        if classifier is None:
             raise RequestError("this server holds a text generation model: POST /v1/generate", status=404)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            if backend.input_key != "images":
+            if classifier.input_key != "images":
                 raise RequestError('this model classifies texts: send JSON {"texts": [...]}', status=415)
             values = await upload_inputs(request, limits.max_items)
         else:
-            values = json_inputs(await read_json(request), backend.input_key, limits.max_items)
-        where = backend.input_key
-        prepare = lambda: [backend.prepare(v, f"{where}[{i}]") for i, v in enumerate(values)]
+            values = json_inputs(await read_json(request), classifier.input_key, limits.max_items)
+        where = classifier.input_key
+        prepare = lambda: [classifier.prepare(v, f"{where}[{i}]") for i, v in enumerate(values)]
         large = where == "images" and sum(map(len, values)) > INLINE_BYTES
         items = await run_in_threadpool(prepare) if large else prepare()  # large images decode off the loop
         return JSONResponse({"predictions": await batcher.submit(items)})
 
     @app.post("/v1/generate")
     async def generate(request: Request):
-        if classifier:
+        if generator is None:
             raise RequestError(f"this server holds a classifier ({backend.task}): POST /v1/predict", status=404)
         body = await read_json(request)
         if unknown := sorted(set(body) - GENERATE_KEYS):
             raise RequestError(f"unknown field(s) {unknown}; valid: {sorted(GENERATE_KEYS)}")
-        prompt, opts = backend.check_prompt(body.get("prompt", "")), backend.options(body)
+        prompt, opts = generator.check_prompt(body.get("prompt", "")), generator.options(body)
         if not isinstance(body.get("stream", False), bool):
             raise RequestError(f"stream={body['stream']!r} is not valid: use true or false")
         counts["generate"] += 1
         if body.get("stream"):
             return StreamingResponse(
-                events(backend, executor, prompt, opts),
+                events(generator, executor, prompt, opts),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        text = await asyncio.get_running_loop().run_in_executor(executor, backend.generate, prompt, opts)
+        text = await asyncio.get_running_loop().run_in_executor(executor, generator.generate, prompt, opts)
         return {"text": text, "seed": opts["seed"]}
 
     return app
@@ -203,7 +207,8 @@ def sse(data: dict, event: str | None = None) -> str:
 async def events(backend: TextGenerator, executor: ThreadPoolExecutor, prompt: str, opts: dict):
     """Server-sent events: `data: {"text": piece}` as tokens appear, then `event: done` with the whole
     continuation (or `event: error`). A client that disconnects stops the generation."""
-    loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
     gone = threading.Event()
 
     def on_text(piece: str) -> None:

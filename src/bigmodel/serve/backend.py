@@ -203,7 +203,7 @@ class TextGenerator:
     def options(self, request: dict) -> dict:
         """The sampling options of a request, each checked as `bigmodel generate` checks it; the seed
         (drawn when not given) is returned too, so a sample can be reproduced."""
-        opts = {k: request.get(k, v) for k, v in {**SAMPLING, "max_new_tokens": 100}.items()}
+        opts: dict[str, Any] = {k: request.get(k, v) for k, v in {**SAMPLING, "max_new_tokens": 100}.items()}
         opts["seed"] = secrets.randbits(31) if request.get("seed") is None else request["seed"]
         try:
             for key in RANGES.keys() & opts.keys():
@@ -267,6 +267,7 @@ def load_backend(
 
         loaded, device = from_exported(load_exported(model_path, threads=threads)), torch.device("cpu")
     else:
+        assert ckpt_path is not None  # exactly one of the two is given (checked above)
         loaded = from_checkpoint(restore_model(ckpt_path, device))
     data = loaded.data
     if "tokenizer" in data:

@@ -25,10 +25,16 @@ class Pending:
 
 class Batcher:
     """`await submit(items)` -> `run(items)`'s results for these items, computed in a batch with other
-    requests' items. A request's own items always run together, even if more than max_batch_size."""
+    requests' items. A request's own items always run together, even if more than max_batch_size.
+    `run=None`: a server with nothing to batch (a text generator), whose requests never submit."""
 
     def __init__(
-        self, run: Callable[[list[Any]], list[Any]], executor: Executor, *, max_batch_size: int, max_wait_ms: float
+        self,
+        run: Callable[[list[Any]], list[Any]] | None,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
     ) -> None:
         self.run, self.executor = run, executor
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
@@ -81,7 +87,8 @@ class Batcher:
         left = self.waiting[0].arrived + self.max_wait - asyncio.get_running_loop().time()
         if left > 0 and self.waiting_items < self.max_batch_size:
             await self._sleep(self.max_batch_size, left)
-        batch, size = [], 0
+        batch: list[Pending] = []
+        size = 0
         while self.waiting and (not batch or size + len(self.waiting[0].items) <= self.max_batch_size):
             batch.append(self.waiting.popleft())
             size += len(batch[-1].items)
@@ -96,6 +103,7 @@ class Batcher:
             if not items:
                 continue
             try:
+                assert self.run is not None, "this Batcher has no model to run (run=None)"
                 results = await loop.run_in_executor(self.executor, self.run, items)
             except Exception as e:  # the model failed: every request of the batch gets the error
                 for p in batch:
