@@ -24,7 +24,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel import checkpoint
 from bigmodel.config import ConfigError, require
 from bigmodel.data.errors import DataError
 from bigmodel.exported import (
@@ -118,14 +117,11 @@ def default_output_dir(ckpt_path: str, fmt: str) -> Path:
 
 def source_info(restored: Restored) -> dict[str, Any]:
     """Where the export came from: the checkpoint, its step and its best validation metric."""
-    ckpt = checkpoint.load(restored.path)
-    best = ((ckpt.get("callbacks") or {}).get("model_checkpoint") or {}).get("best")
-    monitor = OmegaConf.select(restored.config, "callbacks.model_checkpoint.monitor")
     return {
         "checkpoint": str(Path(restored.path).resolve()),
         "global_step": restored.progress.get("global_step"),
         "epoch": restored.progress.get("epoch"),
-        "metrics": {monitor: best} if monitor and best is not None else {},
+        "metrics": restored.best_metric(),
     }
 
 

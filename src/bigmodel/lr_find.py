@@ -25,11 +25,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bigmodel import distributed
 from bigmodel.config import ConfigError, NonFinite, check_targets
 from bigmodel.config import resolved as resolved_config
 from bigmodel.optim import make_optimizer
-from bigmodel.runtime import resolve_device
+from bigmodel.runtime import Runtime
 from bigmodel.train import build, build_logger, output_dir, seed_everything, trainer_config
 from bigmodel.trainer import Trainer
 
@@ -141,9 +140,11 @@ def lr_find(cfg: DictConfig) -> float:
         on_nonfinite=NonFinite.stop,
     )
     check_targets(resolved)
+    runtime = Runtime(config).init()  # as `bigmodel train`: one Runtime, shared with the Trainer
     datamodule, model, _, _ = build(cfg, resolved)  # as `bigmodel train` starts (init_from, vectors)
-    device = resolve_device(config.device, distributed.info()[2])  # where the Trainer puts the model
-    optimizer = make_optimizer(instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0), device)
+    optimizer = make_optimizer(
+        instantiate(cfg.optimizer), model, cfg.optimizer.get("weight_decay", 0.0), runtime.device
+    )
     sweep = LRSweep(opts.min_lr, opts.max_lr, opts.num_steps, opts.beta, opts.diverge)
     logger = build_logger(cfg, True)
     trainer = Trainer(
@@ -156,6 +157,7 @@ def lr_find(cfg: DictConfig) -> float:
         logger=logger,
         callbacks={"lr_sweep": sweep},
         output_dir=output_dir(cfg),
+        runtime=runtime,
     )
     try:
         trainer.fit()

@@ -28,7 +28,7 @@ from bigmodel import checkpoint
 from bigmodel.checkpoint import CheckpointError
 from bigmodel.config import ConfigError, PathsConfig, require
 from bigmodel.prune_channels import prune_channels
-from bigmodel.restore import restore_model
+from bigmodel.restore import Restored, restore_model
 
 log = logging.getLogger("bigmodel")
 
@@ -128,15 +128,18 @@ def output_path(cfg: DictConfig) -> Path:
 
 
 def pruned_checkpoint(
-    ckpt: dict[str, Any], model: nn.Module, record: dict[str, Any], model_config: dict[str, Any]
+    restored: Restored, model: nn.Module, record: dict[str, Any], model_config: dict[str, Any]
 ) -> dict[str, Any]:
     """The training checkpoint with the pruned weights, the (maybe smaller) model config and a record
     of the pruning. The optimizer state is dropped: a pruned model starts a new run (init_from)."""
-    config = {**ckpt["config"], "model": model_config}
-    keep = ("format", "config", "model_args", "data", "progress")
+    config = OmegaConf.to_container(restored.config)  # saved resolved: the same plain dict
+    assert isinstance(config, dict)
     return {
-        **{k: ckpt[k] for k in keep if k in ckpt},
-        "config": config,
+        "format": checkpoint.FORMAT_VERSION,
+        "config": {**config, "model": model_config},
+        "model_args": restored.model_args,
+        "data": restored.data,
+        "progress": restored.progress,
         "model": model.state_dict(),
         "pruning": checkpoint.plain(record),
     }
@@ -148,7 +151,6 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
     out = output_path(cfg)
     restored = restore_model(cfg.ckpt_path, "cpu")
     model, amount = restored.model, float(cfg.amount)
-    ckpt = checkpoint.load(cfg.ckpt_path)
     original: dict[str, Any] = OmegaConf.to_container(restored.config.model, resolve=True)  # type: ignore[assignment]
     model_config = dict(original)
     before = sum(p.numel() for p in model.parameters())
@@ -168,7 +170,7 @@ def prune(cfg: DictConfig) -> dict[str, Any]:
         print("\n".join(lines))
     record["parameters"] = [before, after]
     out.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(pruned_checkpoint(ckpt, model, record, model_config), out)  # atomic: temp file, then rename
+    checkpoint.save(pruned_checkpoint(restored, model, record, model_config), out)  # atomic: temp file, then rename
     print(f"parameters: {before:,} -> {after:,}; wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     how = "the zeros stay zero" if names else "the smaller model"
     print(

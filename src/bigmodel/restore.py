@@ -25,6 +25,12 @@ class Restored:
     path: str
     callbacks: dict[str, Any] = field(default_factory=dict)  # their saved state: the best monitored value, ...
 
+    def best_metric(self) -> dict[str, float]:
+        """{monitored metric: its best value} as the run's model checkpoint recorded it; {} if none."""
+        monitor = OmegaConf.select(self.config, "callbacks.model_checkpoint.monitor")
+        best = (self.callbacks.get("model_checkpoint") or {}).get("best")
+        return {monitor: best} if monitor and best is not None else {}
+
 
 def restore_model(ckpt_path: str, device: torch.device | str = "cpu", needs: dict[str, str] | None = None) -> Restored:
     """The model a `bigmodel train` checkpoint holds, in eval mode on `device`. Loading never runs

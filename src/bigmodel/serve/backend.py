@@ -21,7 +21,8 @@ from bigmodel.data.errors import DataError
 from bigmodel.data.images import normalize
 from bigmodel.data.tokenizers import tokenizer_from_state
 from bigmodel.data.vocab import Vocab
-from bigmodel.generate import RANGES, check_option, check_top_k, sample_text, stop_strings
+from bigmodel.generate import RANGES, check_option, check_top_k, stop_strings
+from bigmodel.models.text_sample import sample_text
 from bigmodel.predict import classify
 from bigmodel.restore import Restored, restore_model
 from bigmodel.serve.images import ImageRefused, decode_image
@@ -78,13 +79,11 @@ class Loaded:
 
 
 def from_checkpoint(restored: Restored) -> Loaded:
-    monitor = OmegaConf.select(restored.config, "callbacks.model_checkpoint.monitor")
-    best = (restored.callbacks.get("model_checkpoint") or {}).get("best")
     info = {
         "checkpoint": restored.path,
         "model": restored.config.model.get("_target_"),
         "parameters": sum(p.numel() for p in restored.model.parameters()),
-        "metrics": {monitor: best} if monitor and best is not None else {},
+        "metrics": restored.best_metric(),
         "progress": {k: restored.progress.get(k) for k in ("global_step", "epoch")},
         "config": OmegaConf.to_container(restored.config, resolve=False),
     }
