@@ -35,20 +35,21 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_server(ckpt: str, batching: bool, args) -> tuple[subprocess.Popen, str]:
+def start_server(source: str, batching: bool, args) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [
         sys.executable,
         "-m",
         "bigmodel",
         "serve",
-        f"ckpt_path={ckpt}",
+        source,
         "host=127.0.0.1",
         "port=0",
         f"batching={str(batching).lower()}",
         f"max_batch_size={args.max_batch_size}",
         f"max_wait_ms={args.max_wait_ms}",
         f"num_threads={args.threads}",
+        f"precision={args.precision}",
         "device=cpu",
         f"paths.log_dir={args.log_dir}",
     ]
@@ -106,6 +107,16 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     return int(head[9:12])
 
 
+def run(coro):
+    """asyncio.run, on uvloop when it is installed (the deploy extra): a leaner loop for the load generator,
+    which shares the CPU with the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -137,9 +148,10 @@ async def load(
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         before = (await http.get("/v1/stats")).json()
-        cpu, start = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
+        cpu, start, own = cpu_seconds(pid) if pid else 0.0, time.perf_counter(), time.process_time()
         await asyncio.gather(*(client() for _ in range(clients)))
         wall, cpu = time.perf_counter() - start, (cpu_seconds(pid) - cpu if pid else 0.0)
+        own = time.process_time() - own
         after = (await http.get("/v1/stats")).json()
     calls = after["batches"] - before["batches"]
     return {
@@ -148,6 +160,7 @@ async def load(
         "rps": len(latencies) / wall,
         "batch": (after["requests"] - before["requests"]) / calls if calls else 0.0,
         "cpu_ms": 1000 * cpu / max(len(latencies), 1),
+        "client_ms": 1000 * own / max(len(latencies), 1),  # the load generator's own CPU time
     }
 
 
@@ -158,7 +171,7 @@ def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) 
     runs: dict[str, list[dict]] = {mode: [] for mode in servers}
     for _ in range(args.rounds):
         for mode, (url, requests, pid) in servers.items():
-            runs[mode].append(asyncio.run(load(url, requests, clients, args.requests, args.seconds, pid)))
+            runs[mode].append(run(load(url, requests, clients, args.requests, args.seconds, pid)))
     out = {}
     for mode, rows in runs.items():
         ms = sorted(x for r in rows for x in r["ms"])
@@ -170,12 +183,14 @@ def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) 
             "failed": sum(r["failed"] for r in rows),
             "batch": statistics.median(r["batch"] for r in rows),
             "cpu_ms": statistics.median(r["cpu_ms"] for r in rows),
+            "client_ms": statistics.median(r["client_ms"] for r in rows),
             "ratios": [b["rps"] / u["rps"] for b, u in zip(runs["batched"], runs["unbatched"])],
         }
         print(
             f"{mode:>9}  {clients:>3} clients  {len(ms):>5} requests  {out[mode]['rps']:7.1f} req/s  "
             f"p50 {out[mode]['p50']:6.1f} ms  p99 {out[mode]['p99']:6.1f} ms  mean batch {out[mode]['batch']:4.1f}  "
-            f"server CPU {out[mode]['cpu_ms']:.2f} ms/request  failed {out[mode]['failed']}",
+            f"server CPU {out[mode]['cpu_ms']:.2f} ms/request  load generator CPU {out[mode]['client_ms']:.2f} "
+            f"ms/request  failed {out[mode]['failed']}",
             flush=True,
         )
     return out
@@ -183,7 +198,9 @@ def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True, help="a classifier checkpoint from bigmodel train")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ckpt", help="a classifier checkpoint from bigmodel train")
+    what.add_argument("--model-path", help="an exported folder (bigmodel export / quantize) to serve instead")
     p.add_argument("--images", help="a folder of JPEG/PNG images to send (default: random 32x32 PNGs)")
     p.add_argument("--texts", help="a file of texts, one a line (for a text classifier)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -193,21 +210,23 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5)
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads (serve's default 1; 0 = torch's)")
+    p.add_argument("--precision", default="auto", help="the servers' precision: auto (as trained) | fp32 | bf16")
     p.add_argument("--log-dir", default="/tmp/bench_serve_logs")
     args = p.parse_args()
+    source = f"ckpt_path={args.ckpt}" if args.ckpt else f"model_path={args.model_path}"
     print(
-        f"# bench_serve: {args.ckpt}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"max_batch_size={args.max_batch_size} max_wait_ms={args.max_wait_ms}",
+        f"# bench_serve: {source}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"max_batch_size={args.max_batch_size} max_wait_ms={args.max_wait_ms} precision={args.precision}",
         flush=True,
     )
     procs, servers = [], {}
     try:
         for mode in ("batched", "unbatched"):
-            proc, url = start_server(args.ckpt, mode == "batched", args)
+            proc, url = start_server(source, mode == "batched", args)
             procs.append(proc)
             task = httpx.get(f"{url}/v1/model", timeout=60).json()["task"]
             servers[mode] = (url, raw_requests(url, payloads(task, args)), proc.pid)
-            asyncio.run(load(url, servers[mode][1], 4, 40, 10))  # warm-up
+            run(load(url, servers[mode][1], 4, 40, 10))  # warm-up
         table = {clients: level(servers, clients, args) for clients in args.clients}
     finally:
         for proc in procs:

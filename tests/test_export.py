@@ -55,6 +55,7 @@ TINY = {  # family -> train overrides of a tiny model trained for a few steps
         "data.epoch_blocks=8",
     ],
 }
+TINY["cnn_flip"] = [*TINY["cnn"], "model.flip_average=true"]  # one call on each image and its mirror
 
 
 def train_tiny(root, family: str):
@@ -100,7 +101,7 @@ def ckpts(tmp_path_factory):
 def uneven_inputs(restored, family: str):
     """A batch unlike the traced example (batch 2, length 8): 5 items, lengths 1 to 23 (the GPT: 16)."""
     g = torch.Generator().manual_seed(0)
-    if family == "cnn":
+    if family.startswith("cnn"):
         return (torch.randn(5, 3, 32, 32, generator=g),)
     vocab = restored.model_args["vocab_size"]
     if family == "gpt":

@@ -158,6 +158,25 @@ def test_image_predictions_match_the_model_and_concurrent_requests_are_batched(c
     assert sum(int(k) * v for k, v in stats["batch_sizes"].items()) == 8 and max(map(int, stats["batch_sizes"])) > 1
 
 
+def test_precision_follows_the_checkpoint_unless_set(ckpts, tmp_path):
+    ckpt = torch.load(ckpts["cnn"], weights_only=True)
+    ckpt["config"]["trainer"] = {"precision": "bf16"}  # a run trained (and validated) under bf16 autocast
+    save_atomic(ckpt, tmp_path / "bf16.pt")
+    cpu = torch.device("cpu")
+    as_trained_fp32 = load_backend(ckpts["cnn"], None, cpu, LIMITS)
+    as_trained_bf16 = load_backend(str(tmp_path / "bf16.pt"), None, cpu, LIMITS)
+    forced_bf16 = load_backend(ckpts["cnn"], None, cpu, LIMITS, precision="bf16")
+    forced_fp32 = load_backend(str(tmp_path / "bf16.pt"), None, cpu, LIMITS, precision="fp32")
+    assert as_trained_fp32.dtype is None and forced_fp32.dtype is None
+    assert as_trained_bf16.dtype == forced_bf16.dtype == torch.bfloat16
+    items = [as_trained_fp32.prepare(png(color=(9 * i, 200 - 9 * i, 50)), "x") for i in range(4)]
+    fp32, bf16 = as_trained_fp32.run(items), as_trained_bf16.run(items)
+    assert fp32 == forced_fp32.run(items) and bf16 == forced_bf16.run(items)
+    assert bf16 != fp32  # computed in bf16: the probabilities differ in their last digits ...
+    for a, b in zip(bf16, fp32):  # ... and only there
+        assert list(a["probabilities"].values()) == pytest.approx(list(b["probabilities"].values()), abs=0.02)
+
+
 def test_unbatched_serving_runs_one_request_per_model_call(ckpts):
     with running(ckpts["cnn"], max_batch_size=1) as (url, _, _):
         answers = asyncio.run(post_all(url, [{"images": [b64(png())]}] * 6))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bigmodel.checkpoint import CheckpointError
+from bigmodel.config import ConfigError
 from bigmodel.export import export_model
 from bigmodel.serve.backend import load_backend
 from test_export import train_tiny
@@ -22,6 +23,8 @@ def test_an_exported_folder_serves_the_checkpoints_predictions(tmp_path, family)
 
     ckpt = train_tiny(tmp_path, family)
     folder = export_model(str(ckpt), "onnx", tmp_path / "onnx")
+    with pytest.raises(ConfigError, match=r"precision=bf16 applies to a checkpoint \(ckpt_path=\)"):
+        load_backend(None, str(folder), torch.device("cpu"), LIMITS, precision="bf16")
     with running(str(ckpt)) as (url, _, _):
         want = httpx.post(f"{url}/v1/predict", json=BODIES[family]).json()["predictions"]
     with running(None, model_path=str(folder)) as (url, _, _):

@@ -43,6 +43,12 @@ class Device(Enum):
     cuda = "cuda"
 
 
+class ServePrecision(Enum):
+    auto = "auto"  # as the checkpoint trained: bf16 for a bf16 run, else fp32
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast to bfloat16 (CUDA, and CPUs with bf16 instructions: about 2x faster batches)
+
+
 class Precision(Enum):
     fp32 = 32  # also accepted as `32`
     fp16 = 16  # also accepted as `16`: autocast to float16 with a GradScaler (CUDA)
@@ -152,6 +158,7 @@ class ServeConfig:
     max_image_pixels: PositiveInt = 16777216
     max_new_tokens: PositiveInt = 1024
     device: Device = Device.auto
+    precision: ServePrecision = ServePrecision.auto
     num_threads: NonNegativeInt = 1
     access_log: bool = False
     graceful_timeout_s: NonNegativeInt = 60

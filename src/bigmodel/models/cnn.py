@@ -36,6 +36,7 @@ class CNN(nn.Module):
         widths: Sequence[PositiveInt] = (64, 128, 256),
         dropout: Fraction = 0.0,
         logit_scale: PositiveFloat = 1.0,
+        flip_average: bool = False,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -47,7 +48,16 @@ class CNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(chans[-1], num_classes, bias=False)
         self.logit_scale = logit_scale  # < 1 softens early logits; helps short schedules
+        # In eval mode, average the logits of each image and its mirror image (test-time augmentation
+        # for a model trained with random flips). Evaluation, export and serving all see the same model,
+        # at twice the inference cost.
+        self.flip_average = flip_average
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x))).flatten(1)  # (B, widths[-1])
         return self.head(self.dropout(x)) * self.logit_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_average and not self.training:  # one call on both: cheaper than two for small batches
+            return self.logits(torch.cat([x, x.flip(-1)])).unflatten(0, (2, -1)).mean(0)
+        return self.logits(x)

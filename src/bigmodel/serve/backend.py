@@ -76,6 +76,20 @@ class Loaded:
     data: dict[str, Any]  # the data module's saved state: class names, vocabulary, image settings, tokenizer
     info: dict[str, Any]  # for GET /v1/model: where it came from, its config and best validation metric
     channels_last: bool = False  # the run trained in channels_last (often faster for a CNN on CPU)
+    trained_bf16: bool = False  # the run trained (and validated) under bf16 autocast
+
+
+def inference_dtype(loaded: Loaded, precision: str) -> torch.dtype | None:
+    """The autocast dtype a classifier runs under (None: fp32): `precision` is serve's key (auto | fp32 |
+    bf16); auto follows the checkpoint, so the server computes as validation did. An exported model
+    runs as it was exported."""
+    if precision == "bf16" and loaded.info.get("model_path"):
+        raise ConfigError(
+            "precision=bf16 applies to a checkpoint (ckpt_path=); an exported model (model_path=) runs "
+            "as it was exported: use precision=auto or fp32"
+        )
+    bf16 = precision == "bf16" or (precision == "auto" and loaded.trained_bf16)
+    return torch.bfloat16 if bf16 else None
 
 
 def from_checkpoint(restored: Restored) -> Loaded:
@@ -92,6 +106,7 @@ def from_checkpoint(restored: Restored) -> Loaded:
         dict(restored.data),
         info,
         bool(OmegaConf.select(restored.config, "trainer.channels_last", default=False)),
+        str(OmegaConf.select(restored.config, "trainer.precision", default="32")) == "bf16",
     )
 
 
@@ -114,8 +129,8 @@ def from_exported(exported: Any) -> Loaded:
 class TextClassifier:
     task, input_key = "text-classification", "texts"
 
-    def __init__(self, loaded: Loaded, device: torch.device, limits: Limits) -> None:
-        self.model, self.device, self.limits = loaded.model, device, limits
+    def __init__(self, loaded: Loaded, device: torch.device, limits: Limits, dtype: torch.dtype | None = None) -> None:
+        self.model, self.device, self.limits, self.dtype = loaded.model, device, limits, dtype
         self.vocab, self.names = Vocab.from_state(loaded.data["vocab"]), list(loaded.data["class_names"])
         self._info = {"task": self.task, "classes": self.names, **loaded.info}
 
@@ -132,7 +147,8 @@ class TextClassifier:
         return value
 
     def run(self, items: list[str]) -> list[dict]:
-        return labelled(classify(self.model, self.vocab, items, device=self.device), self.names)
+        with torch.autocast(self.device.type, self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            return labelled(classify(self.model, self.vocab, items, device=self.device), self.names)
 
     def info(self) -> dict:
         return self._info
@@ -141,8 +157,8 @@ class TextClassifier:
 class ImageClassifier:
     task, input_key = "image-classification", "images"
 
-    def __init__(self, loaded: Loaded, device: torch.device, limits: Limits) -> None:
-        self.model, self.device, self.limits = loaded.model, device, limits
+    def __init__(self, loaded: Loaded, device: torch.device, limits: Limits, dtype: torch.dtype | None = None) -> None:
+        self.model, self.device, self.limits, self.dtype = loaded.model, device, limits, dtype
         data = loaded.data
         self.names, self.size = list(data["class_names"]), int(data["image_size"][0])
         self.mean, self.std = torch.tensor(data["mean"]), torch.tensor(data["std"])
@@ -172,7 +188,9 @@ class ImageClassifier:
     def run(self, items: list[torch.Tensor]) -> list[dict]:
         x = normalize(torch.stack(items), self.mean, self.std).to(self.device)  # (B, C, H, W)
         x = x.contiguous(memory_format=self.memory_format)
-        return labelled(self.model(x).float().softmax(-1).cpu(), self.names)
+        with torch.autocast(self.device.type, self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            logits = self.model(x)
+        return labelled(logits.float().softmax(-1).cpu(), self.names)
 
     def info(self) -> dict:
         return self._info
@@ -251,11 +269,17 @@ Backend = TextClassifier | ImageClassifier | TextGenerator
 
 
 def load_backend(
-    ckpt_path: str | None, model_path: str | None, device: torch.device, limits: Limits, threads: int | None = None
+    ckpt_path: str | None,
+    model_path: str | None,
+    device: torch.device,
+    limits: Limits,
+    threads: int | None = None,
+    precision: str = "auto",
 ) -> Backend:
     """The served model, from a `bigmodel train` checkpoint (ckpt_path, on `device`) or a folder written by
     `bigmodel export` (model_path, on the CPU with `threads` onnxruntime threads); which kind of model it
-    is follows from the data state saved with it."""
+    is follows from the data state saved with it. A classifier runs under `precision` (inference_dtype);
+    a GPT samples in fp32."""
     if (ckpt_path is None) == (model_path is None):
         raise ConfigError(
             "give exactly one of ckpt_path=PATH (a checkpoint from bigmodel train) or "
@@ -271,10 +295,11 @@ def load_backend(
     data = loaded.data
     if "tokenizer" in data:
         return TextGenerator(loaded, device, limits)
+    dtype = inference_dtype(loaded, precision)
     if "vocab" in data and "class_names" in data:
-        return TextClassifier(loaded, device, limits)
+        return TextClassifier(loaded, device, limits, dtype)
     if {"class_names", "mean", "std", "image_size"} <= data.keys():
-        return ImageClassifier(loaded, device, limits)
+        return ImageClassifier(loaded, device, limits, dtype)
     raise checkpoint.CheckpointError(
         f"{ckpt_path or model_path!r}: its data state has none of a vocabulary, "
         "an image size or a tokenizer, so there is no way to feed it requests"

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from omegaconf import DictConfig
 
-from bigmodel.config import ConfigError, Device, ServeConfig, check_ranges
+from bigmodel.config import ConfigError, Device, ServeConfig, ServePrecision, check_ranges
 from bigmodel.runtime import resolve_device
 
 log = logging.getLogger("bigmodel")
@@ -82,7 +82,10 @@ def serve(cfg: DictConfig) -> None:
         max_image_pixels=cfg.max_image_pixels,
         max_new_tokens=cfg.max_new_tokens,
     )
-    backend = load_backend(cfg.ckpt_path, cfg.model_path, device, limits, threads=cfg.num_threads or None)
+    precision = ServePrecision(cfg.precision).value
+    backend = load_backend(
+        cfg.ckpt_path, cfg.model_path, device, limits, threads=cfg.num_threads or None, precision=precision
+    )
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     if not loopback(cfg.host):
@@ -100,6 +103,7 @@ def serve(cfg: DictConfig) -> None:
         "max_image_pixels": cfg.max_image_pixels,
         "max_new_tokens": cfg.max_new_tokens,
         "device": str(device),
+        "precision": "bf16" if getattr(backend, "dtype", None) == torch.bfloat16 else "fp32",
     }
     app = create_app(
         backend,
@@ -121,7 +125,7 @@ def serve(cfg: DictConfig) -> None:
     batching = f"batches of up to {max_batch_size}, waiting {cfg.max_wait_ms:g} ms" if max_batch_size > 1 else "off"
     log.info(
         f"serving {backend.task} from {cfg.ckpt_path or cfg.model_path} on http://{host}:{port} "
-        f"(batching: {batching}; device: {backend.device})"
+        f"(batching: {batching}; device: {backend.device}; {serving['precision']})"
     )
     with stop_signals_return():
         server.run(sockets=[sock])
