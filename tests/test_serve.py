@@ -167,6 +167,8 @@ def test_precision_follows_the_checkpoint_unless_set(ckpts, tmp_path):
     as_trained_bf16 = load_backend(str(tmp_path / "bf16.pt"), None, cpu, LIMITS)
     forced_bf16 = load_backend(ckpts["cnn"], None, cpu, LIMITS, precision="bf16")
     forced_fp32 = load_backend(str(tmp_path / "bf16.pt"), None, cpu, LIMITS, precision="fp32")
+    with pytest.raises(ConfigError, match="precision=bf16 applies to classifiers"):
+        load_backend(ckpts["gpt"], None, cpu, LIMITS, precision="bf16")
     assert as_trained_fp32.dtype is None and forced_fp32.dtype is None
     assert as_trained_bf16.dtype == forced_bf16.dtype == torch.bfloat16
     items = [as_trained_fp32.prepare(png(color=(9 * i, 200 - 9 * i, 50)), "x") for i in range(4)]

@@ -294,6 +294,8 @@ def load_backend(
         loaded = from_checkpoint(restore_model(ckpt_path, device))
     data = loaded.data
     if "tokenizer" in data:
+        if precision == "bf16":
+            raise ConfigError("precision=bf16 applies to classifiers; a GPT samples in fp32: use auto or fp32")
         return TextGenerator(loaded, device, limits)
     dtype = inference_dtype(loaded, precision)
     if "vocab" in data and "class_names" in data:
