@@ -22,6 +22,11 @@ from bigmodel.config import ConfigError, Device, Precision, TrainerConfig
 AUTOCAST_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on `device`'s type, or no context at all for None (fp32)."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 class Runtime:
     """Built once from the trainer config (`device_key` names the device setting in errors).
 
@@ -66,9 +71,7 @@ class Runtime:
         return self.rank == 0
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_to(self.device, self.autocast_dtype)
 
     # ---------------------------------------------------------------- the model
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:

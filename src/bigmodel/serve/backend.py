@@ -25,6 +25,7 @@ from bigmodel.generate import RANGES, check_option, check_top_k, stop_strings
 from bigmodel.models.text_sample import sample_text
 from bigmodel.predict import classify
 from bigmodel.restore import Restored, restore_model
+from bigmodel.runtime import autocast_to
 from bigmodel.serve.images import ImageRefused, decode_image
 
 
@@ -82,7 +83,9 @@ class Loaded:
 def inference_dtype(loaded: Loaded, precision: str) -> torch.dtype | None:
     """The autocast dtype a classifier runs under (None: fp32): `precision` is serve's key (auto | fp32 |
     bf16); auto follows the checkpoint, so the server computes as validation did. An exported model
-    runs as it was exported."""
+    runs as it was exported, and a GPT samples in fp32."""
+    if precision == "bf16" and "tokenizer" in loaded.data:
+        raise ConfigError("precision=bf16 applies to classifiers; a GPT samples in fp32: use auto or fp32")
     if precision == "bf16" and loaded.info.get("model_path"):
         raise ConfigError(
             "precision=bf16 applies to a checkpoint (ckpt_path=); an exported model (model_path=) runs "
@@ -147,7 +150,7 @@ class TextClassifier:
         return value
 
     def run(self, items: list[str]) -> list[dict]:
-        with torch.autocast(self.device.type, self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+        with autocast_to(self.device, self.dtype):
             return labelled(classify(self.model, self.vocab, items, device=self.device), self.names)
 
     def info(self) -> dict:
@@ -188,7 +191,7 @@ class ImageClassifier:
     def run(self, items: list[torch.Tensor]) -> list[dict]:
         x = normalize(torch.stack(items), self.mean, self.std).to(self.device)  # (B, C, H, W)
         x = x.contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+        with autocast_to(self.device, self.dtype):
             logits = self.model(x)
         return labelled(logits.float().softmax(-1).cpu(), self.names)
 
@@ -292,12 +295,9 @@ def load_backend(
     else:
         assert ckpt_path is not None  # exactly one of the two is given (checked above)
         loaded = from_checkpoint(restore_model(ckpt_path, device))
-    data = loaded.data
+    data, dtype = loaded.data, inference_dtype(loaded, precision)
     if "tokenizer" in data:
-        if precision == "bf16":
-            raise ConfigError("precision=bf16 applies to classifiers; a GPT samples in fp32: use auto or fp32")
         return TextGenerator(loaded, device, limits)
-    dtype = inference_dtype(loaded, precision)
     if "vocab" in data and "class_names" in data:
         return TextClassifier(loaded, device, limits, dtype)
     if {"class_names", "mean", "std", "image_size"} <= data.keys():
