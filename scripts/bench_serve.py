@@ -69,9 +69,14 @@ def payloads(task: str, args) -> list[dict]:
     """One request body per input: real images / texts when given, else random 32x32 PNGs."""
     if task == "text-classification":
         texts = Path(args.texts).read_text().splitlines() if args.texts else ["a gripping , funny film"]
-        return [{"texts": [t]} for t in texts[:1000] if t.strip()]
+        bodies = [{"texts": [t]} for t in texts[:1000] if t.strip()]
+        if not bodies:
+            raise SystemExit(f"--texts {args.texts}: the file holds no non-empty line")
+        return bodies
     if args.images:
         files = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not files:
+            raise SystemExit(f"--images {args.images}: no .jpg, .jpeg or .png file under this folder")
         files = random.Random(0).sample(files, min(1000, len(files)))
         return [{"images": [base64.b64encode(f.read_bytes()).decode()]} for f in files]
     from PIL import Image
@@ -196,6 +201,47 @@ def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) 
     return out
 
 
+def model_alone(bodies: list[dict], args) -> dict[str, float]:
+    """The served model's own cost per input, in this process with the server's settings: its `run` (what
+    the model thread does for one call: stack, normalize, forward, softmax, the answer's dicts) on 1 input
+    and on --max-batch-size inputs, interleaved, medians of 20 calls each. Requests/s can gain from
+    batching at most the ratio of the two: every input of a batched call still costs its share."""
+    sys.path.insert(0, str(REPO / "src"))
+    import torch
+
+    from bigmodel.serve.backend import Limits, load_backend
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    key, ckpt = ("ckpt_path", args.ckpt) if args.ckpt else ("model_path", args.model_path)
+    backend = load_backend(
+        ckpt if key == "ckpt_path" else None,
+        ckpt if key == "model_path" else None,
+        torch.device("cpu"),
+        Limits(),
+        threads=args.threads or None,
+        precision=args.precision,
+    )
+    if not hasattr(backend, "run"):
+        return {}
+    field = backend.input_key
+    values = [b[field][0] for b in bodies]
+    values = [base64.b64decode(v) for v in values] if field == "images" else values
+    items = [backend.prepare(v, "input") for v in values]
+    batch = [items[i % len(items)] for i in range(args.max_batch_size)]
+    times: dict[int, list[float]] = {1: [], len(batch): []}
+    for _ in range(3):
+        backend.run(batch)
+    for i in range(40):
+        for n in times:
+            t0 = time.perf_counter()
+            backend.run(items[i % len(items) : i % len(items) + 1] if n == 1 else batch)
+            times[n].append(time.perf_counter() - t0)
+    one, many = (statistics.median(times[n]) * 1000 for n in (1, len(batch)))
+    per_input = many / len(batch)
+    return {"batch1_ms": one, "batchN_ms": many, "per_input_ms": per_input, "ceiling": one / per_input}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = p.add_mutually_exclusive_group(required=True)
@@ -212,6 +258,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads (serve's default 1; 0 = torch's)")
     p.add_argument("--precision", default="auto", help="the servers' precision: auto (as trained) | fp32 | bf16")
     p.add_argument("--log-dir", default="/tmp/bench_serve_logs")
+    p.add_argument(
+        "--no-model-alone",
+        dest="model_alone",
+        action="store_false",
+        help="skip timing the model on its own (batch 1 vs --max-batch-size, in this process, after the load)",
+    )
     args = p.parse_args()
     source = f"ckpt_path={args.ckpt}" if args.ckpt else f"model_path={args.model_path}"
     print(
@@ -228,6 +280,7 @@ def main() -> None:
             servers[mode] = (url, raw_requests(url, payloads(task, args)), proc.pid)
             run(load(url, servers[mode][1], 4, 40, 10))  # warm-up
         table = {clients: level(servers, clients, args) for clients in args.clients}
+        alone = model_alone(payloads(task, args), args) if args.model_alone else {}
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -244,6 +297,14 @@ def main() -> None:
             f"| {clients} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {b['batch']:.1f} | {b['cpu_ms']:.2f} | "
             f"{u['rps']:.0f} | {u['p50']:.1f} / {u['p99']:.1f} | {u['cpu_ms']:.2f} | "
             f"{statistics.median(b['ratios']):.2f}x ({ratios}) | {u['cpu_ms'] / b['cpu_ms']:.2f}x |"
+        )
+
+    if alone:
+        print(
+            f"\nmodel alone ({args.threads} thread(s), precision={args.precision}): "
+            f"batch 1 {alone['batch1_ms']:.2f} ms, "
+            f"batch {args.max_batch_size} {alone['batchN_ms']:.2f} ms ({alone['per_input_ms']:.3f} ms an input): "
+            f"batching can raise requests/s by at most {alone['ceiling']:.2f}x"
         )
 
 
