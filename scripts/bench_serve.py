@@ -204,8 +204,9 @@ def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) 
 def model_alone(bodies: list[dict], args) -> dict[str, float]:
     """The served model's own cost per input, in this process with the server's settings: its `run` (what
     the model thread does for one call: stack, normalize, forward, softmax, the answer's dicts) on 1 input
-    and on --max-batch-size inputs, interleaved, medians of 20 calls each. Requests/s can gain from
-    batching at most the ratio of the two: every input of a batched call still costs its share."""
+    and on --max-batch-size inputs, interleaved, medians of 20 calls each. The ratio of the two is
+    the model's own gain from batching (every input of a batched call still costs its share); requests/s
+    follow it, give or take how well each server keeps its model thread busy."""
     sys.path.insert(0, str(REPO / "src"))
     import torch
 
@@ -304,7 +305,7 @@ def main() -> None:
             f"\nmodel alone ({args.threads} thread(s), precision={args.precision}): "
             f"batch 1 {alone['batch1_ms']:.2f} ms, "
             f"batch {args.max_batch_size} {alone['batchN_ms']:.2f} ms ({alone['per_input_ms']:.3f} ms an input): "
-            f"batching can raise requests/s by at most {alone['ceiling']:.2f}x"
+            f"the model's own gain from batching is {alone['ceiling']:.2f}x"
         )
 
 

@@ -26,11 +26,21 @@ class Recorder:
 
 
 async def serve_requests(
-    run: Recorder, requests: list[list], *, max_batch_size: int, max_wait_ms: float, gap_s: float = 0.0
+    run: Recorder,
+    requests: list[list],
+    *,
+    max_batch_size: int,
+    max_wait_ms: float,
+    gap_s: float = 0.0,
+    busy: bool = False,
 ) -> list:
+    """`requests` submitted one after another, `gap_s` apart. `busy`: another request is in flight
+    meanwhile (being answered), as on a server with other clients, so the first request waits
+    max_wait_ms for others to join it instead of going alone at once."""
     with ThreadPoolExecutor(1, thread_name_prefix="model") as executor:
         batcher = Batcher(run, executor, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
         batcher.start()
+        batcher.in_flight += busy
         tasks = []
         for items in requests:
             tasks.append(asyncio.create_task(batcher.submit(items)))
@@ -44,17 +54,44 @@ async def serve_requests(
 def test_concurrent_requests_run_as_one_batch_and_get_their_own_results():
     run = Recorder()
     requests = [[i] for i in range(6)]
-    results, stats = asyncio.run(serve_requests(run, requests, max_batch_size=32, max_wait_ms=200))
+    results, stats = asyncio.run(serve_requests(run, requests, max_batch_size=32, max_wait_ms=200, busy=True))
     assert results == [[2 * i] for i in range(6)]
     assert run.batches == [list(range(6))]  # one model call, in arrival order
     assert stats["batches"] == 1 and stats["requests"] == 6 and stats["batch_sizes"] == {"6": 1}
     assert run.threads == {"model_0"}  # not on the event loop's thread
 
 
+def test_a_lone_request_does_not_wait_and_later_arrivals_join_the_next_batch():
+    run = Recorder()
+    results, stats = asyncio.run(serve_requests(run, [[i] for i in range(4)], max_batch_size=32, max_wait_ms=200))
+    assert results == [[0], [2], [4], [6]]
+    assert run.batches[0] == [0]  # the only request in flight ran at once, without its 200 ms wait
+    assert sorted(x for b in run.batches for x in b) == [0, 1, 2, 3]
+
+
+def test_a_lone_client_is_answered_without_the_batching_wait():
+    run = Recorder()
+
+    async def one_client():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(run, executor, max_batch_size=32, max_wait_ms=5000)
+            batcher.start()
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            answers = [await batcher.submit([i]) for i in range(3)]  # one request at a time
+            took = loop.time() - start
+            await batcher.stop()
+        return answers, took
+
+    answers, took = asyncio.run(one_client())
+    assert answers == [[0], [2], [4]] and run.batches == [[0], [1], [2]]
+    assert took < 2.5  # three waits of max_wait_ms would take 15 s
+
+
 def test_batches_stop_at_max_batch_size_and_a_request_is_never_split():
     run = Recorder()
     requests = [[1], [2, 3], [4, 5, 6], [7], [8, 9, 10, 11, 12]]  # the last is bigger than a batch: alone
-    results, _ = asyncio.run(serve_requests(run, requests, max_batch_size=4, max_wait_ms=200))
+    results, _ = asyncio.run(serve_requests(run, requests, max_batch_size=4, max_wait_ms=200, busy=True))
     assert results == [[2 * x for x in r] for r in requests]
     assert run.batches == [[1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11, 12]]
 

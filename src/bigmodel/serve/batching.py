@@ -4,8 +4,10 @@ Each request puts its inputs in a queue and waits on a future. One worker task t
 first waiting request, then gathers those that arrive within `max_wait_ms` of it (until
 `max_batch_size` inputs wait), and runs the batch in the server's single model thread, so the event
 loop stays free to accept and parse the next requests meanwhile. Requests that queue up while a batch
-runs have waited already: they go into the next batch at once. `max_batch_size=1` (or
-`batching=false`) serves each request on its own.
+runs have waited already: they go into the next batch at once. A request that is the only one in
+flight does not wait either: there is no one to share a batch with, so a lone client is answered as
+fast as by an unbatched server. `max_batch_size=1` (or `batching=false`) serves each request on its
+own.
 """
 
 import asyncio
@@ -81,11 +83,13 @@ class Batcher:
 
     async def _gather(self) -> list[Pending]:
         """The next batch: the first waiting request and those that arrive within max_wait of it
-        (requests that queued while the model was busy have waited already and go at once)."""
+        (requests that queued while the model was busy have waited already and go at once; waiting
+        requests that are all the server has in flight go at once too)."""
         if not self.waiting:
             await self._sleep(1, None)
         left = self.waiting[0].arrived + self.max_wait - asyncio.get_running_loop().time()
-        if left > 0 and self.waiting_items < self.max_batch_size:
+        others = self.in_flight > len(self.waiting)  # requests being answered, whose clients may send again
+        if left > 0 and self.waiting_items < self.max_batch_size and others:
             await self._sleep(self.max_batch_size, left)
         batch: list[Pending] = []
         size = 0
