@@ -204,7 +204,7 @@ def level(servers: dict[str, tuple[str, list[bytes], int]], clients: int, args) 
 def model_alone(bodies: list[dict], args) -> dict[str, float]:
     """The served model's own cost per input, in this process with the server's settings: its `run` (what
     the model thread does for one call: stack, normalize, forward, softmax, the answer's dicts) on 1 input
-    and on --max-batch-size inputs, interleaved, medians of 20 calls each. The ratio of the two is
+    and on --max-batch-size inputs, interleaved, medians of 40 calls each. The ratio of the two is
     the model's own gain from batching (every input of a batched call still costs its share); requests/s
     follow it, give or take how well each server keeps its model thread busy."""
     sys.path.insert(0, str(REPO / "src"))
@@ -214,15 +214,8 @@ def model_alone(bodies: list[dict], args) -> dict[str, float]:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    key, ckpt = ("ckpt_path", args.ckpt) if args.ckpt else ("model_path", args.model_path)
-    backend = load_backend(
-        ckpt if key == "ckpt_path" else None,
-        ckpt if key == "model_path" else None,
-        torch.device("cpu"),
-        Limits(),
-        threads=args.threads or None,
-        precision=args.precision,
-    )
+    threads = args.threads or None
+    backend = load_backend(args.ckpt, args.model_path, torch.device("cpu"), Limits(), threads, args.precision)
     if not hasattr(backend, "run"):
         return {}
     field = backend.input_key
