@@ -76,6 +76,23 @@ def test_sampling_reads_the_temperature_before_top_p():
     assert set(hot[:, 0].tolist()) == {0, 1}  # nearly flat after temperature: two tokens reach 0.5
 
 
+@pytest.mark.parametrize("temperature, penalty", [(1e-320, 1.0), (1e-30, 1.0), (1.0, 1e-320), (1.0, 1e300)])
+def test_extreme_temperature_and_penalty_still_give_tokens(temperature, penalty):
+    """Values in range, but near the edges of float32: no inf / NaN reaches the softmax."""
+    logits = torch.tensor([[3.0, 1.0, 2.5, -4.0]]).expand(50, -1)
+    seen = torch.tensor([[1, 3]]).expand(50, -1)
+    tokens = next_token(
+        logits, seen, temperature=temperature, repetition_penalty=penalty, generator=torch.Generator().manual_seed(0)
+    )
+    drawn = set(tokens[:, 0].tolist())
+    if temperature < 1e-20:  # as cold as greedy: the most likely token, every time
+        assert drawn == {0}
+    elif penalty < 1:  # seen token 1's positive logit is multiplied up to float32's largest
+        assert drawn == {1}
+    else:  # seen token 1 goes to ~0 and token 3's negative logit to float32's lowest: never drawn
+        assert drawn <= {0, 1, 2} and 0 in drawn
+
+
 def tiny_gpt(seed: int = 0, block_size: int = 16) -> GPT:
     torch.manual_seed(seed)
     return GPT(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, n_embd=16).eval()

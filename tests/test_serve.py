@@ -26,6 +26,7 @@ from bigmodel.predict import classify
 from bigmodel.serve.app import create_app
 from bigmodel.serve.backend import Limits, load_backend
 from bigmodel.serve.server import bind, loopback
+from test_serve_images import png_with_bad_checksum
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 CLASSES = ["cat", "dog", "frog"]
@@ -230,6 +231,9 @@ IMAGE_REFUSALS = [  # (body, expected status, words in the error)
     (json.dumps({"images": [b64(png())] * 5}).encode(), 413, "at most 4"),
     (json.dumps({"images": [b64(png((100, 100)))]}).encode(), 413, "100x100 pixels"),
     (json.dumps({"images": ["A" * 70_000]}).encode(), 413, "larger than 65536 bytes"),
+    (b'{"images": [], "n": ' + b"1" * 5000 + b"}", 400, "not valid JSON"),  # more digits than Python reads
+    (b"[" * 5000, 400, "not valid JSON"),  # nested deeper than the parser goes
+    (json.dumps({"images": [b64(png_with_bad_checksum())]}).encode(), 422, "images[0] cannot be decoded"),
 ]
 
 
@@ -305,6 +309,15 @@ def test_generate_and_stream_server_sent_events(ckpts):
     assert info["task"] == "text-generation" and info["vocab_size"] == len(CHARS)
 
 
+def test_generate_at_the_edges_of_the_ranges(ckpts):
+    with running(ckpts["gpt"]) as (url, _, _):
+        cold = httpx.post(f"{url}/v1/generate", json={"prompt": "a", "max_new_tokens": 3, "temperature": 1e-320})
+        greedy = httpx.post(f"{url}/v1/generate", json={"prompt": "a", "max_new_tokens": 3, "temperature": 0})
+        penalty = httpx.post(f"{url}/v1/generate", json={"prompt": "ab", "repetition_penalty": 1e-320, "seed": 1})
+    assert cold.status_code == greedy.status_code == penalty.status_code == 200
+    assert cold.json()["text"] == greedy.json()["text"]
+
+
 @pytest.mark.parametrize(
     "body, words",
     [
@@ -321,6 +334,8 @@ def test_generate_and_stream_server_sent_events(ckpts):
         ({"prompt": "xyz"}, "not in this model's vocabulary"),
         ({"prompt": "a" * 51}, "at most 50"),
         ({"promt": "a"}, "unknown field"),
+        ({"stop": ["a"] * 17}, "at most 16 strings"),
+        ({"stop": ["a" * 201]}, "of 200 characters"),
     ],
 )
 def test_generate_refuses_options_out_of_range(ckpts, body, words):

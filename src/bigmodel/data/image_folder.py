@@ -22,6 +22,11 @@ from bigmodel.ranges import Fraction, PositiveFloat, PositiveInt
 log = logging.getLogger("bigmodel")
 ARCHIVES = (".tar.gz", ".tgz", ".tar")
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
+# The formats Pillow may open (names as Pillow spells them): those of EXTENSIONS. Pillow would also
+# open EPS (through Ghostscript, if installed) and dozens of rarer formats; an image file or upload is
+# read as one of these or refused.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _archive_in(root: Path) -> Path | None:
@@ -80,10 +85,16 @@ def fit(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _decode(path: Path, size: int) -> torch.Tensor:
-    """(size, size, 3) uint8; formats torchvision cannot decode (BMP, ...) go through Pillow."""
+    """(size, size, 3) uint8. JPEG through torchvision (libjpeg-turbo, the fast path); everything else
+    through Pillow, PNG included: torchvision's PNG decoder crashes the process on some damaged files
+    (a wrong zlib checksum), where Pillow raises."""
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.functional import pil_to_tensor
 
+    with open(path, "rb") as f:
+        is_jpeg = f.read(2) == b"\xff\xd8"
+    if not is_jpeg:
+        return fit(_decode_pil(path, pil_to_tensor), size)
     try:
         img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     except (RuntimeError, OSError):
@@ -95,9 +106,9 @@ def _decode_pil(path: Path, pil_to_tensor) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=PIL_FORMATS) as im:
             return pil_to_tensor(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else "not an image file"
         raise DataError(
             f"{path}: cannot read it as an image ({why}); remove it from the image folder or replace it with a JPEG/PNG"

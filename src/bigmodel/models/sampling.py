@@ -15,7 +15,8 @@ def penalize_repeats(logits: torch.Tensor, previous: torch.Tensor, penalty: floa
         return logits
     seen = logits.gather(1, previous)  # (B, T): a token seen twice is penalized once
     seen = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits.scatter(1, previous, seen)
+    limit = torch.finfo(seen.dtype).max  # a penalty near 0 (or huge) would overflow to +-inf, then NaN
+    return logits.scatter(1, previous, seen.clamp(-limit, limit))
 
 
 def keep_top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -50,7 +51,10 @@ def next_token(
 ) -> torch.Tensor:
     """(B, 1) next tokens from (B, V) logits; `previous` (B, T) is the text so far (for the penalty)."""
     logits = penalize_repeats(logits.float(), previous, repetition_penalty)
-    if temperature <= 0:  # greedy: top-k and top-p cannot change the most likely token
+    if temperature < torch.finfo(logits.dtype).tiny:  # 0 (or 0 in float32): greedy; top-k/p cannot change it
         return logits.argmax(-1, keepdim=True)
-    logits = keep_top_p(keep_top_k(logits / temperature, top_k), top_p)
+    # Shifted so that the largest logit is 0 (the softmax is the same): a tiny temperature then sends the
+    # others to -inf, not every logit to +-inf (whose softmax is NaN).
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
+    logits = keep_top_p(keep_top_k(logits, top_k), top_p)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)

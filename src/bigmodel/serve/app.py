@@ -31,9 +31,12 @@ from starlette.exceptions import HTTPException
 from bigmodel.serve.backend import Backend, Classifier, Limits, RequestError, TextGenerator
 from bigmodel.serve.batching import Batcher
 from bigmodel.serve.body import BodyLimit
+from bigmodel.serve.images import declared_pixels
 
 log = logging.getLogger("bigmodel")
-INLINE_BYTES = 64 * 1024  # images smaller than this decode on the event loop (a thread hop costs more)
+# Images this small (encoded, and as their headers declare them) decode on the event loop: a thread hop
+# costs more. Larger ones decode in a worker thread, so the loop goes on serving meanwhile.
+INLINE_BYTES, INLINE_PIXELS = 64 * 1024, 256 * 256
 GENERATE_KEYS = {
     "prompt",
     "max_new_tokens",
@@ -48,14 +51,15 @@ GENERATE_KEYS = {
 
 
 class Cancelled(Exception):
-    """The client of a stream went away: generation stops at the next token."""
+    """The request went away (a stream's client disconnected, or shutdown's deadline cancelled it):
+    generation stops at the next token."""
 
 
 async def read_json(request: Request) -> dict:
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"the body is not valid JSON ({e})", status=400) from None
+    except (ValueError, RecursionError) as e:  # also numbers of too many digits, nesting too deep
+        raise RequestError(f"the body is not valid JSON ({type(e).__name__}: {str(e)[:200]})", status=400) from None
     if not isinstance(body, dict):
         raise RequestError(f"the body must be a JSON object, not {type(body).__name__}", status=400)
     return body
@@ -101,6 +105,15 @@ async def upload_inputs(request: Request, max_items: int) -> list[bytes]:
     return [await f.read() for f in files]
 
 
+def inline(images: list[bytes]) -> bool:
+    """Whether decoding these images is little work, judged before decoding: by their encoded size and the
+    pixels their headers declare (a few bytes of PNG can declare millions); unknown formats are not."""
+    if sum(map(len, images)) > INLINE_BYTES:
+        return False
+    pixels = [declared_pixels(data) for data in images]
+    return None not in pixels and sum(n or 0 for n in pixels) <= INLINE_PIXELS
+
+
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -131,7 +144,7 @@ def create_app(
         batcher.start()
         yield
         await batcher.stop()
-        executor.shutdown(wait=True)
+        executor.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="bigmodel serve", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -173,7 +186,7 @@ def create_app(
             values = json_inputs(await read_json(request), classifier.input_key, limits.max_items)
         where = classifier.input_key
         prepare = lambda: [classifier.prepare(v, f"{where}[{i}]") for i, v in enumerate(values)]
-        large = where == "images" and sum(map(len, values)) > INLINE_BYTES
+        large = where == "images" and not inline(values)
         items = await run_in_threadpool(prepare) if large else prepare()  # large images decode off the loop
         return JSONResponse({"predictions": await batcher.submit(items)})
 
@@ -194,7 +207,17 @@ def create_app(
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        text = await asyncio.get_running_loop().run_in_executor(executor, generator.generate, prompt, opts)
+        gone = threading.Event()  # set if this request is cancelled (shutdown's deadline): generation stops
+
+        def on_text(piece: str) -> None:
+            if gone.is_set():
+                raise Cancelled
+
+        try:
+            loop = asyncio.get_running_loop()
+            text = await loop.run_in_executor(executor, generator.generate, prompt, opts, on_text)
+        finally:
+            gone.set()
         return {"text": text, "seed": opts["seed"]}
 
     return app

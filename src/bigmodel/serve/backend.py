@@ -199,6 +199,7 @@ class ImageClassifier:
         return self._info
 
 
+MAX_STOP, MAX_STOP_CHARS = 16, 200  # stop strings a generate request may give (each is searched for per token)
 SAMPLING = {"temperature": 0.8, "top_k": None, "top_p": 1.0, "repetition_penalty": 1.0}  # as bigmodel generate
 
 
@@ -232,6 +233,11 @@ class TextGenerator:
                 raise ConfigError(f"seed={opts['seed']} is not valid: use an integer from 0 to 2**63 - 1")
             check_top_k(opts["top_k"], self.model.vocab_size)
             opts["stop"] = stop_strings(request.get("stop") or [])
+            if len(opts["stop"]) > MAX_STOP or max(map(len, opts["stop"]), default=0) > MAX_STOP_CHARS:
+                raise ConfigError(
+                    f"stop holds {len(opts['stop'])} strings of up to {max(map(len, opts['stop']))} characters; "
+                    f"at most {MAX_STOP} strings of {MAX_STOP_CHARS} characters each"
+                )
         except ConfigError as e:
             raise RequestError(str(e)) from None
         if opts["max_new_tokens"] > self.limits.max_new_tokens:
