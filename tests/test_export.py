@@ -197,7 +197,7 @@ def test_unusable_folders_are_refused_in_one_line(ckpts, tmp_path):
     out = export_model(str(ckpts["textcnn"]), "pt2", tmp_path / "exp")
     spec = json.loads((out / "bigmodel.json").read_text())
     (out / "model.pt2").write_bytes(b"not a zip")
-    with pytest.raises(ExportError, match="model.pt2: not a loadable .pt2 program"):
+    with pytest.raises(ExportError, match="model.pt2: not a plain .pt2 program"):
         load_exported(out)
     (out / "model.pt2").unlink()
     with pytest.raises(ExportError, match="its model file model.pt2 is missing"):

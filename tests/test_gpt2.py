@@ -217,3 +217,37 @@ def test_broken_weight_files_are_one_line(tmp_path):
     torch.save({"h.0.ln_1.weight": torch.ones(32)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ConfigError, match="no wte.weight"):
         load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"n_embd": 30, "n_head": 4}, "n_embd=30 is not a multiple of n_head=4"),
+        ({"n_layer": 0}, "must be positive"),
+        ({"vocab_size": 10**9, "n_embd": 10**6}, "do not belong together"),  # built, that would be 4 PB
+        ({"n_layer": 3}, "3 layers"),
+    ],
+)
+def test_a_config_json_that_does_not_fit_its_weights_is_one_line(tmp_path, config, message):
+    hf_gpt2(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, **config}))
+    with pytest.raises(ConfigError, match=message):
+        load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"h.0": torch.ones(2)}, "not GPT-2 weights"),  # a name without a layer's parameter
+        ({"h.0.attn.c_attn.weight": torch.ones(2, 2, 2)}, "not GPT-2 weights"),  # a Conv1D weight of rank 3
+    ],
+)
+def test_weights_of_another_layout_are_one_line(tmp_path, weights, message):
+    hf_gpt2(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(
+        {"wte.weight": torch.ones(261, 32), "wpe.weight": torch.ones(32, 32), **weights}, tmp_path / "pytorch_model.bin"
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_pretrained(tmp_path)

@@ -4,17 +4,18 @@ import pytest
 import torch
 
 from bigmodel.checkpoint import CheckpointError, save_atomic
+from bigmodel.models.fasttext import FastText
 from bigmodel.restore import restore_model
 
 
 def _checkpoint(path, **data):
-    model = torch.nn.Linear(3, 2)
-    config = {"model": {"_target_": "torch.nn.Linear", "in_features": 3}}
+    model = FastText(vocab_size=5, num_classes=2, embed_dim=3)
+    config = {"model": {"_target_": "bigmodel.models.fasttext.FastText", "embed_dim": 3}}
     save_atomic(
         {
             "format": 1,
             "config": config,
-            "model_args": {"out_features": 2},
+            "model_args": {"vocab_size": 5, "num_classes": 2},
             "data": data,
             "model": model.state_dict(),
             "progress": {"global_step": 7},
@@ -27,10 +28,11 @@ def _checkpoint(path, **data):
 def test_restores_the_weights_in_eval_mode_with_what_the_run_saved(tmp_path):
     model = _checkpoint(tmp_path / "a.pt", class_names=["x", "y"])
     restored = restore_model(str(tmp_path / "a.pt"))
-    x = torch.randn(4, 3)
-    assert torch.equal(restored.model(x), model(x)) and not restored.model.training
+    tokens, lengths = torch.tensor([[1, 2, 3], [4, 1, 0]]), torch.tensor([3, 2])
+    model.eval()
+    assert torch.equal(restored.model(tokens, lengths), model(tokens, lengths)) and not restored.model.training
     assert restored.data["class_names"] == ["x", "y"] and restored.progress["global_step"] == 7
-    assert restored.model_args == {"out_features": 2}
+    assert restored.model_args == {"vocab_size": 5, "num_classes": 2}
 
 
 def test_a_missing_data_key_is_the_callers_line_before_anything_is_built(tmp_path):

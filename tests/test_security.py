@@ -226,3 +226,156 @@ def test_src_never_loads_with_weights_only_false():
     for p, start in calls:
         call = sources[p][start : sources[p].index(")", start) + 1]
         assert "weights_only=True" in call, f"{p}: {call}"
+
+
+def touch(path: str) -> None:
+    """What a crafted config would call: creates `path`."""
+    Path(path).touch()
+
+
+def crafted(real: Path, folder: Path, edit) -> Path:
+    """A copy of a real checkpoint with `edit(ckpt)` applied."""
+    ckpt = torch.load(real, weights_only=True)
+    edit(ckpt)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, folder / "crafted.pt")
+    return folder / "crafted.pt"
+
+
+def test_the_crafted_target_runs_when_instantiated(tmp_path):
+    """The control: Hydra's instantiate does call what a `_target_` names."""
+    from hydra.utils import instantiate
+
+    instantiate({"_target_": "test_security.touch", "path": str(tmp_path / "MARKER")})
+    assert (tmp_path / "MARKER").exists()
+
+
+CRAFTED_CONFIGS = {  # how a checkpoint's saved config could make restore_model run code, and the refusal
+    "model target": (lambda c, m: c["config"]["model"].update(_target_="test_security.touch", path=m), "is not one of"),
+    "nested target": (
+        lambda c, m: c["config"]["model"].update(vectors={"_target_": "test_security.touch", "path": m}),
+        "config.model.vectors._target_='test_security.touch'",
+    ),
+    "target in model_args": (
+        lambda c, m: c["model_args"].update(_target_="test_security.touch", path=m),
+        "is not one of",
+    ),
+    "hydra key": (lambda c, m: c["config"]["model"].update(_args_=[m]), "no Hydra key like _args_"),
+    "interpolation": (lambda c, m: c["config"]["model"].update(embed_dim="${oc.env:HOME}"), "is an interpolation"),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED_CONFIGS)
+def test_a_saved_config_builds_only_bigmodel_models_data_and_losses(tmp_path, real, case):
+    from bigmodel.restore import restore_model
+
+    marker = str(tmp_path / "MARKER")
+    edit, words = CRAFTED_CONFIGS[case]
+    path = crafted(real, tmp_path, lambda c: edit(c, marker))
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)) as err:
+        restore_model(str(path))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert not Path(marker).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section", ["data", "loss"])
+def test_eval_refuses_a_crafted_data_or_loss_config(tmp_path, real, section):
+    marker = tmp_path / "MARKER"
+    payload = {"_target_": "test_security.touch", "path": str(marker)}
+    path = crafted(real, tmp_path / section, lambda c: c["config"][section].update(payload))
+    out = run_cli("eval", f"ckpt_path={path}", cwd=tmp_path, env=ONE_THREAD)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "Traceback" not in text, text[-2000:]
+    assert f"config.{section}._target_='test_security.touch' is not one of" in text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda c: c.pop("model"), "no weights"),
+        (lambda c: c.update(model=[1, 2]), "its 'model' is a list, not a dict"),
+        (lambda c: c["model"].update({"extra": [1.0]}), "'extra', which is not a named tensor"),
+        (lambda c: c.update(model_args=[1]), "its 'model_args' is a list"),
+        (lambda c: c.update(data="vocab"), "its 'data' is a str"),
+        (lambda c: c["model_args"].update(bogus=3), "unexpected keyword argument 'bogus'"),
+    ],
+)
+def test_a_damaged_checkpoint_layout_is_one_line(tmp_path, real, edit, words):
+    from bigmodel.restore import restore_model
+
+    path = crafted(real, tmp_path, edit)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)) as err:
+        restore_model(str(path))
+    assert "\n" not in str(err.value)
+
+
+def plain_pt2(path: Path) -> Path:
+    """A genuine .pt2 archive of a tiny program (what bigmodel export writes, in small)."""
+    program = torch.export.export(torch.nn.Linear(3, 2).eval(), (torch.randn(1, 3),))
+    torch.export.save(program, str(path))
+    return path
+
+
+def rewritten(src: Path, dst: Path, change) -> Path:
+    """A copy of the archive `src` with change(name, data) -> data (or None to drop) per member, plus any
+    members change.extra holds."""
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        root = a.namelist()[0].split("/")[0]
+        for info in a.infolist():
+            data = change(info.filename, a.read(info.filename))
+            if data is not None:
+                b.writestr(info, data)
+        for name, data in getattr(change, "extra", {}).items():
+            b.writestr(f"{root}/{name}", data)
+    return dst
+
+
+def test_a_pt2_archive_that_would_unpickle_or_load_code_is_refused(tmp_path):
+    import json
+
+    from bigmodel.exported import ExportError, check_pt2
+
+    good = plain_pt2(tmp_path / "good.pt2")
+    check_pt2(good)  # a plain program passes
+    marker = tmp_path / "MARKER"
+    payload = io.BytesIO()
+    torch.save(Payload(marker), payload)
+
+    def pickled_weight(name, data):
+        if name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            next(iter(config["config"].values())).update(use_pickle=True)
+            return json.dumps(config).encode()
+        return data
+
+    def evil_inputs(name, data):
+        return payload.getvalue() if "sample_inputs" in name else data
+
+    def compiled(name, data):
+        return data
+
+    compiled.extra = {"data/aotinductor/model/model.so": b"\x7fELF"}  # type: ignore[attr-defined]
+    cases = {"pickled weight": pickled_weight, "sample inputs": evil_inputs, "compiled library": compiled}
+    for case, change in cases.items():
+        bad = rewritten(good, tmp_path / f"{case}.pt2", change)
+        with pytest.raises(ExportError) as err:
+            check_pt2(bad)
+        assert "\n" not in str(err.value) and str(bad) in str(err.value), case
+    assert not marker.exists()
+    torch.load(io.BytesIO(payload.getvalue()), weights_only=False)  # the control: this payload does run
+    assert marker.exists()
+
+
+def test_an_exported_folder_names_its_model_file_inside_itself(tmp_path):
+    import json
+
+    from bigmodel.exported import ExportError, read_spec
+
+    for name in ("/etc/passwd", "../model.onnx", "sub/model.onnx", ".."):
+        (tmp_path / "bigmodel.json").write_text(
+            json.dumps({"format": "onnx", "model_file": name, "task": "image_classification", "inputs": []})
+        )
+        with pytest.raises(ExportError, match="is not a file name in this folder"):
+            read_spec(tmp_path)

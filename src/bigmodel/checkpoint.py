@@ -113,9 +113,30 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(_refusal(path, e)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"ckpt_path={str(path)!r} is not a bigmodel checkpoint (format {FORMAT_VERSION})")
+    check_layout(ckpt, f"ckpt_path={str(path)!r}")
     if "config" in ckpt:
         ckpt["config"] = plain(ckpt["config"])  # format-1 files from before: enum members as names
     return ckpt
+
+
+SECTIONS = ("model", "model_args", "data", "config", "progress", "callbacks")  # each a dict when present
+
+
+def check_layout(ckpt: dict[str, Any], source: str) -> None:
+    """One line for a checkpoint whose sections are not what the Trainer writes (a damaged or foreign
+    file): each a dict, the weights a dict of tensors, the model's arguments keyed by name."""
+    for key in SECTIONS:
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise CheckpointError(
+                f"{source}: its {key!r} is a {type(ckpt[key]).__name__}, not a dict: not a bigmodel checkpoint"
+            )
+    weights = ckpt.get("model") or {}
+    if bad := next((k for k, v in weights.items() if not isinstance(k, str) or not torch.is_tensor(v)), None):
+        raise CheckpointError(
+            f"{source}: its weights hold {bad!r}, which is not a named tensor: not a bigmodel checkpoint"
+        )
+    if bad := next((k for k in ckpt.get("model_args") or {} if not isinstance(k, str)), None):
+        raise CheckpointError(f"{source}: its model_args hold a key {bad!r} that is not a name")
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str = "") -> None:

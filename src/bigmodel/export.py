@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bigmodel.config import ConfigError, require
@@ -35,7 +34,7 @@ from bigmodel.exported import (
     load_exported,
     task_of,
 )
-from bigmodel.restore import Restored, restore_datamodule, restore_model
+from bigmodel.restore import Restored, build_saved, restore_datamodule, restore_model
 from bigmodel.runtime import as_args
 
 log = logging.getLogger("bigmodel")
@@ -219,7 +218,7 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         path=str(cfg.model_path),
     )
     datamodule = restore_datamodule(restored, cfg.get("data"))  # +data.KEY=... overrides are checked too
-    loss_fn, metrics = instantiate(saved.loss), datamodule.metrics()
+    loss_fn, metrics = build_saved(saved.loss, "config.loss", str(cfg.model_path)), datamodule.metrics()
     limit = cfg.trainer.limit_val_batches if cfg.split == "val" else cfg.trainer.limit_test_batches
     loss_sum, count = 0.0, 0
     for i, (inputs, targets) in enumerate(datamodule.loader(cfg.split)):

@@ -26,6 +26,8 @@ derived from an export (an int8 model, say) may name another model_file and add 
 """
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -179,9 +181,46 @@ class _OnnxRun:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
+# What a .pt2 archive written by `bigmodel export` holds (under its one top folder). torch.export.load
+# would also unpickle (weights marked use_pickle, custom and opaque objects, legacy weight files, sample
+# inputs that weights_only refuses) and load compiled libraries (AOTInductor): a file with any of those
+# is refused before torch reads it, since unpickling or loading them can run code.
+PT2_MEMBERS = re.compile(
+    r"[^/]+/(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/[^/]+\.json"
+    r"|data/weights/(weight_\d+|[^/]+_weights_config\.json)|data/constants/(tensor_\d+|[^/]+_constants_config\.json)"
+    r"|data/sample_inputs/[^/]+\.pt|extra/[^/]+)"
+)
+
+
+def check_pt2(file: Path) -> None:
+    """Refuse (one line) a .pt2 archive that loading could run code from: anything but plain tensors,
+    the program's JSON and sample inputs that load with weights_only."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            for name in archive.namelist():
+                if not PT2_MEMBERS.fullmatch(name):
+                    raise ExportError(
+                        f"{file}: holds {name!r}, which is not part of a plain exported program; not loaded"
+                    )
+                if name.endswith("_config.json"):
+                    entries = (json.loads(archive.read(name)).get("config") or {}).values()
+                    if any(not isinstance(e, dict) or e.get("use_pickle") for e in entries):
+                        raise ExportError(f"{file}: {name} stores pickled objects, which loading would run; not loaded")
+                if name.endswith(".pt"):
+                    stored = io.BytesIO(archive.read(name))
+                    torch.load(stored, weights_only=True)  # raises for anything but tensors and containers
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, AttributeError, pickle.UnpicklingError) as e:
+        why = (str(e).splitlines() or [""])[0][:200]
+        raise ExportError(f"{file}: not a plain .pt2 program ({type(e).__name__}: {why}); not loaded") from None
+
+
 def _pt2_runner(file: Path) -> "_Pt2Run":
     import bigmodel.models.rnn  # noqa: F401  (a .pt2 of an LSTM calls torch.ops.bigmodel.packed_lstm)
 
+    check_pt2(file)
     try:
         module = torch.export.load(str(file)).module()
     except Exception as e:  # noqa: BLE001  a truncated or foreign file: torch raises zip, pickle or runtime errors
@@ -215,10 +254,19 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("format", "model_file", "task", "inputs") if not isinstance(spec, dict) or k not in spec]
     if missing:
         raise ExportError(f"{file}: missing key(s) {missing}; re-export with bigmodel export")
-    if spec["format"] not in FORMATS:
+    if not isinstance(spec["format"], str) or spec["format"] not in FORMATS:
         raise ExportError(f"{file}: format={spec['format']!r} is not one of {sorted(FORMATS)}")
-    if spec["task"] not in INPUTS:
+    if not isinstance(spec["task"], str) or spec["task"] not in INPUTS:
         raise ExportError(f"{file}: task={spec['task']!r} is not one of {sorted(INPUTS)}")
+    name = spec["model_file"]
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        raise ExportError(f"{file}: model_file={name!r} is not a file name in this folder (e.g. model.onnx)")
+    inputs = spec["inputs"]
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) and {"name", "dtype"} <= i.keys() for i in inputs):
+        raise ExportError(f"{file}: inputs={inputs!r} is not a list of {{name, dtype, axes}}; re-export")
+    for key in ("data", "config", "model_args"):
+        if key in spec and not isinstance(spec[key], dict):
+            raise ExportError(f"{file}: {key} is a {type(spec[key]).__name__}, not an object; re-export")
     return spec
 
 

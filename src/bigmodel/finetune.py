@@ -106,6 +106,8 @@ class InitFrom:
             self.ckpt = checkpoint.load(self.path)
         except CheckpointError as e:
             raise CheckpointError(f"init_from: {e}") from None
+        if "model" not in self.ckpt:
+            raise CheckpointError(f"init_from={self.path!r} holds no model weights: not written by bigmodel train")
         self.data_state: dict[str, Any] = self.ckpt.get("data") or {}
         self.model_args: dict[str, Any] = self.ckpt.get("model_args") or {}
         self.vocab_reused = False

@@ -17,13 +17,13 @@ zeroed, the shapes stay.
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from bigmodel.checkpoint import CheckpointError
 from bigmodel.finetune import head_keys
 from bigmodel.models.cnn import CNN
+from bigmodel.restore import build_saved
 
 
 def conv_norm_pairs(model: Any) -> list[tuple[str, Any, str, Any]]:
@@ -58,7 +58,7 @@ def shrink_cnn(
     """The CNN without its pruned channels (same outputs), and its model config with the new widths."""
     widths = [int(k.sum()) for k in keeps]  # stem, then conv1 and conv2 of each block (equal: same share pruned)
     config = {**model_config, "stem_width": widths[0], "widths": widths[1::2]}
-    small: Any = instantiate(config, **model_args)
+    small: Any = build_saved(config, "config.model", "the checkpoint", **model_args)
     prev = torch.ones(model.stem[0].in_channels, dtype=torch.bool)
     for (_, conv, _, norm), (_, sconv, _, snorm), keep in zip(conv_norm_pairs(model), conv_norm_pairs(small), keeps):
         sconv.weight.copy_(conv.weight[keep][:, prev])

@@ -19,7 +19,7 @@ from bigmodel.data.vectors import load_pretrained_vectors
 from bigmodel.evaluation import batch_limit, evaluate_split
 from bigmodel.loggers import LoggerGroup
 from bigmodel.optim import make_optimizer
-from bigmodel.restore import restore_datamodule, restore_model
+from bigmodel.restore import build_saved, restore_datamodule, restore_model
 from bigmodel.runtime import Runtime
 from bigmodel.trainer import Trainer
 
@@ -205,7 +205,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         runtime.wrapped,
         datamodule,
         cfg.split,
-        instantiate(restored.config.loss),
+        build_saved(restored.config.loss, "config.loss", restored.path),
         scores,
         batch_limit(config, cfg.split),
         logger,

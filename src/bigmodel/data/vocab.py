@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from bigmodel.data.errors import DataError
 from bigmodel.data.tokenizers import Tokenizer, tokenize, with_ngrams  # noqa: F401 (Tokenizer: imported from here too)
 
 PAD, UNK = "<pad>", "<unk>"
@@ -83,10 +84,19 @@ class Vocab:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "Vocab":
-        return cls(
-            state["tokens"],
-            tokenizer=state["tokenizer"],
-            lowercase=state["lowercase"],
-            max_length=state["max_length"],
-            ngrams=state.get("ngrams", 1),
-        )  # older checkpoints: 1
+        """The vocabulary a checkpoint or an exported folder saved; a damaged one is one line (DataError)."""
+        missing = [k for k in ("tokens", "tokenizer", "lowercase", "max_length") if k not in (state or {})]
+        if not isinstance(state, dict) or missing or not isinstance(state["tokens"], list):
+            raise DataError(
+                f"the saved vocabulary is damaged (missing {missing or 'its list of tokens'}); re-train or re-export"
+            )
+        try:
+            return cls(
+                state["tokens"],
+                tokenizer=state["tokenizer"],
+                lowercase=state["lowercase"],
+                max_length=state["max_length"],
+                ngrams=state.get("ngrams", 1),  # older checkpoints: 1
+            )
+        except (TypeError, ValueError) as e:
+            raise DataError(f"the saved vocabulary is damaged ({type(e).__name__}: {e})") from None

@@ -57,6 +57,10 @@ def read_config(path: str | Path | None, init_from: str = "gpt2", key: str = "mo
         activation = hf.get("activation_function", "gelu_new")
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{file}: not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+    if bad := [k for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd") if args[k] < 1]:
+        raise ConfigError(f"{file}: {bad} must be positive: not a GPT-2 config.json")
+    if args["n_embd"] % args["n_head"]:
+        raise ConfigError(f"{file}: n_embd={args['n_embd']} is not a multiple of n_head={args['n_head']}")
     if (
         hf.get("model_type", "gpt2") != "gpt2"
         or activation not in GELU
@@ -100,8 +104,17 @@ def read_weights(path: str | Path, key: str = "model.pretrained_path") -> dict[s
     raise ConfigError(f"{key}={str(path)!r} has neither model.safetensors nor pytorch_model.bin: it should be {WHERE}")
 
 
-def convert(hf: dict[str, torch.Tensor], block_size: int) -> dict[str, torch.Tensor]:
+def convert(
+    hf: dict[str, torch.Tensor], block_size: int, where: str = "the GPT-2 checkpoint"
+) -> dict[str, torch.Tensor]:
     """Hugging Face GPT-2 names and layouts -> GPT's state dict (position table cut to block_size)."""
+    try:
+        return _convert(hf, block_size)
+    except (ValueError, RuntimeError, IndexError) as e:  # a name or a tensor of another layout
+        raise ConfigError(f"{where}: not GPT-2 weights ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _convert(hf: dict[str, torch.Tensor], block_size: int) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name, tensor in hf.items():
         name = name.removeprefix("transformer.")
@@ -153,8 +166,17 @@ def load_pretrained(path: str | Path, block_size: int | None = None, key: str = 
     args["block_size"] = block_size or args["block_size"]
     from bigmodel.checkpoint import load_model_state
 
+    hf = read_weights(path, key)
+    state = convert(hf, args["block_size"], str(path))
+    table = tuple(state["tok_emb.weight"].shape)
+    layers = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    if table != (args["vocab_size"], args["n_embd"]) or layers != args["n_layer"]:  # before building the model
+        raise ConfigError(
+            f"{str(path)!r}: config.json describes {args['n_layer']} layers and a {args['vocab_size']} x "
+            f"{args['n_embd']} token table, the weights {layers} layers and {table}: they do not belong together"
+        )
     model = GPT(**args)
-    load_model_state(model, convert(read_weights(path, key), args["block_size"]), str(path))  # misfits in one line
+    load_model_state(model, state, str(path))  # misfits in one line
     return model.eval()
 
 

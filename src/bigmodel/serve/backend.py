@@ -163,8 +163,18 @@ class ImageClassifier:
     def __init__(self, loaded: Loaded, device: torch.device, limits: Limits, dtype: torch.dtype | None = None) -> None:
         self.model, self.device, self.limits, self.dtype = loaded.model, device, limits, dtype
         data = loaded.data
-        self.names, self.size = list(data["class_names"]), int(data["image_size"][0])
-        self.mean, self.std = torch.tensor(data["mean"]), torch.tensor(data["std"])
+        try:
+            self.names, self.size = [str(n) for n in data["class_names"]], int(data["image_size"][0])
+            self.mean, self.std = (
+                torch.tensor(data["mean"], dtype=torch.float),
+                torch.tensor(data["std"], dtype=torch.float),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            where = loaded.info.get("model_path") or loaded.info.get("checkpoint")
+            raise checkpoint.CheckpointError(
+                f"{where}: its image settings (class_names, image_size, mean, std) are damaged "
+                f"({type(e).__name__}: {e})"
+            ) from None
         self.memory_format = torch.channels_last if loaded.channels_last else torch.contiguous_format
         if loaded.channels_last:
             self.model.to(memory_format=self.memory_format)
