@@ -187,6 +187,37 @@ def test_an_existing_export_is_not_overwritten_silently(ckpts, tmp_path):
     load_exported(out)
 
 
+def test_overwrite_replaces_an_export_but_never_a_folder_of_other_files(ckpts, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="holds files but no export .bigmodel.json.; it is not replaced"):
+        export_model(str(ckpts["textcnn"]), "pt2", mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ExportError, match="is a file; give a folder"):
+        export_model(str(ckpts["textcnn"]), "pt2", tmp_path / "a-file")
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("check_batches=abc", "check_batches='abc' is not valid: use an integer"),
+        ("check_batches=0", "check_batches=0 is out of range"),
+        ("atol=-1", "atol=-1 is out of range"),
+        ("overwrite=maybe", "overwrite='maybe' is not valid: use true or false"),
+    ],
+)
+def test_export_keys_are_typed(ckpts, tmp_path, override, words):
+    from bigmodel.config import ConfigError
+    from bigmodel.export import export
+
+    cfg = compose_cfg("export", [f"ckpt_path={ckpts['textcnn']}", override], tmp_path / "run")
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        export(cfg)
+
+
 def test_unusable_folders_are_refused_in_one_line(ckpts, tmp_path):
     with pytest.raises(ConfigError, match="format='tflite' is not an export format; valid: onnx, pt2"):
         export_model(str(ckpts["textcnn"]), "tflite", tmp_path / "x")

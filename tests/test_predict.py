@@ -122,6 +122,20 @@ def test_bad_requests_are_clear_errors(tmp_path, ckpt):
         predict(predict_cfg(tmp_path, f"ckpt_path={other}", "text=hi"))
 
 
+def test_output_file_never_overwrites_an_input(tmp_path, ckpt):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a good film\n")
+    before = ckpt.read_bytes()
+    for target, words in (
+        (texts, "would overwrite input_file"),
+        (ckpt, "would overwrite ckpt_path"),
+        (tmp_path, "is a folder"),
+    ):
+        with pytest.raises(DataError, match=words):
+            predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={texts}", f"output_file={target}"))
+    assert texts.read_text() == "a good film\n" and ckpt.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_eval_encodes_with_the_checkpoints_vocabulary(tmp_path, ckpt):
     import shutil

@@ -192,6 +192,17 @@ def test_prunable_tensors_leave_out_embeddings_norms_biases_and_tied_weights():
     assert [n for n, _, _ in prunable(lstm)] == ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "head.weight"]
 
 
+def test_a_gpts_rows_prune_and_the_table_lists_its_tied_weight():
+    from bigmodel.prune import sparsity_table
+    from bigmodel.prune_channels import prune_rows
+
+    torch.manual_seed(0)
+    gpt = GPT(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    names = prune_rows(gpt, 0.5, {"vocab_size": 20})
+    table, share = sparsity_table(gpt, names)  # a tied weight (lm_head = tok_emb) is found under its own name
+    assert all(name in table for name in names) and share > 0
+
+
 @pytest.mark.slow
 def test_a_text_classifier_prunes_globally_and_by_rows(tmp_path):
     from test_finetune import SMALL_LSTM

@@ -148,8 +148,10 @@ def test_bench_inputs_draw_a_batch_from_the_whole_split():
     [
         ([], "give exactly one of ckpt_path=<best.pt> and model_path="),
         (["ckpt_path=a.pt", "model_path=b"], "give exactly one of ckpt_path=<best.pt> and model_path="),
-        (["ckpt_path=a.pt", "calib_batches=0"], "calib_batches=0 must be >= 1"),
-        (["ckpt_path=a.pt", "threads=0"], "threads=0 must be >= 1"),
+        (["ckpt_path=a.pt", "calib_batches=0"], "calib_batches=0 is out of range; valid: >= 1"),
+        (["ckpt_path=a.pt", "threads=0"], "threads=0 is out of range; valid: >= 1"),
+        (["ckpt_path=a.pt", "eval_batches=-5"], "eval_batches=-5 is out of range; valid: -1 (all) or >= 1"),
+        (["ckpt_path=a.pt", "bench=maybe"], "bench='maybe' is not valid: use true or false"),
         (["ckpt_path=a.pt", "method=int4"], "method='int4' is not valid; use auto, dynamic or static"),
     ],
 )

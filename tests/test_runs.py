@@ -127,3 +127,15 @@ def test_runs_bad_arguments_are_one_line(tmp_path):
     assert out.returncode != 0 and "is not a folder" in out.stderr
     out = run_cli("runs", cwd=tmp_path)
     assert out.returncode == 0 and "no runs under" in out.stdout
+
+
+def test_a_run_without_a_metrics_file_is_finished_when_its_log_shows_the_test(tmp_path):
+    """logger=none writes no metrics.csv: the test line in train.log tells that the run got to the end."""
+    from bigmodel.runs import status
+
+    log = "[2026-12-07 20:33:45,022][bigmodel][INFO] - test: test/loss=1.2282  test/acc=0.6789\n"
+    assert status(tmp_path, log, [], {"test": True}) == "finished"
+    assert (
+        status(tmp_path, "[2026-12-07 20:33:40,000][bigmodel][INFO] - epoch 0 step 10\n", [], {"test": True})
+        == "failed"
+    )

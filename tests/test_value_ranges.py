@@ -90,7 +90,8 @@ BAD = [
     (["trainer.limit_val_batches=-2"], "trainer.limit_val_batches=-2 is out of range; valid: -1 (all) or >= 1"),
     (["trainer.limit_test_batches=0"], "trainer.limit_test_batches=0 is out of range; valid: -1 (all) or >= 1"),
     (["trainer.devices=0"], "trainer.devices=0 is out of range; valid: >= 1"),
-    (["trainer.num_threads=-1"], "trainer.num_threads=-1 is out of range; valid: >= 0"),
+    (["trainer.num_threads=-1"], "trainer.num_threads=-1 is out of range; valid: in [0, 1024]"),
+    (["trainer.num_threads=100000"], "trainer.num_threads=100000 is out of range; valid: in [0, 1024]"),
     (["data.batch_size=0"], "data.batch_size=0 is out of range; valid: >= 1"),
     (["data.batch_size=-4"], "data.batch_size=-4 is out of range; valid: >= 1"),
     (["data.eval_batch_size=0"], "data.eval_batch_size=0 is out of range; valid: >= 1"),
@@ -149,6 +150,10 @@ BAD = [
     (["callbacks.lr_monitor.every_n_steps=0"], "callbacks.lr_monitor.every_n_steps=0 is out of range; valid: >= 1"),
     (["callbacks.text_sample.max_new_tokens=0"], "callbacks.text_sample.max_new_tokens=0 is out of range; valid: >= 1"),
     (["callbacks.text_sample.temperature=-1"], "callbacks.text_sample.temperature=-1 is out of range; valid: >= 0"),
+    (
+        ["optimizer.betas=[0.9,0.99,0.5]"],
+        "optimizer.betas=[0.9, 0.99, 0.5] is not valid: use two numbers in [0, 1), e.g. [0.9, 0.999]",
+    ),
 ]
 
 
@@ -243,6 +248,10 @@ CLI = [
         "trainer.limit_test_batches=0 is out of range; valid: -1 (all) or >= 1",
     ),
     (["eval"], "ckpt_path is required, e.g. bigmodel eval ckpt_path="),
+    (["train", "seed=abc"], "seed='abc' is not valid: use an integer from 0 to 2**31 - 1"),
+    (["train", "test=maybe"], "test='maybe' is not valid: use true (test the best checkpoint) or false"),
+    (["train", "optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is not valid: use two numbers in [0, 1)"),
+    (["lr_find", "lr_find.num_steps=abc"], "lr_find.num_steps='abc' is not valid: use an integer"),
 ]
 
 

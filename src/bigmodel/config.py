@@ -93,7 +93,8 @@ class TrainerConfig:
     progress_bar: bool = True  # shown only when stderr is a terminal
     strategy: Strategy = Strategy.auto
     devices: PositiveInt = 1  # > 1 launches that many processes with torchrun
-    num_threads: NonNegativeInt = 0  # torch CPU threads; 0 = torch's default. 1 avoids spin-waiting on a shared CPU
+    # torch CPU threads; 0 = torch's default. 1 avoids spin-waiting on a shared CPU
+    num_threads: Annotated[int, Range(ge=0, le=1024)] = 0
 
     def __post_init__(self) -> None:  # OmegaConf.to_object builds it: out-of-range values stop here
         check_ranges(vars(self), TrainerConfig, "trainer.")
@@ -176,9 +177,12 @@ def _check_torch_optimizer(node: dict, key: str) -> None:
         for k, v in node.items()
         if not str(k).startswith("_") and k not in ("fused", "foreach", "capturable", "differentiable")
     }
+    betas = args.get("betas")
+    if betas is not None and not (isinstance(betas, (list, tuple)) and len(betas) == 2):
+        raise ConfigError(f"{key}.betas={betas!r} is not valid: use two numbers in [0, 1), e.g. [0.9, 0.999]")
     try:
         get_object(node["_target_"])([torch.nn.Parameter(torch.zeros(1))], **args)
-    except (ValueError, TypeError, RuntimeError) as e:
+    except (ValueError, TypeError, RuntimeError, IndexError) as e:
         raise ConfigError(f"{key}: {e} (for {node['_target_']})") from None
 
 
@@ -202,6 +206,22 @@ def check_ranges(values: DictConfig | dict, schema: type, prefix: str = "") -> N
     plain = resolved(values) if isinstance(values, DictConfig) else values
     if msg := check_fields(schema, plain, prefix):
         raise ConfigError(msg)
+
+
+PLAIN_KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+def check_keys(values: DictConfig | dict, schema: type, prefix: str = "") -> None:
+    """For a command's config with no Hydra schema: each key of the dataclass `schema` that `values` holds
+    is of the annotated type (a bool is true or false, a number is a number) and within its range."""
+    plain = resolved(values) if isinstance(values, DictConfig) else values
+    hints = typing.get_type_hints(schema, include_extras=True)
+    for name, hint in hints.items():
+        if name in plain and not _accepts(hint, plain[name]):
+            kind = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+            what = PLAIN_KINDS.get(kind, _describe(hint))
+            raise ConfigError(f"{prefix}{name}={plain[name]!r} is not valid: use {what}{_choices(hint)}")
+    check_ranges(plain, schema, prefix)
 
 
 def require(cfg: DictConfig, key: str, example: str) -> None:

@@ -17,23 +17,26 @@ import logging
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel.config import ConfigError, require
+from bigmodel.config import ConfigError, check_keys, require
 from bigmodel.data.errors import DataError
 from bigmodel.exported import (
     FORMATS,
     SPEC_FILE,
     Exported,
     ExportError,
+    check_output_folder,
     describe,
     load_exported,
     task_of,
 )
+from bigmodel.ranges import PositiveFloat, PositiveInt
 from bigmodel.restore import Restored, build_saved, restore_datamodule, restore_model
 from bigmodel.runtime import as_args
 
@@ -139,8 +142,7 @@ def export_model(
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not an export format; valid: {', '.join(FORMATS)}")
     out = Path(output_dir).expanduser() if output_dir else default_output_dir(ckpt_path, fmt)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} already holds an export; give another output_dir= or overwrite=true")
+    check_output_folder(out, overwrite)
     restored = restore_model(ckpt_path, "cpu")
     task = task_of(restored.data)
     args, shapes = example_inputs(restored, task)
@@ -237,13 +239,19 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     return result
 
 
+@dataclass
+class ExportKeys:
+    """The typed keys of configs/export.yaml (checked by check_keys)."""
+
+    overwrite: bool = False
+    check_batches: PositiveInt = 2  # the export is checked before it is kept
+    atol: PositiveFloat = 1e-3
+
+
 def export(cfg: DictConfig) -> Path:
     """`bigmodel export`: see the top of this file and configs/export.yaml."""
     require(cfg, "ckpt_path", "bigmodel export ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt format=onnx")
-    if int(cfg.check_batches) < 1:
-        raise ConfigError(f"check_batches={cfg.check_batches} must be >= 1: the export is checked before it is kept")
-    if not float(cfg.atol) > 0:
-        raise ConfigError(f"atol={cfg.atol} must be > 0")
+    check_keys(cfg, ExportKeys)
     return export_model(
         str(cfg.ckpt_path),
         str(cfg.format),

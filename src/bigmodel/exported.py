@@ -270,6 +270,23 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Where an export (or an int8 model) is about to be written: a new or empty folder, or, with
+    `overwrite`, a folder holding an earlier export, which is replaced. A folder holding anything else
+    is never replaced (overwrite would delete it whole), and a file is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output_dir={str(out)!r} is a file; give a folder to write the model into")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / SPEC_FILE).is_file():
+        raise ExportError(
+            f"output_dir={str(out)!r} holds files but no export ({SPEC_FILE}); it is not replaced, even "
+            "with overwrite=true: give a new or empty folder"
+        )
+    if not overwrite:
+        raise ExportError(f"{out} already holds an export; give another output_dir= or overwrite=true")
+
+
 def load_exported(path: str | Path, threads: int | None = None) -> Exported:
     """The exported model in folder `path`, ready to call (on the CPU). `threads`: onnxruntime's
     intra-op threads (default: its own choice)."""

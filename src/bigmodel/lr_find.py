@@ -20,14 +20,16 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bigmodel.config import ConfigError, NonFinite, check_targets
+from bigmodel.config import ConfigError, NonFinite, check_keys, check_targets
 from bigmodel.config import resolved as resolved_config
 from bigmodel.optim import make_optimizer
+from bigmodel.ranges import Fraction, PositiveFloat, Range
 from bigmodel.runtime import Runtime
 from bigmodel.train import build, build_logger, output_dir, seed_everything, trainer_config
 from bigmodel.trainer import Trainer
@@ -84,7 +86,20 @@ class LRSweep:
             trainer.should_stop = True  # no final validation
 
 
+@dataclasses.dataclass
+class LrFindKeys:
+    """The typed keys of lr_find: in configs/lr_find.yaml (checked by check_keys)."""
+
+    min_lr: PositiveFloat = 1e-7
+    max_lr: PositiveFloat = 10.0
+    num_steps: Annotated[int, Range(ge=5)] = 100
+    beta: Fraction = 0.9
+    diverge: Annotated[float, Range(gt=1)] = 4.0
+    skip_start: Fraction = 0.1
+
+
 def check_options(opts: DictConfig) -> None:
+    check_keys(opts, LrFindKeys, "lr_find.")
     if not (opts.min_lr > 0 and opts.max_lr > opts.min_lr):
         raise ConfigError(f"lr_find.min_lr={opts.min_lr} and lr_find.max_lr={opts.max_lr}: need 0 < min_lr < max_lr")
     if opts.num_steps < 5:

@@ -86,6 +86,17 @@ def warn_unknown(vocab: Vocab, texts: list[str], show: int = 10) -> int:
     return len(unknown)
 
 
+def check_output_file(cfg: DictConfig) -> None:
+    """output_file is a file to (re)write, and not one of the command's inputs (the texts, the model)."""
+    out = Path(cfg.output_file).expanduser().resolve()
+    if out.is_dir():
+        raise DataError(f"output_file={cfg.output_file!r} is a folder; give a file name, e.g. predictions.csv")
+    for key in ("input_file", "ckpt_path", "model_path"):
+        given = cfg.get(key)
+        if given and (out == Path(given).expanduser().resolve() or Path(given).expanduser().resolve() in out.parents):
+            raise DataError(f"output_file={cfg.output_file!r} would overwrite {key}={given!r}; write elsewhere")
+
+
 def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     """Classify `text` or the lines of `input_file`; returns (label, probabilities) per text."""
     one_source(cfg, 'bigmodel predict ckpt_path=logs/<name>/runs/<run>/checkpoints/best.pt text="..."')
@@ -100,6 +111,8 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
         model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError('text= is empty: give the text to classify, e.g. text="a gripping , funny film"')
+    if cfg.output_file:
+        check_output_file(cfg)
     texts = [str(cfg.text)] if cfg.text is not None else read_texts(cfg.input_file, cfg.encoding)
     warn_unknown(vocab, texts)
     probs = classify(model, vocab, texts, batch_size=int(cfg.batch_size), device=device)

@@ -78,7 +78,7 @@ def prune_global(model: nn.Module, amount: float) -> list[str]:
 
 def sparsity_table(model: nn.Module, names: list[str]) -> tuple[str, float]:
     """A per-tensor table (shape, zeros, share) of the named tensors, and their overall sparsity."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
     rows, zeros, total = [], 0, 0
     for name in names:
         p = params[name]

@@ -20,16 +20,18 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bigmodel.config import ConfigError
+from bigmodel.config import ConfigError, check_keys
 from bigmodel.data.errors import DataError
 from bigmodel.export import evaluate_exported, export_model
-from bigmodel.exported import SPEC_FILE, ExportError, load_exported, read_spec
+from bigmodel.exported import SPEC_FILE, check_output_folder, load_exported, read_spec
+from bigmodel.ranges import PositiveInt, Range
 from bigmodel.restore import Restored, restore_datamodule, restore_model
 from bigmodel.runtime import as_args
 
@@ -317,13 +319,21 @@ def write_int8(fp32: Path, spec: dict[str, Any], method: str, cfg: DictConfig, i
     return spec
 
 
+@dataclass
+class QuantizeKeys:
+    """The typed keys of configs/quantize.yaml (checked by check_keys)."""
+
+    calib_batches: PositiveInt = 8  # training batches to calibrate on
+    overwrite: bool = False
+    eval_batches: Annotated[int, Range(ge=1, special={-1: "all"})] = -1
+    bench: bool = True
+    bench_repeats: PositiveInt = 5
+    threads: PositiveInt = 1
+
+
 def quantize(cfg: DictConfig) -> Path:
     """`bigmodel quantize`: see the top of this file and configs/quantize.yaml."""
-    if int(cfg.calib_batches) < 1:
-        raise ConfigError(f"calib_batches={cfg.calib_batches} must be >= 1 (training batches to calibrate on)")
-    for key in ("bench_repeats", "threads"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"{key}={cfg[key]} must be >= 1")
+    check_keys(cfg, QuantizeKeys)
     if str(cfg.method) not in ("auto", "dynamic", "static"):
         raise ConfigError(f"method={cfg.method!r} is not valid; use auto, dynamic or static")
     with tempfile.TemporaryDirectory(prefix="bigmodel-quantize-") as tmp:
@@ -331,8 +341,7 @@ def quantize(cfg: DictConfig) -> Path:
         spec = read_spec(fp32)
         method = choose_method(spec["task"], str(cfg.method))
         out = output_folder(cfg, method)
-        if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-            raise ExportError(f"{out} already holds a model; give another output_dir= or overwrite=true")
+        check_output_folder(out, cfg.overwrite)
         int8 = Path(tmp) / "int8"
         spec = write_int8(fp32, spec, method, cfg, int8)
         report = {

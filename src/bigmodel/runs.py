@@ -6,7 +6,8 @@ Nothing here writes into a run folder. The status of a run, first rule that appl
     running      another process holds the run's .lock (bigmodel.rundir.lock)
     failed       error.txt (a failed sweep job), or an `error:` line or a traceback in train.log
     interrupted  train.log says a signal stopped it (`received SIGINT` / `SIGTERM`)
-    finished     test metrics were logged, or (test=false) checkpoints/last.pt exists
+    finished     test metrics were logged (metrics.csv, or train.log with logger=none), or (test=false)
+                 checkpoints/last.pt exists
     failed       anything else: the process died before it finished (killed, out of memory, a crash)
 """
 
@@ -99,7 +100,9 @@ def status(run: Path, log: str, metrics: list[tuple[int, str, float]], config: d
         return "failed"
     if re.search(r"received SIG(INT|TERM)", log):
         return "interrupted"
-    tested = any(name.startswith("test/") for _, name, _ in metrics)
+    tested = any(name.startswith("test/") for _, name, _ in metrics) or re.search(
+        r"\] - test: test/", log
+    )  # logger=none
     if tested or (config.get("test") is False and (run / "checkpoints" / "last.pt").is_file()):
         return "finished"
     return "failed"

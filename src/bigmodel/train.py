@@ -27,6 +27,8 @@ log = logging.getLogger("bigmodel")
 
 
 def seed_everything(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ConfigError(f"seed={seed!r} is not valid: use an integer from 0 to 2**31 - 1")
     random.seed(seed)
     torch.manual_seed(seed)  # also every GPU's
 
@@ -106,6 +108,12 @@ def build(cfg: DictConfig, resolved: dict[str, Any]) -> tuple[Any, torch.nn.Modu
     datamodule.setup()
     model_args = datamodule.model_args()
     model = instantiate(cfg.model, **model_args)
+    data_block, model_block = getattr(datamodule, "block_size", None), getattr(model, "block_size", None)
+    if isinstance(data_block, int) and isinstance(model_block, int) and data_block > model_block:
+        raise ConfigError(
+            f"data.block_size={data_block} is longer than model.block_size={model_block}, the most positions "
+            "the model reads; use data.block_size <= model.block_size"
+        )
     model_args = {
         **model_args,
         **getattr(model, "saved_args", {}),
@@ -122,6 +130,8 @@ def build(cfg: DictConfig, resolved: dict[str, Any]) -> tuple[Any, torch.nn.Modu
 
 def train(cfg: DictConfig) -> float | None:
     """Train with `cfg`; returns the final value of `optimized_metric` (for sweepers) if set."""
+    if not isinstance(cfg.get("test", False), bool):
+        raise ConfigError(f"test={cfg.test!r} is not valid: use true (test the best checkpoint) or false")
     seed_everything(cfg.seed)
     resolved = resolved_config(cfg)
     config = trainer_config(cfg)  # trainer.* in range (first: other nodes interpolate its values)
