@@ -260,3 +260,14 @@ def test_wheel_ships_the_configs(tmp_path):
         text=True,
     )
     assert str(tmp_path / "site") in probe.stdout
+
+
+@pytest.mark.parametrize("name", ["a/../../b", "", "/abs/run", "~/run", "a//b"])
+def test_a_run_name_may_not_leave_the_log_folder(tmp_path, name):
+    from bigmodel.cli import valid_name
+
+    assert not valid_name(name)
+    assert valid_name("sst2_textcnn") and valid_name("team/exp-1")
+    out = run_cli("train", f"name={name}", cwd=tmp_path)
+    assert out.returncode != 0 and "is not a valid run name" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "logs").exists()

@@ -9,6 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from bigmodel.checkpoint import CheckpointError, save_atomic
 from bigmodel.cli import quote_free_text
 from bigmodel.data.errors import DataError
+from bigmodel.exported import ExportError
 from bigmodel.predict import classify, load_classifier, predict
 from bigmodel.train import evaluate, train
 from conftest import compose_cfg, run_cli
@@ -134,6 +135,16 @@ def test_output_file_never_overwrites_an_input(tmp_path, ckpt):
         with pytest.raises(DataError, match=words):
             predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={texts}", f"output_file={target}"))
     assert texts.read_text() == "a good film\n" and ckpt.read_bytes() == before
+
+
+def test_an_empty_input_file_and_a_folder_for_a_checkpoint_are_one_line(tmp_path, ckpt):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match="holds no text: give one text a line"):
+        predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input_file={tmp_path}/empty.txt"))
+    with pytest.raises(CheckpointError, match="is a folder; give a checkpoint file"):
+        predict(predict_cfg(tmp_path, f"ckpt_path={tmp_path}", "text=a film"))
+    with pytest.raises(ExportError, match="is a file; give the folder bigmodel export wrote"):
+        predict(predict_cfg(tmp_path, f"model_path={ckpt}", "text=a film"))
 
 
 @pytest.mark.slow

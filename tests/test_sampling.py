@@ -229,3 +229,16 @@ def test_device_cuda_without_a_gpu_is_one_line():
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="device='gpu' is not valid: use auto, cpu or cuda"):
         resolve_device("gpu")
+
+
+def test_prompt_and_prompt_file_together_are_refused():
+    from omegaconf import OmegaConf
+
+    from bigmodel.config import ConfigError
+    from bigmodel.generate import check_options
+
+    cfg = dict(ckpt_path="x.pt", max_new_tokens=5, temperature=0.8, top_k=None, top_p=1.0, repetition_penalty=1.0)
+    cfg |= dict(stop=[], cache=True, num_samples=1, seed=0, device="cpu", precision=32, num_threads=1)
+    check_options(OmegaConf.create(cfg | {"prompt": "\n", "prompt_file": "in.txt"}))  # the default prompt: fine
+    with pytest.raises(ConfigError, match="give prompt= or prompt_file=, not both"):
+        check_options(OmegaConf.create(cfg | {"prompt": "hello", "prompt_file": "in.txt"}))

@@ -280,3 +280,9 @@ def test_cli_prints_a_bad_line_as_one_error_line(tmp_path):
     out = run_cli("train", "model=lstm", "data=sst2", "trainer=debug", "logger=none", cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode == 1 and "dev.txt:3: expected `LABEL text`" in text and "Traceback" not in text
+
+
+def test_the_text_and_label_columns_must_differ(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\na fine film,pos\n")
+    with pytest.raises(DataError, match="data.text_column and data.label_column are both 'label'"):
+        text_csv(str(tmp_path / "train.csv"), text_column="label")

@@ -100,6 +100,10 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by the Trainer, or fail with one line naming the file and the problem.
     Only tensors and plain values are unpickled (weights_only=True): nothing in the file can run."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"ckpt_path={str(path)!r} is a folder; give a checkpoint file (e.g. .../checkpoints/best.pt)"
+        )
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={str(path)!r}: no such file")
     scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before: process-wide

@@ -179,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
+def valid_name(name: str) -> bool:
+    name = name.strip("'\"")
+    parts = name.split("/")
+    return bool(name) and not name.startswith(("/", "~")) and all(p and p not in (".", "..") for p in parts)
+
+
 def dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         commands = "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items())
@@ -193,6 +199,12 @@ def dispatch(argv: list[str]) -> None:
         return runs.main(rest)
     if command not in COMMANDS:
         sys.exit(f"bigmodel: unknown command {command!r}; valid: {', '.join([*COMMANDS, 'tensorboard', 'runs'])}")
+    for arg in rest:  # the run's folder is <log_dir>/<name>/...: a name may not leave the log folder
+        if arg.startswith("name=") and not valid_name(arg[len("name=") :]):
+            sys.exit(
+                f"bigmodel {command}: {arg!r} is not a valid run name: give a folder name, or non-empty parts "
+                "joined by '/', that stays inside the log folder (no '..', no leading '/' or '~')"
+            )
     if command == "train":
         from bigmodel.launch import prepare
 

@@ -242,6 +242,11 @@ class _Pt2Run:
 def read_spec(path: str | Path) -> dict[str, Any]:
     """bigmodel.json of an exported folder, checked for the keys the loader needs."""
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise ExportError(
+            f"model_path={str(path)!r} is a file; give the folder bigmodel export wrote "
+            "(a checkpoint goes to ckpt_path=)"
+        )
     if not folder.is_dir():
         raise ExportError(f"model_path={str(path)!r}: no such folder (give a folder written by bigmodel export)")
     file = folder / SPEC_FILE

@@ -71,6 +71,8 @@ def check_options(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("cache"), bool):
         raise ConfigError(f"cache={cfg.get('cache')!r} is not valid: use true (reuse keys and values) or false")
     stop_strings(cfg.get("stop"))
+    if cfg.get("prompt_file") and str(cfg.get("prompt")) != "\n":  # "\n": the default
+        raise ConfigError("give prompt= or prompt_file=, not both")
 
 
 def check_option(key: str, v) -> None:

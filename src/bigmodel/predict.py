@@ -69,7 +69,10 @@ def read_texts(path: str, encoding: str) -> list[str]:
     if not Path(path).exists():
         raise DataError(f"input_file={path!r}: no such file")
     lines = (line.rstrip("\r") for line in read_text(Path(path), encoding, key="encoding").split("\n"))
-    return [line for line in lines if line.strip()]
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DataError(f"input_file={path!r} holds no text: give one text a line")
+    return texts
 
 
 def warn_unknown(vocab: Vocab, texts: list[str], show: int = 10) -> int:

@@ -349,6 +349,10 @@ def text_csv(
     seed: int = 0,
 ) -> TextClassificationData:
     """A user's CSV/TSV files; labels are class names (or indices into class_names)."""
+    if text_column == label_column:
+        raise DataError(
+            f"data.text_column and data.label_column are both {text_column!r}: the model would read its labels"
+        )
     files = {"train": train_file, "val": val_file, "test": test_file}
     load = functools.partial(
         load_csv_files,
