@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bigmodel import checkpoint
-from bigmodel.config import check_targets, resolved
+from bigmodel.config import ConfigError, check_targets, resolved
+from bigmodel.data.errors import DataError
 
 # What a config read from a file (a checkpoint, an exported folder's bigmodel.json) may build: Hydra's
 # instantiate imports and calls whatever a `_target_` names, so a crafted file could otherwise run any
@@ -84,6 +85,8 @@ def build(node: Any, key: str, source: str, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs)
     except Exception as e:  # noqa: BLE001  Hydra wraps the constructor's error in several lines
         cause = e.__cause__ or e
+        if isinstance(cause, (DataError, ConfigError, checkpoint.CheckpointError)):
+            raise cause from None  # already one line naming the key or the file (e.g. missing data)
         raise checkpoint.CheckpointError(
             f"{source}: cannot build {key} ({target}) from the saved config: "
             f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
