@@ -286,3 +286,9 @@ def test_the_text_and_label_columns_must_differ(tmp_path):
     (tmp_path / "train.csv").write_text("text,label\na fine film,pos\n")
     with pytest.raises(DataError, match="data.text_column and data.label_column are both 'label'"):
         text_csv(str(tmp_path / "train.csv"), text_column="label")
+
+
+def test_an_empty_label_is_named_with_its_line(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\na fine film,pos\na dull one,\n")
+    with pytest.raises(DataError, match=r"train.csv:3: empty label"):
+        text_csv(str(tmp_path / "train.csv")).setup()

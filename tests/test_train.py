@@ -69,3 +69,22 @@ def test_the_test_split_is_evaluated_on_best_pt(compose_train, tmp_path, monkeyp
     GlobalHydra.instance().clear()
     monkeypatch.setattr(train_module, "Trainer", None)  # building one would fail
     assert abs(train_module.evaluate(ev)["test/loss"] - on_best) < 1e-5
+
+
+def test_an_optimized_metric_the_run_does_not_log_is_refused_before_training(compose_train, tmp_path):
+    import pytest
+
+    from bigmodel.config import ConfigError
+    from bigmodel.train import train
+
+    write_fake_cifar10(tmp_path / "data" / "cifar10")
+    (tmp_path / "run").mkdir()
+    overrides = [f"paths.data_dir={tmp_path}/data", "data.download=false", "data.val_size=20", "trainer=debug"]
+    cfg = compose_train(
+        [*overrides, "logger=none", "model.stem_width=4", "model.widths=[8]", "optimized_metric=val/bogus"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"optimized_metric='val/bogus' is not a metric this run logs; valid: \['val/loss'"
+    ):
+        train(cfg)
+    assert not list((tmp_path / "run").rglob("*.pt"))

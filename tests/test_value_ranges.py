@@ -178,6 +178,11 @@ CHOICES = [
         "callbacks.model_checkpoint.mode='maximum' is not a valid choice "
         "(for bigmodel.callbacks.ModelCheckpoint); valid: min, max",
     ),
+    (
+        ["data.augment.pad_mode=bogus"],
+        "data.augment.pad_mode='bogus' is not a valid choice (for bigmodel.data.images.Augment); "
+        "valid: reflect, constant",
+    ),
 ]
 
 

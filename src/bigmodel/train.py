@@ -167,6 +167,10 @@ def train(cfg: DictConfig) -> float | None:
         output_dir=output_dir(cfg),
         runtime=runtime,
     )
+    if (key := cfg.get("optimized_metric")) is not None:  # what a sweeper optimizes: checked before any work
+        valid = trainer.metric_names("val") + (trainer.metric_names("test") if cfg.test else [])
+        if key not in valid:
+            raise ConfigError(f"optimized_metric={key!r} is not a metric this run logs; valid: {valid}")
     metrics = dict(trainer.fit(ckpt_path))
 
     if cfg.test and trainer.interrupted:

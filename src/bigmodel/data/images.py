@@ -12,6 +12,7 @@ nothing makes the host wait.
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -23,7 +24,7 @@ from bigmodel.ranges import NonNegativeInt
 @dataclass
 class Augment:
     crop_padding: NonNegativeInt = 4  # random crop of the original size from the image padded by this many pixels
-    pad_mode: str = "reflect"  # "reflect" or "constant" (zeros)
+    pad_mode: Literal["reflect", "constant"] = "reflect"  # constant: zeros
     hflip: bool = True
 
 

@@ -139,6 +139,8 @@ def read_csv_rows(
             )
         if not row[t_idx].strip():
             raise DataError(f"{where}: empty text")
+        if not row[l_idx].strip():
+            raise DataError(f"{where}: empty label")
         out.append((row[l_idx].strip(), row[t_idx], where))
     if not out:
         raise DataError(f"{path}: no examples, only {'a header' if header else 'blank lines'}")
