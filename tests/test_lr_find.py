@@ -115,3 +115,26 @@ def test_lr_find_stops_early_when_the_loss_diverges(tmp_path):
 def test_the_fallback_suggestion_stays_inside_the_swept_range():
     lrs = [10 ** (-6 + i) for i in range(6)]
     assert suggest(lrs, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == lrs[0]
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("num_steps", 3, "lr_find.num_steps=3 is out of range; valid: >= 5"),
+        ("beta", 1.0, "lr_find.beta=1.0 is out of range; valid: in [0, 1)"),
+        ("diverge", 1.0, "lr_find.diverge=1.0 is out of range; valid: > 1"),
+        ("skip_start", -0.1, "lr_find.skip_start=-0.1 is out of range; valid: in [0, 1)"),
+        ("min_lr", 0.0, "lr_find.min_lr=0.0 is out of range; valid: > 0"),
+        ("max_lr", 1e-8, "need 0 < min_lr < max_lr"),
+    ],
+)
+def test_lr_find_options_are_checked_in_one_line(key, value, words):
+    from omegaconf import OmegaConf
+
+    from bigmodel.config import ConfigError
+    from bigmodel.lr_find import check_options
+
+    good = {"min_lr": 1e-7, "max_lr": 10.0, "num_steps": 100, "beta": 0.9, "diverge": 4.0, "skip_start": 0.1}
+    check_options(OmegaConf.create(good))
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        check_options(OmegaConf.create(good | {key: value}))
