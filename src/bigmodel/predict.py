@@ -96,7 +96,8 @@ def check_output_file(cfg: DictConfig) -> None:
         raise DataError(f"output_file={cfg.output_file!r} is a folder; give a file name, e.g. predictions.csv")
     for key in ("input_file", "ckpt_path", "model_path"):
         given = cfg.get(key)
-        if given and (out == Path(given).expanduser().resolve() or Path(given).expanduser().resolve() in out.parents):
+        source = Path(given).expanduser().resolve() if given else None
+        if source is not None and (out == source or source in out.parents):
             raise DataError(f"output_file={cfg.output_file!r} would overwrite {key}={given!r}; write elsewhere")
 
 
@@ -106,6 +107,8 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
     check_ranges(cfg, PredictConfig)
     if (cfg.text is None) == (cfg.input_file is None):
         raise DataError('give exactly one of text="..." or input_file=PATH')
+    if cfg.output_file:
+        check_output_file(cfg)  # before the model is loaded
     model: Callable[..., torch.Tensor]
     if cfg.model_path is not None:  # an exported folder: runs on the CPU (onnxruntime / torch.export)
         model, vocab, names, device = *load_exported_classifier(cfg.model_path), torch.device("cpu")
@@ -114,8 +117,6 @@ def predict(cfg: DictConfig) -> list[tuple[str, list[float]]]:
         model, vocab, names = load_classifier(cfg.ckpt_path, device)
     if cfg.text is not None and not str(cfg.text).strip():
         raise DataError('text= is empty: give the text to classify, e.g. text="a gripping , funny film"')
-    if cfg.output_file:
-        check_output_file(cfg)
     texts = [str(cfg.text)] if cfg.text is not None else read_texts(cfg.input_file, cfg.encoding)
     warn_unknown(vocab, texts)
     probs = classify(model, vocab, texts, batch_size=int(cfg.batch_size), device=device)
