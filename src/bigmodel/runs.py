@@ -100,9 +100,8 @@ def status(run: Path, log: str, metrics: list[tuple[int, str, float]], config: d
         return "failed"
     if re.search(r"received SIG(INT|TERM)", log):
         return "interrupted"
-    tested = any(name.startswith("test/") for _, name, _ in metrics) or re.search(
-        r"\] - test: test/", log
-    )  # logger=none
+    logged_test = any(name.startswith("test/") for _, name, _ in metrics)
+    tested = logged_test or re.search(r"\] - test: test/", log)  # with logger=none, only train.log shows it
     if tested or (config.get("test") is False and (run / "checkpoints" / "last.pt").is_file()):
         return "finished"
     return "failed"
